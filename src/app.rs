@@ -1,0 +1,184 @@
+//! `Application::build(config)`: opens the store, loads the certificate, wires every part
+//! and starts serving. Tests and other crates start Keyhold in-process through it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use poem::Server;
+use poem::listener::{Acceptor, Listener, RustlsCertificate, RustlsConfig, TcpListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::Auth;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::graphql::build_schema;
+use crate::http::{HttpState, routes};
+use crate::mail::Mailer;
+use crate::store::Store;
+use crate::tls::TlsMaterial;
+
+/// A running Keyhold: bound, serving HTTPS, with its background tasks.
+pub struct Application {
+    addr: SocketAddr,
+    tls: TlsMaterial,
+    auth: Arc<Auth>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Application {
+    /// Starts Keyhold on `config` with the system clock.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Self::build_with_clock(config, Clock::system()).await
+    }
+
+    /// Starts Keyhold with the given clock, which tests move forward instead of sleeping.
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Application> {
+        // One crypto provider for every rustls user in the process (poem, mail-send); a
+        // second call finds it installed, which is fine.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        config.validate()?;
+        if config.testing.expose_codes {
+            tracing::warn!(
+                "testing.expose_codes is ON: verification codes are returned to API callers. \
+                 Never run a real deployment like this."
+            );
+        }
+        let config = Arc::new(config);
+        crate::store::create_private_dir(&config.storage.path)
+            .with_context(|| format!("storage.path {}", config.storage.path.display()))?;
+        let store = Store::open(&config.db_path())?;
+        let tls = TlsMaterial::load(&config)?;
+        let mailer = Mailer::from_config(&config, clock.clone())?;
+        let auth = Arc::new(Auth {
+            config: config.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
+            mailer,
+        });
+        let state = Arc::new(HttpState {
+            schema: build_schema(&config.graphql, auth.clone()),
+            graphql: config.graphql.clone(),
+            store,
+            clock,
+        });
+
+        let certificate = RustlsCertificate::new()
+            .cert(tls.cert_pem.clone())
+            .key(tls.key_pem().to_string());
+        let acceptor = TcpListener::bind(config.server.listen)
+            .rustls(RustlsConfig::new().fallback(certificate))
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .context("the listener has no socket address")?;
+        tracing::info!(
+            address = %addr,
+            graphql = %format!("https://{addr}/graphql"),
+            certificate = %tls.cert_path.display(),
+            "Keyhold listening"
+        );
+
+        let (stop, mut stopped) = watch::channel(false);
+        let shutdown_timeout = config.server.shutdown_timeout;
+        let endpoint = routes(state);
+        let server = tokio::spawn(async move {
+            Server::new_with_acceptor(acceptor)
+                .name("keyhold")
+                .run_with_graceful_shutdown(
+                    endpoint,
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    },
+                    Some(shutdown_timeout),
+                )
+                .await
+        });
+        Ok(Application {
+            addr,
+            tls,
+            auth,
+            stop,
+            server,
+        })
+    }
+
+    /// The bound address (the real port when `server.listen` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://localhost:PORT`: the name the generated certificate is valid for.
+    pub fn base_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// The PEM certificate the server presents, for clients to trust.
+    pub fn certificate_pem(&self) -> &str {
+        &self.tls.cert_pem
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.auth.clock
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.auth.store
+    }
+
+    pub fn mailer(&self) -> &Mailer {
+        &self.auth.mailer
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.auth.config
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (at most
+    /// `server.shutdown_timeout`), waits for every task and flushes the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.server.await.context("the server task failed")?;
+        served.context("the server stopped with an error")?;
+        self.auth.store.flush().await?;
+        tracing::info!("Keyhold stopped; storage flushed");
+        Ok(())
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then shuts down cleanly.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        wait_for_stop_signal().await;
+        tracing::info!("stop signal received; finishing in-flight requests");
+        self.shutdown().await
+    }
+}
+
+async fn wait_for_stop_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,695 @@
+//! Typed configuration: built-in defaults, then `config.toml`, then `KEYHOLD_<SECTION>__<KEY>`
+//! environment variables. Unknown keys and bad values are errors that name the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The prefix of every environment variable that overrides a key.
+pub const ENV_PREFIX: &str = "KEYHOLD_";
+/// The file read when `--config` is not given; when it is missing, every key has its default.
+pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
+
+/// Why a configuration could not be used. The message names the key or the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    pub(crate) fn key(key: &str, message: impl fmt::Display) -> Self {
+        ConfigError(format!("config key `{key}`: {message}"))
+    }
+
+    pub(crate) fn file(path: &Path, message: impl fmt::Display) -> Self {
+        ConfigError(format!("file {}: {message}", path.display()))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub tls: TlsConfig,
+    pub mail: MailConfig,
+    pub passwords: PasswordsConfig,
+    pub tokens: TokensConfig,
+    pub two_factor: TwoFactorConfig,
+    pub registration: RegistrationConfig,
+    pub graphql: GraphqlConfig,
+    pub limits: LimitsConfig,
+    pub testing: TestingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to bind; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Base of the links put in mails.
+    pub public_url: url::Url,
+    /// How long in-flight requests may run on after a stop signal.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            public_url: default_public_url(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn default_public_url() -> url::Url {
+    // A literal that always parses; kept in one place.
+    url::Url::parse("https://localhost:8443").unwrap_or_else(|_| unreachable!())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The sled database, the generated certificate and the mail outbox live here.
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("./data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransportKind {
+    /// Logged, and written as `.eml` files under `storage.path/outbox`.
+    Log,
+    /// Sent through `mail.smtp`.
+    Smtp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host or network.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailConfig {
+    pub transport: MailTransportKind,
+    pub from: String,
+    /// A folder whose `NAME.txt` / `NAME.html` files replace the built-in templates.
+    pub templates_dir: Option<PathBuf>,
+    pub smtp: SmtpConfig,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            transport: MailTransportKind::Log,
+            from: "Keyhold <no-reply@localhost>".to_string(),
+            templates_dir: None,
+            smtp: SmtpConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: Option<String>,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    #[serde(deserialize_with = "lenient_string")]
+    pub username: Option<String>,
+    #[serde(deserialize_with = "lenient_secret")]
+    pub password: Option<SecretString>,
+    /// Connect and per-command time limit.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            host: None,
+            port: 587,
+            security: SmtpSecurity::Starttls,
+            username: None,
+            password: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PasswordsConfig {
+    pub min_length: usize,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    #[serde(with = "duration")]
+    pub reset_ttl: Duration,
+}
+
+impl Default for PasswordsConfig {
+    fn default() -> Self {
+        PasswordsConfig {
+            min_length: 10,
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            reset_ttl: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(with = "duration")]
+    pub access_ttl: Duration,
+    #[serde(with = "duration")]
+    pub refresh_ttl: Duration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            issuer: "keyhold".to_string(),
+            audience: "keyhold".to_string(),
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwoFactorConfig {
+    #[serde(with = "duration")]
+    pub code_ttl: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "duration")]
+    pub resend_cooldown: Duration,
+}
+
+impl Default for TwoFactorConfig {
+    fn default() -> Self {
+        TwoFactorConfig {
+            code_ttl: Duration::from_secs(10 * 60),
+            max_attempts: 5,
+            resend_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    pub open: bool,
+    pub require_email_verification: bool,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            open: true,
+            require_email_verification: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlConfig {
+    pub playground: bool,
+    pub introspection: bool,
+    pub max_body_bytes: usize,
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_batch: usize,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        GraphqlConfig {
+            playground: true,
+            introspection: true,
+            max_body_bytes: 65536,
+            max_depth: 12,
+            max_complexity: 500,
+            max_batch: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub enabled: bool,
+    pub login_failures_per_account: u32,
+    #[serde(with = "duration")]
+    pub login_failure_window: Duration,
+    pub login_per_ip_per_minute: u32,
+    pub code_sends_per_ip_per_minute: u32,
+    pub register_per_ip_per_hour: u32,
+    pub forgot_password_per_ip_per_hour: u32,
+    pub forgot_password_per_address_per_hour: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            enabled: true,
+            login_failures_per_account: 5,
+            login_failure_window: Duration::from_secs(15 * 60),
+            login_per_ip_per_minute: 30,
+            code_sends_per_ip_per_minute: 10,
+            register_per_ip_per_hour: 20,
+            forgot_password_per_ip_per_hour: 20,
+            forgot_password_per_address_per_hour: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingConfig {
+    pub expose_codes: bool,
+}
+
+impl Config {
+    /// Reads the configuration the way `keyhold serve` does: defaults, then the file (`path`, or
+    /// `./config.toml` when it exists), then `KEYHOLD_*` variables; then [`Config::validate`].
+    ///
+    /// An explicitly named file that does not exist is an error (a typo should not silently
+    /// start a server on defaults); the implicit `./config.toml` may be absent.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        match path {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::file(path, "not found or not a file"));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.is_file() {
+                    figment = figment.merge(Toml::file_exact(default));
+                }
+            }
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::extract(figment)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment), then validates it.
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        Self::extract(Figment::from(Toml::string(toml)))
+    }
+
+    fn extract(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(describe_figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: ranges and keys that depend on each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.server.public_url.scheme(), "https" | "http") {
+            return Err(ConfigError::key(
+                "server.public_url",
+                "must be an https:// (or http://) URL",
+            ));
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(ConfigError::key("storage.path", "must not be empty"));
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::key(
+                    "tls.key_file",
+                    "must be set when tls.cert_file is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::key(
+                    "tls.cert_file",
+                    "must be set when tls.key_file is set",
+                ));
+            }
+            _ => {}
+        }
+        self.validate_mail()?;
+        let p = &self.passwords;
+        if !(1..=256).contains(&p.min_length) {
+            return Err(ConfigError::key(
+                "passwords.min_length",
+                "must be between 1 and 256",
+            ));
+        }
+        if !(1..=255).contains(&p.argon2_parallelism) {
+            return Err(ConfigError::key(
+                "passwords.argon2_parallelism",
+                "must be between 1 and 255",
+            ));
+        }
+        if p.argon2_iterations < 1 {
+            return Err(ConfigError::key(
+                "passwords.argon2_iterations",
+                "must be at least 1",
+            ));
+        }
+        if p.argon2_memory_kib < 8 * p.argon2_parallelism {
+            return Err(ConfigError::key(
+                "passwords.argon2_memory_kib",
+                "must be at least 8 × passwords.argon2_parallelism",
+            ));
+        }
+        positive("passwords.reset_ttl", p.reset_ttl)?;
+        let t = &self.tokens;
+        non_empty("tokens.issuer", &t.issuer)?;
+        non_empty("tokens.audience", &t.audience)?;
+        positive("tokens.access_ttl", t.access_ttl)?;
+        if t.refresh_ttl <= t.access_ttl {
+            return Err(ConfigError::key(
+                "tokens.refresh_ttl",
+                "must be longer than tokens.access_ttl",
+            ));
+        }
+        positive("two_factor.code_ttl", self.two_factor.code_ttl)?;
+        if self.two_factor.max_attempts < 1 {
+            return Err(ConfigError::key(
+                "two_factor.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        let g = &self.graphql;
+        if g.max_body_bytes < 1024 {
+            return Err(ConfigError::key(
+                "graphql.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        for (key, value) in [
+            ("graphql.max_depth", g.max_depth),
+            ("graphql.max_complexity", g.max_complexity),
+            ("graphql.max_batch", g.max_batch),
+        ] {
+            if value < 1 {
+                return Err(ConfigError::key(key, "must be at least 1"));
+            }
+        }
+        positive(
+            "limits.login_failure_window",
+            self.limits.login_failure_window,
+        )?;
+        Ok(())
+    }
+
+    fn validate_mail(&self) -> Result<(), ConfigError> {
+        let options = email_address::Options::default()
+            .with_display_text()
+            .with_no_minimum_sub_domains();
+        email_address::EmailAddress::parse_with_options(&self.mail.from, options).map_err(|e| {
+            ConfigError::key(
+                "mail.from",
+                format!("not an address such as \"Keyhold <no-reply@example.com>\": {e}"),
+            )
+        })?;
+        let smtp = &self.mail.smtp;
+        if self.mail.transport == MailTransportKind::Smtp {
+            match &smtp.host {
+                Some(host) if !host.trim().is_empty() => {}
+                _ => {
+                    return Err(ConfigError::key(
+                        "mail.smtp.host",
+                        "must be set when mail.transport = \"smtp\"",
+                    ));
+                }
+            }
+            if smtp.port == 0 {
+                return Err(ConfigError::key("mail.smtp.port", "must not be 0"));
+            }
+        }
+        if smtp.username.is_some() != smtp.password.is_some() {
+            let key = if smtp.username.is_some() {
+                "mail.smtp.password"
+            } else {
+                "mail.smtp.username"
+            };
+            return Err(ConfigError::key(
+                key,
+                "mail.smtp.username and mail.smtp.password go together",
+            ));
+        }
+        positive("mail.smtp.timeout", smtp.timeout)
+    }
+
+    /// Where the sled database lives.
+    pub fn db_path(&self) -> PathBuf {
+        self.storage.path.join("db")
+    }
+
+    /// Where a generated certificate is kept.
+    pub fn generated_tls_dir(&self) -> PathBuf {
+        self.storage.path.join("tls")
+    }
+
+    /// Where the `log` mail transport writes `.eml` files.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.storage.path.join("outbox")
+    }
+}
+
+fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::key(key, "must be longer than 0s"));
+    }
+    Ok(())
+}
+
+fn non_empty(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::key(key, "must not be empty"));
+    }
+    Ok(())
+}
+
+/// figment's own message puts the profile in front of the key (`default.server.listen`);
+/// people write `server.listen`, so say that.
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let origin = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (from {s})"))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{origin}", e.kind)
+            } else {
+                format!("config key `{key}`: {}{origin}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError(messages.join("; "))
+}
+
+/// Durations are written as `"30s"`, `"10m"`, `"2h"`, `"30d"` (anything `humantime` reads).
+pub(crate) mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration such as \"30s\", \"10m\", \"2h\" or \"30d\" ({e})"
+            ))
+        })
+    }
+}
+
+/// A scalar as text: an environment variable such as `KEYHOLD_MAIL__SMTP__PASSWORD=1234` arrives
+/// as a number, and must still be taken as the string it is.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    Unsigned(u64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Scalar::Text(s) => s,
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Unsigned(n) => n.to_string(),
+            Scalar::Float(n) => n.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::into_string))
+}
+
+fn lenient_secret<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SecretString>, D::Error> {
+    Ok(lenient_string(d)?.map(SecretString::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn an_empty_document_gives_the_contract_defaults() {
+        let config = Config::from_toml_str("").unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(config.server.public_url.as_str(), "https://localhost:8443/");
+        assert_eq!(config.storage.path, PathBuf::from("./data"));
+        assert_eq!(config.mail.transport, MailTransportKind::Log);
+        assert_eq!(config.mail.smtp.port, 587);
+        assert_eq!(config.mail.smtp.security, SmtpSecurity::Starttls);
+        assert_eq!(config.passwords.argon2_memory_kib, 19456);
+        assert_eq!(config.passwords.reset_ttl, Duration::from_secs(1800));
+        assert_eq!(config.tokens.refresh_ttl, Duration::from_secs(30 * 86400));
+        assert_eq!(config.two_factor.max_attempts, 5);
+        assert_eq!(config.graphql.max_body_bytes, 65536);
+        assert!(config.limits.enabled);
+        assert!(!config.testing.expose_codes);
+    }
+
+    #[test]
+    fn the_shipped_config_toml_states_the_defaults() {
+        let shipped = Config::from_toml_str(include_str!("../config.toml")).unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn durations_are_read_in_human_units() {
+        let config = Config::from_toml_str(
+            "[two_factor]\ncode_ttl = \"90s\"\nresend_cooldown = \"2m\"\n[tokens]\naccess_ttl = \"2h\"\nrefresh_ttl = \"7d\"",
+        )
+        .unwrap();
+        assert_eq!(config.two_factor.code_ttl, Duration::from_secs(90));
+        assert_eq!(config.two_factor.resend_cooldown, Duration::from_secs(120));
+        assert_eq!(config.tokens.access_ttl, Duration::from_secs(7200));
+        assert_eq!(config.tokens.refresh_ttl, Duration::from_secs(7 * 86400));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = Config::from_toml_str("[server]\nlisten_on = \"1.2.3.4:5\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listen_on"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_section_is_refused_by_name() {
+        let err = Config::from_toml_str("[srever]\nlisten = \"1.2.3.4:5\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("srever"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_by_key() {
+        let err = Config::from_toml_str("[two_factor]\ncode_ttl = \"ten minutes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two_factor.code_ttl"), "{err}");
+        let err = Config::from_toml_str("[server]\nlisten = \"nowhere\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        let err = Config::from_toml_str("[mail]\ntransport = \"pigeon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mail.transport"), "{err}");
+    }
+
+    #[test]
+    fn keys_that_depend_on_each_other_are_checked() {
+        let err = Config::from_toml_str("[mail]\ntransport = \"smtp\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mail.smtp.host"), "{err}");
+        let err = Config::from_toml_str("[tls]\ncert_file = \"a.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.key_file"), "{err}");
+        let err = Config::from_toml_str("[tokens]\naccess_ttl = \"40d\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tokens.refresh_ttl"), "{err}");
+    }
+
+    #[test]
+    fn the_smtp_password_never_shows_in_debug_output() {
+        let config = Config::from_toml_str(
+            "[mail.smtp]\nhost = \"smtp.example.com\"\nusername = \"robot\"\npassword = \"hunter2-very-secret\"",
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2-very-secret"), "{debug}");
+        assert_eq!(
+            config.mail.smtp.password.as_ref().unwrap().expose_secret(),
+            "hunter2-very-secret"
+        );
+    }
+
+    #[test]
+    fn a_numeric_password_is_still_a_string() {
+        let config = Config::from_toml_str(
+            "[mail.smtp]\nhost = \"smtp.example.com\"\nusername = 42\npassword = 123456",
+        )
+        .unwrap();
+        assert_eq!(config.mail.smtp.username.as_deref(), Some("42"));
+        assert_eq!(
+            config.mail.smtp.password.as_ref().unwrap().expose_secret(),
+            "123456"
+        );
+    }
+}

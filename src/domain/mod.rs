@@ -1,0 +1,5 @@
+//! Plain domain types with `parse()`: once a value has one of these types it is valid.
+
+mod email;
+
+pub use email::Email;

@@ -1,0 +1,55 @@
+//! The GraphQL API of `shared/api/schema.graphql`: the schema with its limits, one module per
+//! area adding its resolvers to the merged root types, and the mapping of errors.
+
+pub mod account;
+pub mod context;
+pub mod error;
+pub mod scalars;
+
+use std::sync::Arc;
+
+use async_graphql::{EmptySubscription, MergedObject, Schema};
+
+use crate::auth::Auth;
+use crate::config::GraphqlConfig;
+
+pub use context::RequestMeta;
+
+/// The query root: each area's queries, merged.
+#[derive(MergedObject, Default)]
+#[graphql(name = "RootQueryType")]
+pub struct RootQuery(account::AccountQuery);
+
+/// The mutation root: each area's mutations, merged.
+#[derive(MergedObject, Default)]
+#[graphql(name = "RootMutationType")]
+pub struct RootMutation(account::AccountMutation);
+
+pub type KeyholdSchema = Schema<RootQuery, RootMutation, EmptySubscription>;
+
+/// The schema with the contract's limits: depth, complexity, and introspection on or off.
+pub fn build_schema(config: &GraphqlConfig, auth: Arc<Auth>) -> KeyholdSchema {
+    let mut builder = Schema::build(
+        RootQuery::default(),
+        RootMutation::default(),
+        EmptySubscription,
+    )
+    .limit_depth(config.max_depth)
+    .limit_complexity(config.max_complexity)
+    .data(auth);
+    if !config.introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
+}
+
+/// The SDL the server serves.
+pub fn sdl() -> String {
+    Schema::build(
+        RootQuery::default(),
+        RootMutation::default(),
+        EmptySubscription,
+    )
+    .finish()
+    .sdl()
+}

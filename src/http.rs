@@ -1,0 +1,250 @@
+//! HTTP: the routes (GraphQL, GraphiQL, health), over the TLS listener built in `app`.
+
+use std::sync::Arc;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
+use poem::http::{StatusCode, header};
+use poem::web::Data;
+use poem::{Body, Endpoint, EndpointExt, Request, Response, Route, get, handler};
+
+use crate::clock::Clock;
+use crate::config::GraphqlConfig;
+use crate::graphql::error::{label_engine_errors, request_error};
+use crate::graphql::{KeyholdSchema, RequestMeta};
+use crate::store::{Health, Store};
+
+/// What the handlers share.
+pub struct HttpState {
+    pub schema: KeyholdSchema,
+    pub graphql: GraphqlConfig,
+    pub store: Store,
+    pub clock: Clock,
+}
+
+/// Every route Keyhold serves.
+pub fn routes(state: Arc<HttpState>) -> impl Endpoint {
+    Route::new()
+        .at("/graphql", get(graphql_get).post(graphql_post))
+        .at("/api/graphql", get(graphql_get).post(graphql_post))
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz))
+        .data(state)
+}
+
+fn request_meta(req: &Request) -> RequestMeta {
+    RequestMeta::new(
+        req.remote_addr().as_socket_addr().map(|a| a.ip()),
+        req.header(header::USER_AGENT).map(str::to_string),
+        req.header(header::AUTHORIZATION),
+    )
+}
+
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => Response::builder()
+            .status(status)
+            .content_type("application/json")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise a response");
+            Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .finish()
+        }
+    }
+}
+
+fn refused(status: StatusCode, message: &str, field: &str) -> Response {
+    json(status, &request_error(message, field))
+}
+
+/// `POST /graphql`: one operation, or a batch of at most `graphql.max_batch`.
+#[handler]
+async fn graphql_post(req: &Request, body: Body, Data(state): Data<&Arc<HttpState>>) -> Response {
+    let limit = state.graphql.max_body_bytes;
+    let bytes = match body.into_bytes_limit(limit).await {
+        Ok(bytes) => bytes,
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => {
+            return refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than {limit} bytes"),
+                "body",
+            );
+        }
+        Err(_) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+                "body",
+            );
+        }
+    };
+    let batch = match parse_batch(&bytes) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not a GraphQL request in JSON: {e}"),
+                "body",
+            );
+        }
+    };
+    if let BatchRequest::Batch(requests) = &batch {
+        if requests.is_empty() {
+            return refused(StatusCode::BAD_REQUEST, "the batch is empty", "body");
+        }
+        if requests.len() > state.graphql.max_batch {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "a batch holds at most {} operations; this one has {}",
+                    state.graphql.max_batch,
+                    requests.len()
+                ),
+                "body",
+            );
+        }
+    }
+    let mut response = state
+        .schema
+        .execute_batch(batch.data(request_meta(req)))
+        .await;
+    match &mut response {
+        BatchResponse::Single(one) => label_engine_errors(one),
+        BatchResponse::Batch(many) => many.iter_mut().for_each(label_engine_errors),
+    }
+    json(StatusCode::OK, &response)
+}
+
+/// A JSON object is one operation and a JSON array a batch. Anything else is refused here:
+/// serde would otherwise read a struct from an array, and `[]` would run as an empty request.
+fn parse_batch(bytes: &[u8]) -> Result<BatchRequest, serde_json::Error> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let requests: Vec<async_graphql::Request> = serde_json::from_slice(bytes)?;
+            Ok(BatchRequest::Batch(requests))
+        }
+        Some(b'{') => Ok(BatchRequest::Single(serde_json::from_slice(bytes)?)),
+        _ => Err(serde::de::Error::custom(
+            "expected a JSON object, or an array of them",
+        )),
+    }
+}
+
+/// `GET /graphql`: GraphiQL when `graphql.playground` is on; a `?query=` runs queries only,
+/// never mutations.
+#[handler]
+async fn graphql_get(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Response {
+    let query_string = req.uri().query().unwrap_or_default();
+    if !query_string.split('&').any(|kv| kv.starts_with("query=")) {
+        if state.graphql.playground {
+            let page = GraphiQLSource::build().endpoint(req.uri().path()).finish();
+            return Response::builder()
+                .content_type("text/html; charset=utf-8")
+                .body(page);
+        }
+        return Response::builder()
+            .status(StatusCode::METHOD_NOT_ALLOWED)
+            .header(header::ALLOW, "POST")
+            .finish();
+    }
+    let request = match async_graphql::http::parse_query_string(query_string) {
+        Ok(request) => request,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                &format!("bad query string: {e}"),
+                "query",
+            );
+        }
+    };
+    if !runs_only_queries(&request.query, request.operation_name.as_deref()) {
+        let mut response = refused(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "mutations are only accepted over POST",
+            "query",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return response;
+    }
+    let mut response: GqlResponse = state.schema.execute(request.data(request_meta(req))).await;
+    label_engine_errors(&mut response);
+    json(StatusCode::OK, &response)
+}
+
+/// Whether the operation that would run is a query. A document that does not parse is
+/// let through: executing it reports the syntax error.
+fn runs_only_queries(query: &str, operation_name: Option<&str>) -> bool {
+    let Ok(document) = async_graphql::parser::parse_query(query) else {
+        return true;
+    };
+    let is_query = |ty: OperationType| ty == OperationType::Query;
+    match &document.operations {
+        DocumentOperations::Single(op) => is_query(op.node.ty),
+        DocumentOperations::Multiple(ops) => match operation_name {
+            Some(name) => ops.get(name).is_none_or(|op| is_query(op.node.ty)),
+            None => ops.values().all(|op| is_query(op.node.ty)),
+        },
+    }
+}
+
+/// `GET /healthz`: the process is up.
+#[handler]
+async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the store is open and takes writes.
+#[handler]
+async fn readyz(Data(state): Data<&Arc<HttpState>>) -> Response {
+    let store = state.store.clone();
+    let now = state.clock.now().unix_timestamp_nanos();
+    let probe = tokio::task::spawn_blocking(move || store.check_writable(now)).await;
+    match probe {
+        Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "readiness probe failed");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "status": "unavailable" }),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "readiness probe panicked");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "status": "unavailable" }),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_only_queries;
+
+    #[test]
+    fn only_queries_run_over_get() {
+        assert!(runs_only_queries("{ __typename }", None));
+        assert!(runs_only_queries("query Q { __typename }", Some("Q")));
+        assert!(!runs_only_queries("mutation { logout { status } }", None));
+        assert!(!runs_only_queries(
+            "query A { __typename } mutation B { logout { status } }",
+            None
+        ));
+        assert!(runs_only_queries(
+            "query A { __typename } mutation B { logout { status } }",
+            Some("A")
+        ));
+        assert!(!runs_only_queries(
+            "query A { __typename } mutation B { logout { status } }",
+            Some("B")
+        ));
+    }
+}

@@ -1,0 +1,23 @@
+//! Keyhold: a self-contained authentication server. One binary serves a GraphQL API over TLS
+//! and keeps users, device sessions and pending codes in an embedded sled database.
+//!
+//! Start it in-process with [`Application::build`]; see the README.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod mail;
+pub mod store;
+pub mod tls;
+
+pub use app::Application;
+pub use clock::Clock;
+pub use config::Config;
+pub use error::Error;

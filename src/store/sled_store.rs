@@ -1,0 +1,188 @@
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::keys::{FORMAT_VERSION, META, META_FORMAT_VERSION, META_READY_PROBE};
+use super::{Health, StoreError};
+
+/// The sled database with Keyhold's trees. Cheap to clone: clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Creates `path` (and its parents) readable by this user only; an existing folder is
+/// narrowed to 0700 too, since it holds password hashes and keys.
+pub fn create_private_dir(path: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, checking its storage format.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_private_dir(parent)?;
+        }
+        let db = sled::Config::new().path(path).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked {
+                    path: path.to_path_buf(),
+                }
+            }
+            sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked {
+                path: path.to_path_buf(),
+            },
+            other => StoreError::Sled(other),
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| StoreError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+        let meta = db.open_tree(META)?;
+        let store = Store {
+            db,
+            meta,
+            path: path.to_path_buf(),
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        match self.meta.get(META_FORMAT_VERSION)? {
+            None => {
+                self.meta
+                    .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        what: "the format version record is not 4 bytes".into(),
+                    })?;
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::FormatTooNew {
+                        path: self.path.clone(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                // Format 1 is the first; older formats will be migrated here.
+                Ok(())
+            }
+        }
+    }
+
+    /// The storage format recorded in the database.
+    pub fn format_version(&self) -> Result<u32, StoreError> {
+        let bytes = self
+            .meta
+            .get(META_FORMAT_VERSION)?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "no format version record".into(),
+            })?;
+        <[u8; 4]>::try_from(bytes.as_ref())
+            .map(u32::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "the format version record is not 4 bytes".into(),
+            })
+    }
+
+    /// Writes everything buffered to disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sets the recorded format version; only tests of the version check use it.
+    #[doc(hidden)]
+    pub fn force_format_version(&self, version: u32) -> Result<(), StoreError> {
+        self.meta
+            .insert(META_FORMAT_VERSION, &version.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Health for Store {
+    fn check_writable(&self, now_unix_nanos: i128) -> Result<(), StoreError> {
+        let stamp = i64::try_from(now_unix_nanos).unwrap_or(i64::MAX);
+        self.meta.insert(META_READY_PROBE, &stamp.to_be_bytes())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_store_records_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.format_version().unwrap(), FORMAT_VERSION);
+        let mode = std::fs::metadata(dir.path().join("data"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        assert_eq!(again.format_version().unwrap(), FORMAT_VERSION);
+    }
+
+    #[test]
+    fn a_newer_format_stops_the_open_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        Store::open(&path)
+            .unwrap()
+            .force_format_version(FORMAT_VERSION + 1)
+            .unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::FormatTooNew { found, .. } if found == FORMAT_VERSION + 1)
+        );
+        assert!(err.to_string().contains("newer Keyhold"), "{err}");
+    }
+
+    #[test]
+    fn the_health_probe_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.check_writable(42).unwrap();
+        assert_eq!(
+            store.meta.get(META_READY_PROBE).unwrap().unwrap().as_ref(),
+            42i64.to_be_bytes()
+        );
+    }
+}

@@ -1,0 +1,255 @@
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, error_code};
+
+#[tokio::test]
+async fn typename_answers_root_query_type_on_both_paths() {
+    let app = TestApp::spawn().await;
+    for path in ["/graphql", "/api/graphql"] {
+        let (status, body) = app
+            .post_json(path, &json!({ "query": "{ __typename }" }))
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(
+            body,
+            json!({ "data": { "__typename": "RootQueryType" } }),
+            "{path}"
+        );
+    }
+    let body = app.graphql("mutation { __typename }", Value::Null).await;
+    assert_eq!(body["data"]["__typename"], "RootMutationType");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn graphql_answers_are_never_cached() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_mutation_over_get_is_refused_and_a_query_over_get_runs() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[("query", "mutation { logout { status } }")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    assert!(body.get("data").is_none_or(Value::is_null), "{body}");
+
+    let response = app
+        .client
+        .get(app.url("/api/graphql"))
+        .query(&[("query", "{ __typename }")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["__typename"], "RootQueryType");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversize_body_is_refused() {
+    let app = TestApp::spawn_with(|c| c.graphql.max_body_bytes = 2048).await;
+    let padding = " ".repeat(4096);
+    let (status, body) = app
+        .post_json(
+            "/graphql",
+            &json!({ "query": format!("{{ __typename {padding} }}") }),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    // Just under the limit still works.
+    let (status, body) = app
+        .post_json(
+            "/graphql",
+            &json!({ "query": format!("{{ __typename {} }}", " ".repeat(1900)) }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_a_graphql_request_is_bad_user_input() {
+    let app = TestApp::spawn().await;
+    for raw in [
+        "not json",
+        "{\"query\": 5}",
+        "[]",
+        "42",
+        "\"{}\"",
+        "{\"query\": \"{ __typename }\", \"variables\": [1]}",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{raw}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{raw}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_runs_each_operation_up_to_the_limit() {
+    let app = TestApp::spawn().await;
+    let op = json!({ "query": "{ __typename }" });
+    let (status, body) = app
+        .post_json("/graphql", &json!(vec![op.clone(); 10]))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_array().unwrap().len(), 10);
+    assert_eq!(body[9]["data"]["__typename"], "RootQueryType");
+
+    let (status, body) = app.post_json("/graphql", &json!(vec![op; 11])).await;
+    assert_eq!(status, 400);
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_query_deeper_than_the_limit_is_refused() {
+    let app = TestApp::spawn().await;
+    // __schema > types > fields > type > ofType × 9: 13 levels against a limit of 12.
+    let mut inner = "name".to_string();
+    for _ in 0..9 {
+        inner = format!("ofType {{ {inner} }}");
+    }
+    let query = format!("{{ __schema {{ types {{ fields {{ type {{ {inner} }} }} }} }} }}");
+    let body = app.graphql(&query, Value::Null).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert!(body["data"].is_null(), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_query_more_complex_than_the_limit_is_refused() {
+    let app = TestApp::spawn_with(|c| c.graphql.max_complexity = 5).await;
+    let body = app
+        .graphql(
+            "{ a: userProfile { id } b: userProfile { id } c: userProfile { id } }",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn introspection_can_be_switched_off() {
+    let query = "{ __schema { queryType { name } mutationType { name } } }";
+    let on = TestApp::spawn().await;
+    let body = on.graphql(query, Value::Null).await;
+    assert_eq!(
+        body["data"]["__schema"]["queryType"]["name"],
+        "RootQueryType"
+    );
+    assert_eq!(
+        body["data"]["__schema"]["mutationType"]["name"],
+        "RootMutationType"
+    );
+    on.stop().await;
+
+    let off = TestApp::spawn_with(|c| c.graphql.introspection = false).await;
+    let body = off.graphql(query, Value::Null).await;
+    assert!(body["data"]["__schema"].is_null(), "{body}");
+    assert!(!body.to_string().contains("RootMutationType"), "{body}");
+    let body = off
+        .graphql(
+            "{ __type(name: \"UserProfile\") { fields { name } } }",
+            Value::Null,
+        )
+        .await;
+    assert!(body["data"]["__type"].is_null(), "{body}");
+    off.stop().await;
+}
+
+#[tokio::test]
+async fn graphiql_is_served_only_when_the_playground_is_on() {
+    let on = TestApp::spawn().await;
+    let response = on.client.get(on.url("/graphql")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.text().await.unwrap().contains("graphiql"));
+    on.stop().await;
+
+    let off = TestApp::spawn_with(|c| c.graphql.playground = false).await;
+    let response = off.client.get(off.url("/graphql")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    off.stop().await;
+}
+
+#[tokio::test]
+async fn a_syntax_error_is_bad_user_input_naming_the_query() {
+    let app = TestApp::spawn().await;
+    let body = app.graphql("{ __typename ", Value::Null).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "query");
+    let body = app.graphql("{ noSuchField }", Value::Null).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_authenticated_operation_without_a_token_is_unauthenticated() {
+    let app = TestApp::spawn().await;
+    let body = app
+        .graphql("{ userProfile { id email } }", Value::Null)
+        .await;
+    assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
+    let body = app
+        .graphql("mutation { logout { status } }", Value::Null)
+        .await;
+    assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
+
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth("forged.token.value")
+        .json(&json!({ "query": "{ sessions { deviceId } }" }))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "INVALID_TOKEN", "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::spawn().await;
+    let response = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    app.stop().await;
+}

@@ -1,0 +1,113 @@
+//! Starts a real Keyhold in-process: HTTPS on a free loopback port, sled in a temp folder, a
+//! real SMTP sink on loopback, and a manual clock the test moves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use keyhold::config::{MailTransportKind, SmtpSecurity};
+use keyhold::{Application, Clock, Config};
+use serde_json::{Value, json};
+
+use crate::smtp_sink::{Mailbox, SmtpSink};
+
+pub struct TestApp {
+    pub app: Application,
+    pub client: reqwest::Client,
+    pub mailbox: Mailbox,
+    pub clock: Clock,
+    pub dir: tempfile::TempDir,
+    _sink: SmtpSink,
+}
+
+/// The configuration every test starts from: cheap argon2 (through config, never by changing
+/// the defaults), port 0, storage in `dir`, mail to the sink.
+pub fn test_config(storage: PathBuf, smtp_port: u16) -> Config {
+    let mut config = Config::default();
+    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.storage.path = storage;
+    config.mail.transport = MailTransportKind::Smtp;
+    config.mail.smtp.host = Some("127.0.0.1".into());
+    config.mail.smtp.port = smtp_port;
+    config.mail.smtp.security = SmtpSecurity::None;
+    config.passwords.argon2_memory_kib = 64;
+    config.passwords.argon2_iterations = 1;
+    config.limits.enabled = false;
+    config
+}
+
+/// A client that trusts only this server's certificate and finds `localhost` at `addr`.
+pub fn https_client(certificate_pem: &str, addr: SocketAddr) -> reqwest::Client {
+    let certificate = reqwest::Certificate::from_pem(certificate_pem.as_bytes()).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([certificate])
+        .resolve("localhost", addr)
+        .https_only(true)
+        .build()
+        .unwrap()
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let sink = SmtpSink::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path().join("data"), sink.port);
+        adjust(&mut config);
+        let clock = Clock::manual(time::OffsetDateTime::now_utc());
+        let app = Application::build_with_clock(config, clock.clone())
+            .await
+            .expect("Keyhold starts");
+        let client = https_client(app.certificate_pem(), app.addr());
+        TestApp {
+            client,
+            mailbox: sink.mailbox.clone(),
+            clock,
+            dir,
+            app,
+            _sink: sink,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.app.base_url())
+    }
+
+    /// POSTs `body` to `path` and returns the status and the JSON answer.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs one GraphQL operation at `/graphql`.
+    pub async fn graphql(&self, query: &str, variables: Value) -> Value {
+        let (status, body) = self
+            .post_json(
+                "/graphql",
+                &json!({ "query": query, "variables": variables }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn stop(self) {
+        self.app.shutdown().await.expect("a clean shutdown");
+    }
+}
+
+/// The `extensions.code` of the first error.
+pub fn error_code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+}

@@ -1,0 +1,9 @@
+//! Integration tests: a real Keyhold over HTTPS on loopback, one file per area.
+
+mod helpers;
+mod smtp_sink;
+
+mod graphql_endpoint;
+mod mail;
+mod process;
+mod transport;
