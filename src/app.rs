@@ -36,9 +36,7 @@ impl Application {
 
     /// Starts Keyhold with the given clock, which tests move forward instead of sleeping.
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Application> {
-        // One crypto provider for every rustls user in the process (poem, mail-send); a
-        // second call finds it installed, which is fine.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         config.validate()?;
         if config.testing.expose_codes {
             tracing::warn!(

@@ -147,6 +147,8 @@ pub struct SmtpConfig {
     pub username: Option<String>,
     #[serde(deserialize_with = "lenient_secret")]
     pub password: Option<SecretString>,
+    /// PEM certificates to trust for the relay instead of the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
     /// Connect and per-command time limit.
     #[serde(with = "duration")]
     pub timeout: Duration,
@@ -160,6 +162,7 @@ impl Default for SmtpConfig {
             security: SmtpSecurity::Starttls,
             username: None,
             password: None,
+            ca_file: None,
             timeout: Duration::from_secs(30),
         }
     }

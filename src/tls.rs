@@ -11,6 +11,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Config, ConfigError};
 
+/// Makes aws-lc-rs the process's rustls provider, for the parts (poem, mail-send) that ask
+/// rustls for the default. Installing twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// The names a generated certificate is valid for.
 pub const GENERATED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 

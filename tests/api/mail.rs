@@ -5,7 +5,10 @@ use keyhold::Clock;
 use keyhold::mail::{LogTransport, Mailer, OutgoingMail, Template, Templates};
 use minijinja::context;
 
-use crate::helpers::TestApp;
+use keyhold::config::SmtpSecurity;
+
+use crate::helpers::{TestApp, test_config};
+use crate::smtp_sink::{SinkTls, SmtpSink};
 
 #[tokio::test]
 async fn a_message_sent_over_smtp_arrives_at_the_sink_with_its_subject_and_body() {
@@ -107,4 +110,57 @@ async fn a_message_is_dated_by_the_servers_clock() {
     assert_eq!(dated, app.clock.now().unix_timestamp());
     assert!(dated >= time::OffsetDateTime::now_utc().unix_timestamp() + 364 * 86400);
     app.stop().await;
+}
+
+async fn send_through(config: &keyhold::Config, to: &str) -> Result<(), keyhold::mail::MailError> {
+    let mailer = Mailer::from_config(config, Clock::system()).unwrap();
+    let mail = mailer
+        .render(
+            to,
+            Template::PasswordChanged,
+            context! { how => "changed", when => "now", reset_link => "https://localhost:8443/reset" },
+        )
+        .unwrap();
+    mailer.send(&mail).await
+}
+
+#[tokio::test]
+async fn mail_goes_through_starttls_and_implicit_tls_to_a_relay_with_a_private_ca() {
+    for (mode, security) in [
+        (SinkTls::StartTls, SmtpSecurity::Starttls),
+        (SinkTls::Implicit, SmtpSecurity::Tls),
+    ] {
+        let sink = SmtpSink::start_with(mode).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("relay-ca.pem");
+        std::fs::write(&ca, &sink.certificate_pem).unwrap();
+        let mut config = test_config(dir.path().join("data"), sink.port);
+        config.mail.smtp.security = security;
+        config.mail.smtp.ca_file = Some(ca);
+        send_through(&config, "dora@example.com").await.unwrap();
+        let received = sink.mailbox.wait_for("dora@example.com").await;
+        assert_eq!(received.subject(), "Your password was changed", "{mode:?}");
+        assert!(received.text().contains("changed at now"), "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_untrusted_relay_certificate_is_refused() {
+    let sink = SmtpSink::start_with(SinkTls::StartTls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("data"), sink.port);
+    config.mail.smtp.security = SmtpSecurity::Starttls;
+    assert!(send_through(&config, "eve@example.com").await.is_err());
+    assert!(sink.mailbox.all().is_empty());
+}
+
+#[tokio::test]
+async fn starttls_is_never_downgraded_to_plain_text() {
+    // This relay does not offer STARTTLS; the message must not go out in clear.
+    let sink = SmtpSink::start_with(SinkTls::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("data"), sink.port);
+    config.mail.smtp.security = SmtpSecurity::Starttls;
+    assert!(send_through(&config, "eve@example.com").await.is_err());
+    assert!(sink.mailbox.all().is_empty());
 }

@@ -1,10 +1,11 @@
 //! A real SMTP server on loopback that keeps every message it is given: enough of RFC 5321
-//! for mail-send's plain connection (EHLO, MAIL, RCPT, DATA with dot-stuffing, RSET, QUIT).
+//! for mail-send (EHLO, STARTTLS, MAIL, RCPT, DATA with dot-stuffing, RSET, QUIT), in plain
+//! text, with STARTTLS, or with TLS from the first byte.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -78,9 +79,22 @@ impl Mailbox {
     }
 }
 
+/// How the sink speaks TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkTls {
+    /// Plain text throughout.
+    None,
+    /// Plain, offering STARTTLS.
+    StartTls,
+    /// TLS from the first byte.
+    Implicit,
+}
+
 pub struct SmtpSink {
     pub port: u16,
     pub mailbox: Mailbox,
+    /// The sink's certificate (for 127.0.0.1), for clients to trust.
+    pub certificate_pem: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -92,21 +106,47 @@ impl Drop for SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> SmtpSink {
+        Self::start_with(SinkTls::None).await
+    }
+
+    pub async fn start_with(mode: SinkTls) -> SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let certificate_pem = made.cert.pem();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![made.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let mailbox = Mailbox::default();
         let inbox = mailbox.clone();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let inbox = inbox.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = session(socket, inbox).await;
+                    let _ = match mode {
+                        SinkTls::Implicit => match acceptor.accept(socket).await {
+                            Ok(tls) => session(tls, inbox, None).await,
+                            Err(_) => Ok(()),
+                        },
+                        SinkTls::StartTls => session(socket, inbox, Some(acceptor)).await,
+                        SinkTls::None => session(socket, inbox, None).await,
+                    };
                 });
             }
         });
         SmtpSink {
             port,
             mailbox,
+            certificate_pem,
             task,
         }
     }
@@ -118,16 +158,52 @@ fn address(arg: &str) -> String {
     arg[start..end].to_string()
 }
 
-async fn session(socket: tokio::net::TcpStream, inbox: Mailbox) -> std::io::Result<()> {
-    let (read, mut write) = socket.into_split();
-    let mut lines = BufReader::new(read);
-    write.write_all(b"220 sink ESMTP ready\r\n").await?;
+/// One SMTP conversation. With `starttls`, EHLO offers STARTTLS and the conversation goes on
+/// over TLS after it.
+async fn session<S>(
+    stream: S,
+    inbox: Mailbox,
+    starttls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut conn = BufReader::new(stream);
+    conn.get_mut()
+        .write_all(b"220 sink ESMTP ready\r\n")
+        .await?;
+    match converse(&mut conn, &inbox, starttls.is_some()).await? {
+        Next::Closed => Ok(()),
+        Next::StartTls => {
+            let Some(acceptor) = starttls else {
+                return Ok(());
+            };
+            let tls = acceptor.accept(conn.into_inner()).await?;
+            let mut conn = BufReader::new(tls);
+            converse(&mut conn, &inbox, false).await.map(|_| ())
+        }
+    }
+}
+
+enum Next {
+    Closed,
+    StartTls,
+}
+
+async fn converse<S>(
+    conn: &mut BufReader<S>,
+    inbox: &Mailbox,
+    offer_starttls: bool,
+) -> std::io::Result<Next>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut from, mut to) = (String::new(), Vec::new());
     let mut line = String::new();
     loop {
         line.clear();
-        if lines.read_line(&mut line).await? == 0 {
-            return Ok(());
+        if conn.read_line(&mut line).await? == 0 {
+            return Ok(Next::Closed);
         }
         let command = line.trim_end().to_string();
         let verb = command
@@ -135,28 +211,33 @@ async fn session(socket: tokio::net::TcpStream, inbox: Mailbox) -> std::io::Resu
             .next()
             .unwrap_or("")
             .to_ascii_uppercase();
-        match verb.as_str() {
-            "EHLO" => write.write_all(b"250-sink\r\n250 8BITMIME\r\n").await?,
-            "HELO" | "NOOP" => write.write_all(b"250 OK\r\n").await?,
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" if offer_starttls => b"250-sink\r\n250-8BITMIME\r\n250 STARTTLS\r\n",
+            "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+            "STARTTLS" if offer_starttls => {
+                conn.get_mut().write_all(b"220 go ahead\r\n").await?;
+                return Ok(Next::StartTls);
+            }
+            "HELO" | "NOOP" => b"250 OK\r\n",
             "RSET" => {
                 (from, to) = (String::new(), Vec::new());
-                write.write_all(b"250 OK\r\n").await?;
+                b"250 OK\r\n"
             }
             "MAIL" => {
                 from = address(&command);
-                write.write_all(b"250 OK\r\n").await?;
+                b"250 OK\r\n"
             }
             "RCPT" => {
                 to.push(address(&command));
-                write.write_all(b"250 OK\r\n").await?;
+                b"250 OK\r\n"
             }
             "DATA" => {
-                write.write_all(b"354 end with .\r\n").await?;
+                conn.get_mut().write_all(b"354 end with .\r\n").await?;
                 let mut data = Vec::new();
                 loop {
                     line.clear();
-                    if lines.read_line(&mut line).await? == 0 {
-                        return Ok(());
+                    if conn.read_line(&mut line).await? == 0 {
+                        return Ok(Next::Closed);
                     }
                     if line == ".\r\n" || line == ".\n" {
                         break;
@@ -169,13 +250,14 @@ async fn session(socket: tokio::net::TcpStream, inbox: Mailbox) -> std::io::Resu
                     rcpt_to: std::mem::take(&mut to),
                     data,
                 });
-                write.write_all(b"250 OK queued\r\n").await?;
+                b"250 OK queued\r\n"
             }
             "QUIT" => {
-                write.write_all(b"221 bye\r\n").await?;
-                return Ok(());
+                conn.get_mut().write_all(b"221 bye\r\n").await?;
+                return Ok(Next::Closed);
             }
-            _ => write.write_all(b"502 not implemented\r\n").await?,
-        }
+            _ => b"502 not implemented\r\n",
+        };
+        conn.get_mut().write_all(reply).await?;
     }
 }

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use keyhold::{Application, Clock};
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -99,4 +100,79 @@ async fn a_second_server_on_the_same_storage_is_refused() {
     let err = Application::build(config).await.err().expect("refused");
     assert!(format!("{err:#}").contains("in use"), "{err:#}");
     app.stop().await;
+}
+
+/// A TLS connection to the app that trusts its certificate, for speaking HTTP by hand.
+async fn raw_tls(app: &TestApp) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_slice_iter(app.app.certificate_pem().as_bytes())
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(app.app.addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+async fn read_until(stream: &mut (impl AsyncReadExt + Unpin), needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains(needle) || n == 0 {
+            return text;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_while_the_server_shuts_down() {
+    let app = TestApp::spawn().await;
+    let mut stream = raw_tls(&app).await;
+    let body = r#"{"query":"{ __typename }"}"#;
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // "100 Continue" comes once the handler reads the body: the request is in flight.
+    let interim = read_until(&mut stream, "100 Continue").await;
+    assert!(interim.contains("100 Continue"), "{interim}");
+
+    let addr = app.app.addr();
+    let shutdown = tokio::spawn(app.app.shutdown());
+    // Wait until the listener is closed: shutdown is under way, new connections are refused.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the listener closes");
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the request in flight"
+    );
+    // The request in flight is still served.
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_until(&mut stream, "RootQueryType").await;
+    assert!(answer.contains("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("RootQueryType"), "{answer}");
+    shutdown.await.unwrap().unwrap();
 }
