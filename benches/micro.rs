@@ -15,17 +15,14 @@ fn graphql_floor(c: &mut Criterion) {
     let mut config = Config::default();
     config.storage.path = dir.path().to_path_buf();
     let clock = Clock::system();
-    let auth = Arc::new(Auth {
-        store: Store::open(&config.db_path()).unwrap(),
-        mailer: Mailer::new(
-            &config.mail.from,
-            Arc::new(LogTransport::new(config.outbox_dir())),
-            Templates::load(None).unwrap(),
-            clock.clone(),
-        ),
-        clock,
-        config: Arc::new(config.clone()),
-    });
+    let mailer = Mailer::new(
+        &config.mail.from,
+        Arc::new(LogTransport::new(config.outbox_dir())),
+        Templates::load(None).unwrap(),
+        clock.clone(),
+    );
+    let store = Store::open(&config.db_path()).unwrap();
+    let auth = Arc::new(Auth::new(Arc::new(config.clone()), store, clock, mailer).unwrap());
     let schema = keyhold::graphql::build_schema(&config.graphql, auth);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -14,7 +14,7 @@ use crate::auth::Auth;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::graphql::build_schema;
-use crate::http::{HttpState, routes};
+use crate::http::{ConfigFirst, HttpState, routes};
 use crate::mail::Mailer;
 use crate::store::Store;
 use crate::tls::TlsMaterial;
@@ -50,14 +50,15 @@ impl Application {
         let store = Store::open(&config.db_path())?;
         let tls = TlsMaterial::load(&config)?;
         let mailer = Mailer::from_config(&config, clock.clone())?;
-        let auth = Arc::new(Auth {
-            config: config.clone(),
-            store: store.clone(),
-            clock: clock.clone(),
+        let auth = Arc::new(Auth::new(
+            config.clone(),
+            store.clone(),
+            clock.clone(),
             mailer,
-        });
+        )?);
         let state = Arc::new(HttpState {
             schema: build_schema(&config.graphql, auth.clone()),
+            auth: auth.clone(),
             graphql: config.graphql.clone(),
             store,
             clock,
@@ -66,7 +67,7 @@ impl Application {
         let certificate = RustlsCertificate::new()
             .cert(tls.cert_pem.clone())
             .key(tls.key_pem().to_string());
-        let acceptor = TcpListener::bind(config.server.listen)
+        let acceptor = ConfigFirst(TcpListener::bind(config.server.listen))
             .rustls(RustlsConfig::new().fallback(certificate))
             .into_acceptor()
             .await
@@ -144,6 +145,9 @@ impl Application {
         let _ = self.stop.send(true);
         let served = self.server.await.context("the server task failed")?;
         served.context("the server stopped with an error")?;
+        // Mail already accepted for sending goes out before the process ends.
+        self.auth.tasks.close();
+        self.auth.tasks.wait().await;
         self.auth.store.flush().await?;
         tracing::info!("Keyhold stopped; storage flushed");
         Ok(())

@@ -177,6 +177,10 @@ pub struct PasswordsConfig {
     pub argon2_parallelism: u32,
     #[serde(with = "duration")]
     pub reset_ttl: Duration,
+    /// Hashes computed at once; unset: the number of cores.
+    pub max_concurrent_hashes: Option<usize>,
+    /// Hashes waiting for a core; past this the caller is told to retry (`RATE_LIMITED`).
+    pub max_queued_hashes: usize,
 }
 
 impl Default for PasswordsConfig {
@@ -187,6 +191,8 @@ impl Default for PasswordsConfig {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             reset_ttl: Duration::from_secs(30 * 60),
+            max_concurrent_hashes: None,
+            max_queued_hashes: 64,
         }
     }
 }
@@ -238,6 +244,9 @@ impl Default for TwoFactorConfig {
 pub struct RegistrationConfig {
     pub open: bool,
     pub require_email_verification: bool,
+    /// Lifetime of an e-mail verification code.
+    #[serde(with = "duration")]
+    pub verification_ttl: Duration,
 }
 
 impl Default for RegistrationConfig {
@@ -245,6 +254,7 @@ impl Default for RegistrationConfig {
         RegistrationConfig {
             open: true,
             require_email_verification: true,
+            verification_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -305,6 +315,7 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TestingConfig {
+    /// Returns verification codes in `register`; for load tests only.
     pub expose_codes: bool,
 }
 
@@ -398,6 +409,12 @@ impl Config {
             ));
         }
         positive("passwords.reset_ttl", p.reset_ttl)?;
+        if p.max_concurrent_hashes == Some(0) {
+            return Err(ConfigError::key(
+                "passwords.max_concurrent_hashes",
+                "must be at least 1",
+            ));
+        }
         let t = &self.tokens;
         non_empty("tokens.issuer", &t.issuer)?;
         non_empty("tokens.audience", &t.audience)?;
@@ -409,6 +426,10 @@ impl Config {
             ));
         }
         positive("two_factor.code_ttl", self.two_factor.code_ttl)?;
+        positive(
+            "registration.verification_ttl",
+            self.registration.verification_ttl,
+        )?;
         if self.two_factor.max_attempts < 1 {
             return Err(ConfigError::key(
                 "two_factor.max_attempts",

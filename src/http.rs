@@ -5,19 +5,61 @@ use std::sync::Arc;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
-use poem::http::{StatusCode, header};
+use poem::http::{StatusCode, header, uri::Scheme};
+use poem::listener::{Acceptor, Listener};
 use poem::web::Data;
+use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Body, Endpoint, EndpointExt, Request, Response, Route, get, handler};
 
+use crate::auth::Auth;
 use crate::clock::Clock;
 use crate::config::GraphqlConfig;
 use crate::graphql::error::{label_engine_errors, request_error};
 use crate::graphql::{KeyholdSchema, RequestMeta};
 use crate::store::{Health, Store};
 
+/// poem's rustls acceptor loads its certificate on the first poll of `accept`, in a `select!`
+/// that races the first TCP connection: a client that connects the moment the server starts
+/// can find no TLS config and be dropped ("no valid tls config"). This listener yields once
+/// before its first TCP accept, so the config always loads first.
+pub struct ConfigFirst<L>(pub L);
+
+pub struct ConfigFirstAcceptor<A> {
+    inner: A,
+    yielded: bool,
+}
+
+impl<L: Listener> Listener for ConfigFirst<L> {
+    type Acceptor = ConfigFirstAcceptor<L::Acceptor>;
+
+    async fn into_acceptor(self) -> std::io::Result<Self::Acceptor> {
+        Ok(ConfigFirstAcceptor {
+            inner: self.0.into_acceptor().await?,
+            yielded: false,
+        })
+    }
+}
+
+impl<A: Acceptor> Acceptor for ConfigFirstAcceptor<A> {
+    type Io = A::Io;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        if !self.yielded {
+            self.yielded = true;
+            tokio::task::yield_now().await;
+        }
+        self.inner.accept().await
+    }
+}
+
 /// What the handlers share.
 pub struct HttpState {
     pub schema: KeyholdSchema,
+    pub auth: Arc<Auth>,
     pub graphql: GraphqlConfig,
     pub store: Store,
     pub clock: Clock,
@@ -30,6 +72,7 @@ pub fn routes(state: Arc<HttpState>) -> impl Endpoint {
         .at("/api/graphql", get(graphql_get).post(graphql_post))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
+        .at("/.well-known/jwks.json", get(jwks))
         .data(state)
 }
 
@@ -192,6 +235,18 @@ fn runs_only_queries(query: &str, operation_name: Option<&str>) -> bool {
             None => ops.values().all(|op| is_query(op.node.ty)),
         },
     }
+}
+
+/// `GET /.well-known/jwks.json`: the public keys that verify access tokens.
+#[handler]
+async fn jwks(Data(state): Data<&Arc<HttpState>>) -> Response {
+    let mut response = json(StatusCode::OK, &state.auth.tokens.jwks());
+    // Public and slow to change: verifiers may cache it briefly.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("public, max-age=300"),
+    );
+    response
 }
 
 /// `GET /healthz`: the process is up.

@@ -1,37 +1,166 @@
 //! The use cases: accounts, sign-in and second factor, tokens, passwords. Nothing here knows
 //! GraphQL or HTTP; resolvers call one function here and map its error.
 
-use std::sync::Arc;
+pub mod accounts;
+pub mod passwords;
+pub mod secrets;
+pub mod sessions;
+pub mod tokens;
 
-use crate::clock::Clock;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use time::OffsetDateTime;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::clock::{Clock, iso8601};
 use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::mail::Mailer;
+use crate::mail::{Mailer, Template};
 use crate::store::Store;
+use crate::store::records::{AccountState, UserRecord};
+
+pub use passwords::PasswordHasher;
+pub use secrets::Secrets;
+pub use sessions::{DeviceInput, LogoutTarget, SignedIn};
+pub use tokens::Tokens;
 
 /// Everything the use cases need, shared by every request.
-#[derive(Clone)]
 pub struct Auth {
     pub config: Arc<Config>,
     pub store: Store,
     pub clock: Clock,
     pub mailer: Mailer,
+    pub passwords: PasswordHasher,
+    pub tokens: Tokens,
+    pub secrets: Secrets,
+    /// Background work (mail sends) that shutdown waits for.
+    pub tasks: TaskTracker,
+    /// When each session was last used, kept in memory so that a request does not write.
+    last_seen: Mutex<HashMap<Uuid, i64>>,
 }
 
-/// A signed-in caller, proven by a valid access token.
-///
-/// No access token can be issued yet (sign-in arrives with the accounts work), so there is no
-/// way to build one: the type has no values, and every authenticated operation refuses.
-#[derive(Debug)]
-pub enum Caller {}
+/// A signed-in caller, proven by a valid access token of a live device session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+/// Where a request came from, as the transport saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
 
 impl Auth {
-    /// Who holds `bearer`: `UNAUTHENTICATED` without a token, `INVALID_TOKEN` for one that
-    /// does not verify.
-    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
-        match bearer {
-            None => Err(Error::Unauthenticated),
-            Some(_) => Err(Error::InvalidToken),
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        clock: Clock,
+        mailer: Mailer,
+    ) -> anyhow::Result<Auth> {
+        let passwords = PasswordHasher::new(&config.passwords)?;
+        let tokens = Tokens::load_or_create(&store, &config.tokens, clock.unix_seconds())?;
+        let secrets = Secrets::load_or_create(&config.storage.path.join("keys"))?;
+        Ok(Auth {
+            config,
+            store,
+            clock,
+            mailer,
+            passwords,
+            tokens,
+            secrets,
+            tasks: TaskTracker::new(),
+            last_seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.unix_seconds()
+    }
+
+    /// `ACTIVE`, `UNVERIFIED` or `DISABLED`.
+    pub fn user_status(&self, user: &UserRecord) -> &'static str {
+        match user.state {
+            AccountState::Disabled => "DISABLED",
+            AccountState::Active
+                if !user.email_verified && self.config.registration.require_email_verification =>
+            {
+                "UNVERIFIED"
+            }
+            AccountState::Active => "ACTIVE",
         }
     }
+
+    /// A page under `server.public_url`.
+    pub(crate) fn page(&self, path: &str) -> url::Url {
+        let mut url = self.config.server.public_url.clone();
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}/{path}"));
+        url.set_query(None);
+        url
+    }
+
+    /// A link under `server.public_url` carrying a code: `path?code=…`.
+    pub(crate) fn link(&self, path: &str, code: &str) -> String {
+        let mut url = self.page(path);
+        url.query_pairs_mut().append_pair("code", code);
+        url.to_string()
+    }
+
+    /// Renders a message now and sends it in the background: an answer never waits on SMTP.
+    /// A failure is logged (recipient and template, never the body).
+    pub(crate) fn send_mail(&self, to: &str, template: Template, context: minijinja::Value) {
+        let mail = match self.mailer.render(to, template, context) {
+            Ok(mail) => mail,
+            Err(e) => {
+                tracing::error!(error = %e, template = template.name(), "cannot render a mail");
+                return;
+            }
+        };
+        let mailer = self.mailer.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = mailer.send(&mail).await {
+                tracing::error!(error = %e, to = %mail.to, subject = %mail.subject, "mail not sent");
+            }
+        });
+    }
+
+    pub(crate) fn touch(&self, session_id: Uuid, now: i64) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(session_id, now);
+    }
+
+    pub(crate) fn last_seen(&self, session_id: Uuid) -> Option<i64> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&session_id)
+            .copied()
+    }
+
+    pub(crate) fn forget_sessions(&self, ids: &[Uuid]) {
+        let mut seen = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            seen.remove(id);
+        }
+    }
+}
+
+/// A Unix time as the contract writes times.
+pub fn iso(unix: i64) -> String {
+    iso8601(OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH))
+}
+
+/// A configured lifetime in whole seconds.
+pub(crate) fn seconds(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)
 }

@@ -31,6 +31,11 @@ impl Email {
         Ok(Email(input.to_lowercase()))
     }
 
+    /// Wraps an already-normalised address from storage without checking it again.
+    pub(crate) fn unchecked(stored: &str) -> Email {
+        Email(stored.to_lowercase())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,5 +1,6 @@
 //! Plain domain types with `parse()`: once a value has one of these types it is valid.
 
 mod email;
+pub mod profile;
 
 pub use email::Email;

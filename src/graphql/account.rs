@@ -1,77 +1,14 @@
-//! Accounts: the signed-in user's profile, device sessions and sign-out. The operations that
-//! create accounts and sign in arrive here with the accounts work; until then every one of
-//! these needs a token that cannot yet exist, and refuses.
+//! Accounts: register, verifyEmail, userProfile, updateProfile.
 
-use async_graphql::{Context, Enum, InputObject, Object, SimpleObject};
+use async_graphql::{Context, Object};
 
-use super::context::caller;
-use super::scalars::{EmailAddress, RId};
-
-/// The second factor a user signs in with.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TwoFactorMethod {
-    Email,
-    Totp,
-}
-
-#[derive(SimpleObject, Clone, Debug)]
-pub struct UserProfile {
-    pub id: RId,
-    /// extension
-    pub email: EmailAddress,
-    /// extension
-    pub email_verified: bool,
-    pub username: String,
-    pub first_name: String,
-    pub last_name: String,
-    pub middle_name: Option<String>,
-    pub preferred_name: Option<String>,
-    pub date_of_birth: Option<String>,
-    pub phone_number: Option<String>,
-    pub country_code: Option<String>,
-    pub address1: Option<String>,
-    pub address2: Option<String>,
-    pub city: Option<String>,
-    pub state: Option<String>,
-    pub zip_code: Option<String>,
-    pub country: Option<String>,
-    pub opt_in_marketing: Option<bool>,
-    pub two_factor_auth: Option<bool>,
-    /// extension
-    pub two_factor_method: Option<TwoFactorMethod>,
-    /// extension: ISO-8601
-    pub created_at: Option<String>,
-}
-
-/// extension
-#[derive(SimpleObject, Clone, Debug)]
-pub struct DeviceSession {
-    pub device_id: String,
-    pub name: Option<String>,
-    pub ip_address: Option<String>,
-    pub user_agent: Option<String>,
-    pub created_at: String,
-    pub last_seen_at: String,
-    /// True for the session of the token making this request.
-    pub current: bool,
-}
-
-#[derive(SimpleObject, Clone, Debug, Default)]
-pub struct LogoutResult {
-    /// 200 on success.
-    pub status: Option<i32>,
-    pub message: Option<String>,
-    pub device_id: Option<String>,
-    pub ip_address: Option<String>,
-}
-
-#[derive(InputObject, Clone, Debug, Default)]
-pub struct DeviceInfo {
-    /// The device's own stable id. When absent at sign-in, the server assigns one and returns it.
-    pub device_id: Option<String>,
-    /// extension: a human-readable name such as 'Firefox on Linux'.
-    pub name: Option<String>,
-}
+use super::context::{auth, caller};
+use super::error::ResultExt;
+use super::scalars::RId;
+use super::types::{
+    RegisterUserResult, UpdateUserProfileResult, UserProfile, UserProfileInputV2,
+    UserRegistrationInputV2, VerificationResult,
+};
 
 #[derive(Default)]
 pub struct AccountQuery;
@@ -80,12 +17,9 @@ pub struct AccountQuery;
 impl AccountQuery {
     /// The signed-in user's profile.
     async fn user_profile(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserProfile>> {
-        match caller(ctx)? {}
-    }
-
-    /// extension: the signed-in user's active device sessions, most recently used first.
-    async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DeviceSession>> {
-        match caller(ctx)? {}
+        let caller = caller(ctx)?;
+        let user = auth(ctx).profile(&caller).gql()?;
+        Ok(Some(UserProfile::from(&user)))
     }
 }
 
@@ -94,18 +28,56 @@ pub struct AccountMutation;
 
 #[Object]
 impl AccountMutation {
-    /// Sign out one device: the caller's own, or another of the caller's devices named by deviceId.
-    async fn logout(
+    /// Create an account from a JSON document (see CONTRACT.md, Registration).
+    async fn register(
         &self,
         ctx: &Context<'_>,
-        device_info: Option<DeviceInfo>,
+        input: UserRegistrationInputV2,
+    ) -> async_graphql::Result<Option<RegisterUserResult>> {
+        let registered = auth(ctx).register(&input.data).await.gql()?;
+        let id = registered.user_id.map(RId);
+        Ok(Some(RegisterUserResult {
+            status: Some(201),
+            message: Some(
+                "Registration received. Check your e-mail for the verification link.".into(),
+            ),
+            user_id: id,
+            account_id: id,
+            verification_code: registered.verification_code,
+        }))
+    }
+
+    /// Confirm ownership of an e-mail address with the code mailed at registration or after an address change.
+    async fn verify_email(
+        &self,
+        ctx: &Context<'_>,
+        code: String,
+    ) -> async_graphql::Result<Option<VerificationResult>> {
+        auth(ctx).verify_email(&code).await.gql()?;
+        Ok(Some(VerificationResult {
+            verified: Some(true),
+            message: Some("The e-mail address is verified.".into()),
+        }))
+    }
+
+    /// Update the signed-in user's profile from a JSON document of the fields to change.
+    async fn update_profile(
+        &self,
+        ctx: &Context<'_>,
+        input: UserProfileInputV2,
         #[graphql(
-            default = false,
-            desc = "extension: sign out every device of the caller."
+            desc = "extension: a step-up code; required when the e-mail address changes and 2FA is on."
         )]
-        all_devices: bool,
-    ) -> async_graphql::Result<Option<LogoutResult>> {
-        let _ = (device_info, all_devices);
-        match caller(ctx)? {}
+        code: Option<String>,
+    ) -> async_graphql::Result<UpdateUserProfileResult> {
+        // Step-up codes arrive with two-factor sign-in; without 2FA none is needed.
+        let _ = code;
+        let caller = caller(ctx)?;
+        let user = auth(ctx).update_profile(&caller, &input.data).await.gql()?;
+        Ok(UpdateUserProfileResult {
+            errors: Some(Vec::new()),
+            status: 200,
+            user_profile: UserProfile::from(&user),
+        })
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_graphql::Context;
 
 use super::error::ResultExt;
-use crate::auth::{Auth, Caller};
+use crate::auth::{Auth, Caller, Origin};
 
 /// What the HTTP layer knows about the request, attached to every GraphQL request.
 #[derive(Clone, Default)]
@@ -42,6 +42,14 @@ impl RequestMeta {
 
     pub fn bearer(&self) -> Option<&str> {
         self.bearer.as_deref()
+    }
+
+    /// Where the request came from, for the use cases.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            ip: self.client_ip,
+            user_agent: self.user_agent.clone(),
+        }
     }
 }
 

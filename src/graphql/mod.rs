@@ -5,6 +5,8 @@ pub mod account;
 pub mod context;
 pub mod error;
 pub mod scalars;
+pub mod session;
+pub mod types;
 
 use std::sync::Arc;
 
@@ -18,12 +20,12 @@ pub use context::RequestMeta;
 /// The query root: each area's queries, merged.
 #[derive(MergedObject, Default)]
 #[graphql(name = "RootQueryType")]
-pub struct RootQuery(account::AccountQuery);
+pub struct RootQuery(account::AccountQuery, session::SessionQuery);
 
 /// The mutation root: each area's mutations, merged.
 #[derive(MergedObject, Default)]
 #[graphql(name = "RootMutationType")]
-pub struct RootMutation(account::AccountMutation);
+pub struct RootMutation(account::AccountMutation, session::SessionMutation);
 
 pub type KeyholdSchema = Schema<RootQuery, RootMutation, EmptySubscription>;
 

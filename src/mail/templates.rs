@@ -19,15 +19,18 @@ pub enum Template {
     PasswordReset,
     /// `how` ("changed" or "reset"), `when`, `reset_link`.
     PasswordChanged,
+    /// `new_email`, `when`: sent to the old address after an address change.
+    EmailChanged,
 }
 
 impl Template {
-    pub const ALL: [Template; 5] = [
+    pub const ALL: [Template; 6] = [
         Template::VerifyEmail,
         Template::AccountExists,
         Template::TwoFactorCode,
         Template::PasswordReset,
         Template::PasswordChanged,
+        Template::EmailChanged,
     ];
 
     /// The file stem: `NAME.txt` and `NAME.html` in `mail.templates_dir` replace the built-ins.
@@ -38,6 +41,7 @@ impl Template {
             Template::TwoFactorCode => "two_factor_code",
             Template::PasswordReset => "password_reset",
             Template::PasswordChanged => "password_changed",
+            Template::EmailChanged => "email_changed",
         }
     }
 
@@ -62,6 +66,10 @@ impl Template {
             Template::PasswordChanged => (
                 include_str!("templates/password_changed.txt"),
                 include_str!("templates/password_changed.html"),
+            ),
+            Template::EmailChanged => (
+                include_str!("templates/email_changed.txt"),
+                include_str!("templates/email_changed.html"),
             ),
         }
     }
@@ -155,6 +163,7 @@ mod tests {
             expires_at => "2026-11-25T10:00:00Z",
             how => "changed",
             when => "2026-11-25T09:50:00Z",
+            new_email => "new@example.com",
         };
         for template in Template::ALL {
             let (subject, text, html) = templates.render(template, ctx.clone()).unwrap();

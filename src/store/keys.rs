@@ -10,8 +10,19 @@
 //! |---|---|---|
 //! | `meta` | `format_version` | `u32` BE: the storage format of the whole database ([`FORMAT_VERSION`]) |
 //! | `meta` | `ready_probe` | `i64` BE: Unix nanoseconds of the last `/readyz` write probe |
+//! | `users` | user id (16-byte UUID) | `UserRecord` |
+//! | `users_by_email` | normalised e-mail address (UTF-8) | user id (16 bytes) |
+//! | `users_by_username` | lower-cased username (UTF-8) | user id (16 bytes) |
+//! | `sessions` | session id (16 bytes) | `SessionRecord` (one signed-in device) |
+//! | `sessions_by_user` | user id (16) ‖ device id (UTF-8) | session id (16 bytes) |
+//! | `refresh_tokens` | HMAC-SHA256 of the refresh token (32 bytes) | `RefreshRecord` |
+//! | `email_codes` | HMAC-SHA256 of the verification code (32 bytes) | `EmailCodeRecord` |
+//! | `signing_keys` | key id (`kid`, UTF-8) | `SigningKeyRecord` (Ed25519, PKCS#8) |
 //!
-//! Later areas add their trees here, next to the constants that name them.
+//! Codes and tokens are never stored in clear: only their keyed hash, with a key kept outside
+//! the database (`storage.path/keys/hmac.key`), so a copy of the database alone does not let
+//! anyone test guesses. A user id prefix in `sessions_by_user` makes "every device of a user"
+//! one range scan.
 
 /// The tree of database-wide facts.
 pub const META: &str = "meta";
@@ -21,6 +32,22 @@ pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 
 /// `meta` key: written by the readiness probe to prove the store takes writes.
 pub const META_READY_PROBE: &[u8] = b"ready_probe";
+
+pub const USERS: &str = "users";
+pub const USERS_BY_EMAIL: &str = "users_by_email";
+pub const USERS_BY_USERNAME: &str = "users_by_username";
+pub const SESSIONS: &str = "sessions";
+pub const SESSIONS_BY_USER: &str = "sessions_by_user";
+pub const REFRESH_TOKENS: &str = "refresh_tokens";
+pub const EMAIL_CODES: &str = "email_codes";
+pub const SIGNING_KEYS: &str = "signing_keys";
+
+/// `sessions_by_user` key: user id ‖ device id.
+pub fn session_by_user_key(user_id: &uuid::Uuid, device_id: &str) -> Vec<u8> {
+    let mut key = user_id.as_bytes().to_vec();
+    key.extend_from_slice(device_id.as_bytes());
+    key
+}
 
 /// The storage format this binary reads and writes. Raise it only together with a migration
 /// from the previous one, run when the store opens.

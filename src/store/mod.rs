@@ -1,11 +1,16 @@
 //! Storage: small traits that the use cases depend on, and sled behind them. Every sled call
 //! in Keyhold lives under this module.
 
+mod accounts;
 pub mod keys;
+pub mod records;
+mod sessions;
 mod sled_store;
 
 use std::path::PathBuf;
 
+pub use accounts::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
+pub use sessions::{RotateOutcome, SessionStore, SigningKeyStore};
 pub use sled_store::{Store, create_private_dir};
 
 /// Why the store could not do what was asked.
@@ -32,9 +37,29 @@ pub enum StoreError {
     Corrupt { path: PathBuf, what: String },
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("a record in tree {tree} cannot be read: {what}")]
+    Record { tree: String, what: String },
 }
 
 /// Whether the store can take writes: what `/readyz` asks.
 pub trait Health: Send + Sync {
     fn check_writable(&self, now_unix_nanos: i128) -> Result<(), StoreError>;
+}
+
+/// Turns a transaction's outcome into the store's error.
+pub(crate) fn tx_result<T>(
+    result: sled::transaction::TransactionResult<T, StoreError>,
+) -> Result<T, StoreError> {
+    result.map_err(|e| match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+    })
+}
+
+/// A 16-byte id read back from an index value.
+pub(crate) fn uuid_from(tree: &str, bytes: &[u8]) -> Result<uuid::Uuid, StoreError> {
+    uuid::Uuid::from_slice(bytes).map_err(|_| StoreError::Record {
+        tree: tree.to_string(),
+        what: "an id is not 16 bytes".into(),
+    })
 }

@@ -2,14 +2,22 @@ use std::fs::DirBuilder;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::keys::{FORMAT_VERSION, META, META_FORMAT_VERSION, META_READY_PROBE};
+use super::keys::{self, FORMAT_VERSION, META, META_FORMAT_VERSION, META_READY_PROBE};
 use super::{Health, StoreError};
 
 /// The sled database with Keyhold's trees. Cheap to clone: clones share one database.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    meta: sled::Tree,
+    pub(super) db: sled::Db,
+    pub(super) meta: sled::Tree,
+    pub(super) users: sled::Tree,
+    pub(super) users_by_email: sled::Tree,
+    pub(super) users_by_username: sled::Tree,
+    pub(super) sessions: sled::Tree,
+    pub(super) sessions_by_user: sled::Tree,
+    pub(super) refresh_tokens: sled::Tree,
+    pub(super) email_codes: sled::Tree,
+    pub(super) signing_keys: sled::Tree,
     path: PathBuf,
 }
 
@@ -57,10 +65,17 @@ impl Store {
                 source,
             },
         )?;
-        let meta = db.open_tree(META)?;
         let store = Store {
+            meta: db.open_tree(META)?,
+            users: db.open_tree(keys::USERS)?,
+            users_by_email: db.open_tree(keys::USERS_BY_EMAIL)?,
+            users_by_username: db.open_tree(keys::USERS_BY_USERNAME)?,
+            sessions: db.open_tree(keys::SESSIONS)?,
+            sessions_by_user: db.open_tree(keys::SESSIONS_BY_USER)?,
+            refresh_tokens: db.open_tree(keys::REFRESH_TOKENS)?,
+            email_codes: db.open_tree(keys::EMAIL_CODES)?,
+            signing_keys: db.open_tree(keys::SIGNING_KEYS)?,
             db,
-            meta,
             path: path.to_path_buf(),
         };
         store.check_format()?;

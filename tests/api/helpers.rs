@@ -100,8 +100,75 @@ impl TestApp {
         body
     }
 
+    /// Runs one operation with `Authorization: Bearer token`.
+    pub async fn graphql_as(&self, token: &str, query: &str, variables: Value) -> Value {
+        let response = self
+            .client
+            .post(self.url("/graphql"))
+            .bearer_auth(token)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// `register` with a document.
+    pub async fn register(&self, document: Value) -> Value {
+        self.graphql(
+            "mutation($data: String!) { register(input: { data: $data }) { status message userId accountId verificationCode } }",
+            json!({ "data": document.to_string() }),
+        )
+        .await
+    }
+
+    /// Registers `email` and uses the mailed code, so the account can sign in.
+    pub async fn verified_user(&self, email: &str, password: &str) {
+        let body = self
+            .register(json!({ "email": email, "password": password }))
+            .await;
+        assert_eq!(body["data"]["register"]["status"], 201, "{body}");
+        let mail = self
+            .mailbox
+            .wait_for_subject(email, "Confirm your e-mail")
+            .await;
+        let body = self.verify_email(&mail.link_code()).await;
+        assert_eq!(body["data"]["verifyEmail"]["verified"], true, "{body}");
+    }
+
+    pub async fn verify_email(&self, code: &str) -> Value {
+        self.graphql(
+            "mutation($code: String!) { verifyEmail(code: $code) { verified message } }",
+            json!({ "code": code }),
+        )
+        .await
+    }
+
+    /// `login`, returning the whole answer.
+    pub async fn login(&self, email: &str, password: &str, device_id: Option<&str>) -> Value {
+        self.graphql(
+            LOGIN,
+            json!({ "email": email, "password": password, "device": device_id.map(|d| json!({ "deviceId": d, "name": "test device" })) }),
+        )
+        .await
+    }
+
+    /// Signs in and returns `data.login`.
+    pub async fn signed_in(&self, email: &str, password: &str, device_id: Option<&str>) -> Value {
+        let body = self.login(email, password, device_id).await;
+        assert!(body["errors"].is_null(), "{body}");
+        body["data"]["login"].clone()
+    }
+
     pub async fn stop(self) {
         self.app.shutdown().await.expect("a clean shutdown");
+    }
+
+    /// Stops the server but keeps its storage for the test to look at.
+    pub async fn stop_keeping_storage(self) -> tempfile::TempDir {
+        self.app.shutdown().await.expect("a clean shutdown");
+        self.dir
     }
 }
 
@@ -111,3 +178,10 @@ pub fn error_code(body: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("no error code in {body}"))
 }
+
+pub const LOGIN: &str = "mutation($email: EmailAddress!, $password: String!, $device: DeviceInfo) { login(credentials: { email: $email, password: $password, deviceInfo: $device }) { status userId userUid userStatus token refreshToken sessionId promptTwoFactorAuth promptTncAcceptance deviceId ipAddress lastLoginAt currentLoginAt tokenExpiresAt refreshTokenExpiresAt twoFactorMethod userProfile { id email emailVerified username firstName lastName twoFactorAuth createdAt } } }";
+
+pub const NEW_TOKEN: &str = "mutation($refresh: String!) { newToken(refreshToken: $refresh) { status token refreshToken sessionId deviceId tokenExpiresAt refreshTokenExpiresAt userProfile { id } } }";
+
+/// A password that meets the policy.
+pub const PASSWORD: &str = "correct horse battery staple";

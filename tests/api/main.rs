@@ -3,7 +3,9 @@
 mod helpers;
 mod smtp_sink;
 
+mod accounts;
 mod graphql_endpoint;
 mod mail;
 mod process;
+mod sessions;
 mod transport;

@@ -4,6 +4,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -86,20 +89,19 @@ async fn an_unreadable_certificate_stops_start_up_naming_the_file() {
     assert!(stderr.contains("missing.crt"), "{stderr}");
 }
 
-#[tokio::test]
-async fn the_server_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    // The file asks for a port that cannot be bound; the environment overrides it.
-    std::fs::write(
-        dir.path().join("config.toml"),
-        "[server]\nlisten = \"127.0.0.1:1\"\n[storage]\npath = \"./data\"\n",
-    )
-    .unwrap();
-    let mut child = keyhold(dir.path())
-        .args(["serve", "--config", "config.toml"])
-        .env("KEYHOLD_SERVER__LISTEN", "127.0.0.1:0")
-        .spawn()
-        .unwrap();
+type LogLines = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+
+/// Starts `keyhold serve --config config.toml` in `dir` and waits for its "listening" line.
+async fn start_server(
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, SocketAddr, LogLines, Vec<String>) {
+    let mut command = keyhold(dir);
+    command.args(["serve", "--config", "config.toml"]);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = Vec::new();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
@@ -109,13 +111,27 @@ async fn the_server_stops_cleanly_on_sigterm() {
                 let start = line.find("address=").unwrap() + "address=".len();
                 let rest = &line[start..];
                 let end = rest.find(' ').unwrap_or(rest.len());
-                return rest[..end].parse::<std::net::SocketAddr>().unwrap();
+                return rest[..end].parse::<SocketAddr>().unwrap();
             }
         }
         panic!("the server exited before listening: {log:#?}");
     })
     .await
     .expect("the server listens within 30 s");
+    (child, addr, stderr, log)
+}
+
+#[tokio::test]
+async fn the_server_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file asks for a port that cannot be bound; the environment overrides it.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:1\"\n[storage]\npath = \"./data\"\n",
+    )
+    .unwrap();
+    let (mut child, addr, mut stderr, mut log) =
+        start_server(dir.path(), &[("KEYHOLD_SERVER__LISTEN", "127.0.0.1:0")]).await;
     assert_ne!(addr.port(), 0, "the log names the real port");
 
     let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
@@ -129,12 +145,7 @@ async fn the_server_stops_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
 
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("it stops within 30 s")
@@ -151,4 +162,134 @@ async fn the_server_stops_cleanly_on_sigterm() {
     keyhold::store::Store::open(&dir.path().join("data/db")).unwrap();
     // Nothing answers any more.
     assert!(client.post(&url).send().await.is_err());
+}
+
+fn signal(child: &tokio::process::Child, which: &str) {
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args([which, &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+async fn call(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Value {
+    let mut request = client
+        .post(format!("https://localhost:{}/graphql", addr.port()))
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[testing]\nexpose_codes = true\n",
+    )
+    .unwrap();
+    let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
+    let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
+    let client = https_client(&certificate, addr);
+
+    let register =
+        "mutation($data: String!) { register(input: { data: $data }) { userId verificationCode } }";
+    let verify = "mutation($code: String!) { verifyEmail(code: $code) { verified } }";
+    let login = "mutation($email: EmailAddress!, $device: String) { login(credentials: { email: $email, password: \"correct horse battery staple\", deviceInfo: { deviceId: $device } }) { token refreshToken } }";
+    let password = "correct horse battery staple";
+
+    let body = call(
+        &client,
+        addr,
+        None,
+        register,
+        json!({ "data": json!({ "email": "kit@example.com", "password": password }).to_string() }),
+    )
+    .await;
+    let code = body["data"]["register"]["verificationCode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = call(&client, addr, None, verify, json!({ "code": code })).await;
+    assert_eq!(body["data"]["verifyEmail"]["verified"], true);
+    let phone = call(
+        &client,
+        addr,
+        None,
+        login,
+        json!({ "email": "kit@example.com", "device": "phone" }),
+    )
+    .await;
+    let laptop = call(
+        &client,
+        addr,
+        None,
+        login,
+        json!({ "email": "kit@example.com", "device": "laptop" }),
+    )
+    .await;
+    let laptop_token = laptop["data"]["login"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let phone_token = phone["data"]["login"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = call(
+        &client,
+        addr,
+        Some(&laptop_token),
+        "mutation { logout(deviceInfo: { deviceId: \"phone\" }) { status } }",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(body["data"]["logout"]["status"], 200);
+    // Registered but never verified, right before the kill.
+    let body = call(
+        &client,
+        addr,
+        None,
+        register,
+        json!({ "data": json!({ "email": "lou@example.com", "password": password }).to_string() }),
+    )
+    .await;
+    assert!(body["data"]["register"]["userId"].is_string());
+
+    signal(&child, "-KILL");
+    child.wait().await.unwrap();
+
+    let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
+    let client = https_client(&certificate, addr);
+    let profile = "{ userProfile { email emailVerified } }";
+    let body = call(&client, addr, Some(&laptop_token), profile, Value::Null).await;
+    assert_eq!(body["data"]["userProfile"]["emailVerified"], true, "{body}");
+    let body = call(&client, addr, Some(&phone_token), profile, Value::Null).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "INVALID_TOKEN",
+        "the logout held: {body}"
+    );
+    let body = call(
+        &client,
+        addr,
+        None,
+        register,
+        json!({ "data": json!({ "email": "lou@example.com", "password": password }).to_string() }),
+    )
+    .await;
+    assert!(
+        body["data"]["register"]["userId"].is_null(),
+        "the last account exists: {body}"
+    );
+    signal(&child, "-TERM");
+    child.wait().await.unwrap();
 }

@@ -35,6 +35,16 @@ impl ReceivedMail {
             .unwrap_or_default()
     }
 
+    /// The long code of a `?code=` link in the text body.
+    pub fn link_code(&self) -> String {
+        let text = self.text();
+        let start = text.find("code=").expect("a link with a code") + "code=".len();
+        text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect()
+    }
+
     pub fn html(&self) -> String {
         self.parsed()
             .body_html(0)
@@ -57,18 +67,42 @@ impl Mailbox {
 
     /// Waits (at most 10 s of real time: delivery is real I/O) for the first message to `to`.
     pub async fn wait_for(&self, to: &str) -> ReceivedMail {
+        self.wait_for_where(to, |_| true).await
+    }
+
+    /// Waits for the first message to `to` whose subject contains `subject`.
+    pub async fn wait_for_subject(&self, to: &str, subject: &str) -> ReceivedMail {
+        self.wait_for_where(to, |m| m.subject().contains(subject))
+            .await
+    }
+
+    /// Every message to `to`.
+    pub fn to(&self, to: &str) -> Vec<ReceivedMail> {
+        self.all()
+            .into_iter()
+            .filter(|m| m.rcpt_to.iter().any(|r| r.eq_ignore_ascii_case(to)))
+            .collect()
+    }
+
+    pub async fn wait_for_where(
+        &self,
+        to: &str,
+        matches: impl Fn(&ReceivedMail) -> bool,
+    ) -> ReceivedMail {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let notified = self.arrived.notified();
-            if let Some(mail) = self
-                .all()
-                .into_iter()
-                .find(|m| m.rcpt_to.iter().any(|r| r.eq_ignore_ascii_case(to)))
-            {
+            if let Some(mail) = self.to(to).into_iter().find(|m| matches(m)) {
                 return mail;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("no message to {to} arrived");
+                panic!(
+                    "no matching message to {to} arrived; got {:?}",
+                    self.to(to)
+                        .iter()
+                        .map(ReceivedMail::subject)
+                        .collect::<Vec<_>>()
+                );
             }
         }
     }

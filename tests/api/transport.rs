@@ -176,3 +176,21 @@ async fn a_request_in_flight_finishes_while_the_server_shuts_down() {
     assert!(answer.contains("RootQueryType"), "{answer}");
     shutdown.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_first_connection_right_after_start_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..10 {
+        let app = Application::build(test_config(dir.path().join("data"), 1))
+            .await
+            .unwrap();
+        let client = https_client(app.certificate_pem(), app.addr());
+        let response = client
+            .get(format!("{}/healthz", app.base_url()))
+            .send()
+            .await
+            .expect("the TLS configuration is in place before the first accept");
+        assert_eq!(response.status().as_u16(), 200);
+        app.shutdown().await.unwrap();
+    }
+}

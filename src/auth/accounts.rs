@@ -1,0 +1,224 @@
+//! Registration, e-mail verification and the profile.
+
+use minijinja::context;
+use uuid::Uuid;
+
+use super::secrets::random_token;
+use super::{Auth, Caller, iso, passwords, seconds};
+use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, username_from};
+use crate::error::{Error, Result};
+use crate::mail::Template;
+use crate::store::records::{AccountState, EmailCodeRecord, ProfileRecord, UserRecord};
+use crate::store::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
+
+/// Purpose tag of e-mail verification codes in the keyed hash.
+const EMAIL_CODE: &str = "email-verification";
+
+/// What `register` tells the caller.
+#[derive(Debug)]
+pub struct Registered {
+    /// None when the address already had an account (the caller cannot tell otherwise).
+    pub user_id: Option<Uuid>,
+    /// Only with `testing.expose_codes`.
+    pub verification_code: Option<String>,
+}
+
+impl Auth {
+    /// Creates an account from the contract's JSON document, and mails a verification code.
+    /// An address that already has an account gets the same answer, and its owner a notice.
+    pub async fn register(&self, data: &str) -> Result<Registered> {
+        if !self.config.registration.open {
+            return Err(Error::RegistrationClosed);
+        }
+        let doc = Registration::parse(data)?;
+        let explicit_username = doc.profile.username.clone();
+        let username = match &explicit_username {
+            Some(name) => name.clone(),
+            None => username_from(&doc.email),
+        };
+        passwords::check_policy(
+            &doc.password,
+            self.config.passwords.min_length,
+            doc.email.as_str(),
+            &username,
+        )?;
+        // Hashed before the address is looked up, so a known address answers no faster.
+        let password_hash = self.passwords.hash(doc.password.clone()).await?;
+        let now = self.now();
+        let mut user = UserRecord {
+            id: Uuid::new_v4(),
+            email: doc.email.as_str().to_string(),
+            email_verified: false,
+            username,
+            password_hash,
+            state: AccountState::Active,
+            profile: ProfileRecord::default(),
+            created_at: now,
+            last_login_at: None,
+            current_login_at: None,
+        };
+        apply_profile(&mut user, &doc.profile);
+        let code = random_token::<16>();
+        let code_record = EmailCodeRecord {
+            user_id: user.id,
+            email: user.email.clone(),
+            expires_at: now + seconds(self.config.registration.verification_ttl),
+        };
+        let hash = self.secrets.keyed_hash(EMAIL_CODE, &code);
+        // A generated username may clash; try a few suffixes before giving up.
+        let mut attempt = 0;
+        loop {
+            let outcome = self.store.create_user(&user, &hash, &code_record)?;
+            match outcome {
+                CreateOutcome::Created => break,
+                CreateOutcome::EmailTaken { .. } => {
+                    self.send_mail(
+                        &user.email,
+                        Template::AccountExists,
+                        context! { reset_link => self.page("forgot-password").to_string() },
+                    );
+                    return Ok(Registered {
+                        user_id: None,
+                        verification_code: None,
+                    });
+                }
+                CreateOutcome::UsernameTaken if explicit_username.is_some() => {
+                    return Err(Error::bad_input("username", "is already taken"));
+                }
+                CreateOutcome::UsernameTaken => {
+                    attempt += 1;
+                    if attempt > 8 {
+                        user.username = format!("user-{}", Uuid::new_v4().simple());
+                    } else {
+                        let suffix =
+                            u32::from_be_bytes(super::secrets::random_bytes::<4>()) % 10_000;
+                        user.username = format!("{}-{suffix:04}", username_from(&doc.email));
+                    }
+                }
+            }
+        }
+        self.store.flush().await?;
+        self.mail_verification(&user.email, &code, code_record.expires_at);
+        Ok(Registered {
+            user_id: Some(user.id),
+            verification_code: self.config.testing.expose_codes.then_some(code),
+        })
+    }
+
+    fn mail_verification(&self, to: &str, code: &str, expires_at: i64) {
+        self.send_mail(
+            to,
+            Template::VerifyEmail,
+            context! {
+                link => self.link("verify-email", code),
+                code => code,
+                expires_at => iso(expires_at),
+            },
+        );
+    }
+
+    /// Marks the address the code was sent to verified. The code works once.
+    pub async fn verify_email(&self, code: &str) -> Result<()> {
+        let hash = self.secrets.keyed_hash(EMAIL_CODE, code.trim());
+        match self.store.verify_email(&hash, self.now())? {
+            VerifyOutcome::Verified { .. } => {
+                self.store.flush().await?;
+                Ok(())
+            }
+            VerifyOutcome::Expired => {
+                self.store.flush().await?;
+                Err(Error::CodeExpired)
+            }
+            VerifyOutcome::Unknown => Err(Error::InvalidCode),
+        }
+    }
+
+    /// The caller's account.
+    pub fn profile(&self, caller: &Caller) -> Result<UserRecord> {
+        self.store.user(caller.user_id)?.ok_or(Error::InvalidToken)
+    }
+
+    /// Applies the fields of the document. A new address is unverified until its new code is
+    /// used; the old address is told of the change.
+    pub async fn update_profile(&self, caller: &Caller, data: &str) -> Result<UserRecord> {
+        let update = ProfileUpdate::parse(data)?;
+        let before = self.profile(caller)?;
+        if update.is_empty() {
+            return Ok(before);
+        }
+        let mut after = before.clone();
+        apply_profile(&mut after, &update.profile);
+        if let Some(name) = &update.profile.username {
+            after.username = name.clone();
+        }
+        let now = self.now();
+        let mut new_code = None;
+        if let Some(email) = update.email.as_ref().filter(|e| e.as_str() != before.email) {
+            after.email = email.as_str().to_string();
+            after.email_verified = false;
+            let code = random_token::<16>();
+            let record = EmailCodeRecord {
+                user_id: after.id,
+                email: after.email.clone(),
+                expires_at: now + seconds(self.config.registration.verification_ttl),
+            };
+            new_code = Some((self.secrets.keyed_hash(EMAIL_CODE, &code), record, code));
+        }
+        let outcome = self.store.update_user(
+            &before,
+            &after,
+            new_code.as_ref().map(|(hash, record, _)| (hash, record)),
+        )?;
+        match outcome {
+            UpdateOutcome::Updated => {}
+            UpdateOutcome::EmailTaken => {
+                return Err(Error::bad_input("email", "cannot be used for this account"));
+            }
+            UpdateOutcome::UsernameTaken => {
+                return Err(Error::bad_input("username", "is already taken"));
+            }
+        }
+        self.store.flush().await?;
+        if let Some((_, record, code)) = new_code {
+            self.mail_verification(&after.email, &code, record.expires_at);
+            self.send_mail(
+                &before.email,
+                Template::EmailChanged,
+                context! { new_email => after.email.clone(), when => iso(now) },
+            );
+        }
+        Ok(after)
+    }
+}
+
+/// Copies the fields present in a document onto the account.
+fn apply_profile(user: &mut UserRecord, fields: &ProfileFields) {
+    let p = &mut user.profile;
+    if let Some(v) = &fields.first_name {
+        p.first_name = v.clone();
+    }
+    if let Some(v) = &fields.last_name {
+        p.last_name = v.clone();
+    }
+    let optional = [
+        (&fields.middle_name, &mut p.middle_name),
+        (&fields.preferred_name, &mut p.preferred_name),
+        (&fields.date_of_birth, &mut p.date_of_birth),
+        (&fields.phone_number, &mut p.phone_number),
+        (&fields.country_code, &mut p.country_code),
+        (&fields.address1, &mut p.address1),
+        (&fields.address2, &mut p.address2),
+        (&fields.city, &mut p.city),
+        (&fields.state, &mut p.state),
+        (&fields.zip_code, &mut p.zip_code),
+        (&fields.country, &mut p.country),
+    ];
+    for (given, target) in optional {
+        if let Some(value) = given {
+            *target = value.clone();
+        }
+    }
+    if let Some(value) = fields.opt_in_marketing {
+        p.opt_in_marketing = value;
+    }
+}

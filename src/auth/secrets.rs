@@ -1,0 +1,115 @@
+//! Randomness and keyed hashes: codes and tokens are stored only as HMAC-SHA256 under a key
+//! that lives in a file beside the database, never inside it.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use aws_lc_rs::hmac;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::config::ConfigError;
+
+/// The HMAC key for stored codes and tokens.
+pub struct Secrets {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets([REDACTED])")
+    }
+}
+
+impl Secrets {
+    /// Reads `dir/hmac.key`, making it (32 random bytes, mode 0600) on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Secrets, ConfigError> {
+        let path = dir.join("hmac.key");
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                crate::store::create_private_dir(dir).map_err(|e| ConfigError::file(dir, e))?;
+                let fresh = random_bytes::<32>();
+                let write = || -> std::io::Result<()> {
+                    let tmp = path.with_extension("tmp");
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
+                    file.write_all(&fresh)?;
+                    file.sync_all()?;
+                    std::fs::rename(&tmp, &path)
+                };
+                write().map_err(|e| ConfigError::file(&path, format!("cannot write: {e}")))?;
+                fresh.to_vec()
+            }
+            Err(e) => return Err(ConfigError::file(&path, format!("cannot read: {e}"))),
+        };
+        if bytes.len() != 32 {
+            return Err(ConfigError::file(&path, "must hold exactly 32 bytes"));
+        }
+        Ok(Secrets {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+        })
+    }
+
+    /// The keyed hash under which a code or token is stored and looked up.
+    pub fn keyed_hash(&self, purpose: &str, value: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        // The purpose keeps a verification code from ever matching a refresh token.
+        ctx.update(purpose.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(value.as_bytes());
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+/// `N` bytes from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // The system RNG does not fail on Linux once the kernel is seeded; a failure here
+    // would mean no safe randomness at all, so refusing to go on is right.
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .unwrap_or_else(|_| panic!("the system random number generator failed"));
+    bytes
+}
+
+/// An opaque token of `N` random bytes, base64url without padding.
+pub fn random_token<const N: usize>() -> String {
+    URL_SAFE_NO_PAD.encode(random_bytes::<N>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_key_is_made_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Secrets::load_or_create(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join("hmac.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = Secrets::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.keyed_hash("x", "code"), b.keyed_hash("x", "code"));
+        assert_ne!(a.keyed_hash("x", "code"), a.keyed_hash("y", "code"));
+    }
+
+    #[test]
+    fn tokens_are_long_and_distinct() {
+        let a = random_token::<32>();
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, random_token::<32>());
+    }
+}

@@ -1,0 +1,256 @@
+//! Sign-in, device sessions and their tokens: login, newToken, logout, sessions, and
+//! checking the access token of every authenticated request.
+
+use uuid::Uuid;
+
+use super::secrets::random_token;
+use super::{Auth, Caller, Origin, seconds};
+use crate::domain::Email;
+use crate::error::{Error, Result};
+use crate::store::records::{AccountState, SessionRecord, UserRecord};
+use crate::store::{RotateOutcome, SessionStore, UserStore};
+
+/// Purpose tag of refresh tokens in the keyed hash.
+const REFRESH_TOKEN: &str = "refresh-token";
+/// The longest client-chosen device id and device name.
+const MAX_DEVICE_TEXT: usize = 128;
+
+/// What the client says about its device at sign-in.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceInput {
+    pub device_id: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A completed sign-in (or refresh): the account, the device session and its tokens.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub user: UserRecord,
+    pub session: SessionRecord,
+    pub access_token: String,
+    pub access_expires_at: i64,
+    pub refresh_token: String,
+    /// The sign-in before this one.
+    pub last_login_at: Option<i64>,
+    pub current_login_at: Option<i64>,
+}
+
+/// Which sessions `logout` ends.
+#[derive(Debug, Clone)]
+pub enum LogoutTarget {
+    /// The caller's own.
+    Own,
+    /// Another of the caller's devices.
+    Device(String),
+    /// Every device of the caller.
+    All,
+}
+
+fn device_text(field: &str, value: Option<String>) -> Result<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) if v.chars().count() > MAX_DEVICE_TEXT || v.chars().any(char::is_control) => {
+            Err(Error::bad_input(
+                field,
+                format!("must be at most {MAX_DEVICE_TEXT} printable characters"),
+            ))
+        }
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+impl Auth {
+    /// Signs in with address and password. A wrong address and a wrong password are the same
+    /// `INVALID_CREDENTIALS`, in the same time.
+    pub async fn login(
+        &self,
+        email: &Email,
+        password: String,
+        device: DeviceInput,
+        origin: &Origin,
+    ) -> Result<SignedIn> {
+        let device_id = device_text("deviceInfo.deviceId", device.device_id)?;
+        let name = device_text("deviceInfo.name", device.name)?;
+        if password.chars().count() > super::passwords::MAX_LENGTH {
+            // Never hash unbounded input; no stored password can be this long.
+            return Err(Error::InvalidCredentials);
+        }
+        let user = self.store.user_by_email(email.as_str())?;
+        let verified = self
+            .passwords
+            .verify(
+                password.clone(),
+                user.as_ref().map(|u| u.password_hash.clone()),
+            )
+            .await?;
+        let Some(mut user) = user.filter(|_| verified.matches) else {
+            return Err(Error::InvalidCredentials);
+        };
+        if user.state == AccountState::Disabled {
+            return Err(Error::AccountDisabled);
+        }
+        if !user.email_verified && self.config.registration.require_email_verification {
+            return Err(Error::EmailNotVerified);
+        }
+        if verified.needs_rehash {
+            user.password_hash = self.passwords.hash(password).await?;
+        }
+        let device_id = device_id.unwrap_or_else(|| Uuid::new_v4().to_string());
+        self.open_session(user, device_id, name, origin).await
+    }
+
+    /// Starts a device session for `user` (replacing the one the device had), durable before
+    /// it returns.
+    pub(crate) async fn open_session(
+        &self,
+        mut user: UserRecord,
+        device_id: String,
+        name: Option<String>,
+        origin: &Origin,
+    ) -> Result<SignedIn> {
+        let now = self.now();
+        user.last_login_at = user.current_login_at;
+        user.current_login_at = Some(now);
+        let refresh_token = random_token::<32>();
+        let session = SessionRecord {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            device_id,
+            name,
+            ip_address: origin.ip.map(|ip| ip.to_string()),
+            user_agent: origin.user_agent.clone(),
+            created_at: now,
+            last_seen_at: now,
+            refresh_hash: self.secrets.keyed_hash(REFRESH_TOKEN, &refresh_token),
+            refresh_expires_at: now + seconds(self.config.tokens.refresh_ttl),
+        };
+        if let Some(replaced) = self.store.start_session(&user, &session)? {
+            self.forget_sessions(&[replaced.id]);
+        }
+        self.store.flush().await?;
+        let (access_token, access_expires_at) = self.tokens.issue(user.id, session.id, now)?;
+        self.touch(session.id, now);
+        Ok(SignedIn {
+            last_login_at: user.last_login_at,
+            current_login_at: user.current_login_at,
+            user,
+            session,
+            access_token,
+            access_expires_at,
+            refresh_token,
+        })
+    }
+
+    /// Exchanges a refresh token for a new pair. A token that was already rotated ends its
+    /// session: whoever presents it may have stolen it.
+    pub async fn new_token(&self, refresh_token: &str) -> Result<SignedIn> {
+        let now = self.now();
+        let old = self.secrets.keyed_hash(REFRESH_TOKEN, refresh_token.trim());
+        let fresh = random_token::<32>();
+        let new = self.secrets.keyed_hash(REFRESH_TOKEN, &fresh);
+        let expires_at = now + seconds(self.config.tokens.refresh_ttl);
+        let session = match self.store.rotate_refresh(&old, &new, expires_at, now)? {
+            RotateOutcome::Rotated(session) => session,
+            RotateOutcome::Reused {
+                session_id,
+                user_id,
+            } => {
+                self.forget_sessions(&[session_id]);
+                self.store.flush().await?;
+                tracing::warn!(
+                    user = %user_id,
+                    session = %session_id,
+                    "a rotated refresh token was presented again: the device session is ended"
+                );
+                return Err(Error::InvalidToken);
+            }
+            RotateOutcome::Expired | RotateOutcome::Unknown => return Err(Error::InvalidToken),
+        };
+        let user = self
+            .store
+            .user(session.user_id)?
+            .ok_or(Error::InvalidToken)?;
+        if user.state == AccountState::Disabled {
+            return Err(Error::AccountDisabled);
+        }
+        let (access_token, access_expires_at) = self.tokens.issue(user.id, session.id, now)?;
+        self.touch(session.id, now);
+        Ok(SignedIn {
+            last_login_at: user.last_login_at,
+            current_login_at: user.current_login_at,
+            user,
+            session,
+            access_token,
+            access_expires_at,
+            refresh_token: fresh,
+        })
+    }
+
+    /// Who holds `bearer`: the token must verify and its device session must still exist,
+    /// so a logout takes effect at once.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
+        let token = bearer.ok_or(Error::Unauthenticated)?;
+        let now = self.now();
+        let claims = self.tokens.verify(token, now)?;
+        let session_id = Uuid::parse_str(&claims.sid).map_err(|_| Error::InvalidToken)?;
+        let user_id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
+        let session = self.store.session(session_id)?.ok_or(Error::InvalidToken)?;
+        if session.user_id != user_id {
+            return Err(Error::InvalidToken);
+        }
+        self.touch(session_id, now);
+        Ok(Caller {
+            user_id,
+            session_id,
+        })
+    }
+
+    /// Ends the caller's own session, another of its devices, or all of them. Returns the
+    /// ended sessions.
+    pub async fn logout(
+        &self,
+        caller: &Caller,
+        target: LogoutTarget,
+    ) -> Result<Vec<SessionRecord>> {
+        let mine = self.store.sessions_of(caller.user_id)?;
+        let ended: Vec<SessionRecord> = match target {
+            LogoutTarget::Own => mine
+                .into_iter()
+                .filter(|s| s.id == caller.session_id)
+                .collect(),
+            LogoutTarget::All => mine,
+            LogoutTarget::Device(device_id) => {
+                let found: Vec<_> = mine
+                    .into_iter()
+                    .filter(|s| s.device_id == device_id)
+                    .collect();
+                if found.is_empty() {
+                    return Err(Error::bad_input(
+                        "deviceInfo.deviceId",
+                        "no device of yours is signed in with this id",
+                    ));
+                }
+                found
+            }
+        };
+        let ids: Vec<Uuid> = ended.iter().map(|s| s.id).collect();
+        self.store.end_sessions(&ids)?;
+        self.store.flush().await?;
+        self.forget_sessions(&ids);
+        Ok(ended)
+    }
+
+    /// The caller's device sessions, most recently used first, with `last_seen_at` as this
+    /// process last saw them.
+    pub fn sessions(&self, caller: &Caller) -> Result<Vec<SessionRecord>> {
+        let mut sessions = self.store.sessions_of(caller.user_id)?;
+        for s in &mut sessions {
+            if let Some(seen) = self.last_seen(s.id) {
+                s.last_seen_at = s.last_seen_at.max(seen);
+            }
+        }
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen_at));
+        Ok(sessions)
+    }
+}

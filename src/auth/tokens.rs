@@ -1,0 +1,274 @@
+//! Access tokens: EdDSA (Ed25519) JWTs with `iss aud sub sid iat exp jti` and a `kid` header,
+//! signed by a key made on first start and kept in the store; the public keys as a JWKS.
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::TokensConfig;
+use crate::error::{Error, Result};
+use crate::store::records::SigningKeyRecord;
+use crate::store::{SigningKeyStore, Store};
+
+/// The claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The user id.
+    pub sub: String,
+    /// The device session id.
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// The public key, base64url: the JWK `x`.
+    x: String,
+}
+
+/// Signs and verifies access tokens.
+pub struct Tokens {
+    /// Newest first; the first signs.
+    keys: Vec<SigningKey>,
+    issuer: String,
+    audience: String,
+    access_ttl: i64,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<_> = self.keys.iter().map(|k| k.kid.as_str()).collect();
+        f.debug_struct("Tokens")
+            .field("kids", &kids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokens {
+    /// Loads the signing keys, making the first one when the store has none.
+    pub fn load_or_create(
+        store: &Store,
+        config: &TokensConfig,
+        now: i64,
+    ) -> anyhow::Result<Tokens> {
+        let mut records = store.signing_keys()?;
+        if records.is_empty() {
+            let record = new_signing_key(now)?;
+            store.add_signing_key(&record)?;
+            tracing::info!(kid = %record.kid, "generated the first access-token signing key");
+            records.push(record);
+        }
+        records.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+        let keys = records
+            .iter()
+            .map(signing_key)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        // Expiry is checked against Keyhold's clock below, not the system's.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        Ok(Tokens {
+            keys,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            access_ttl: i64::try_from(config.access_ttl.as_secs()).unwrap_or(i64::MAX),
+            validation,
+        })
+    }
+
+    /// A signed access token for this user and device session, and when it expires.
+    pub fn issue(&self, user_id: Uuid, session_id: Uuid, now: i64) -> Result<(String, i64)> {
+        let key = self
+            .keys
+            .first()
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("no signing key")))?;
+        let exp = now.saturating_add(self.access_ttl);
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user_id.to_string(),
+            sid: session_id.to_string(),
+            iat: now,
+            exp,
+            jti: Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        let token =
+            jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(Error::internal)?;
+        Ok((token, exp))
+    }
+
+    /// The claims of a token that is well-formed, signed by one of our keys with EdDSA, for
+    /// our issuer and audience, and not expired at `now`. Anything else is `INVALID_TOKEN`.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Claims> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Error::InvalidToken)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(Error::InvalidToken);
+        }
+        let kid = header.kid.ok_or(Error::InvalidToken)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(Error::InvalidToken)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation)
+            .map_err(|_| Error::InvalidToken)?;
+        if data.claims.exp <= now {
+            return Err(Error::InvalidToken);
+        }
+        Ok(data.claims)
+    }
+
+    /// The public keys, as `GET /.well-known/jwks.json` serves them.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<_> = self
+            .keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": k.x,
+                    "kid": k.kid,
+                    "alg": "EdDSA",
+                    "use": "sig",
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+}
+
+fn new_signing_key(now: i64) -> anyhow::Result<SigningKeyRecord> {
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|e| anyhow::anyhow!("cannot read the new Ed25519 key: {e}"))?;
+    Ok(SigningKeyRecord {
+        kid: thumbprint(&URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())),
+        pkcs8: STANDARD.encode(pkcs8.as_ref()),
+        created_at: now,
+    })
+}
+
+fn signing_key(record: &SigningKeyRecord) -> anyhow::Result<SigningKey> {
+    let pkcs8 = STANDARD.decode(&record.pkcs8)?;
+    let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|e| anyhow::anyhow!("signing key {}: {e}", record.kid))?;
+    let public = pair.public_key().as_ref().to_vec();
+    Ok(SigningKey {
+        kid: record.kid.clone(),
+        encoding: EncodingKey::from_ed_der(&pkcs8),
+        decoding: DecodingKey::from_ed_der(&public),
+        x: URL_SAFE_NO_PAD.encode(&public),
+    })
+}
+
+/// The RFC 7638 JWK thumbprint of an Ed25519 public key: a stable `kid`.
+fn thumbprint(x: &str) -> String {
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> (tempfile::TempDir, Tokens) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let tokens = Tokens::load_or_create(&store, &TokensConfig::default(), 1_000).unwrap();
+        (dir, tokens)
+    }
+
+    #[test]
+    fn a_token_carries_the_contract_claims_and_verifies_until_it_expires() {
+        let (_dir, tokens) = tokens();
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, exp) = tokens.issue(user, session, 1_000).unwrap();
+        assert_eq!(exp, 1_000 + 15 * 60);
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::EdDSA);
+        assert!(header.kid.is_some());
+        let claims = tokens.verify(&token, 1_001).unwrap();
+        assert_eq!(claims.sub, user.to_string());
+        assert_eq!(claims.sid, session.to_string());
+        assert_eq!(
+            (claims.iss.as_str(), claims.aud.as_str()),
+            ("keyhold", "keyhold")
+        );
+        assert_eq!(claims.iat, 1_000);
+        assert!(!claims.jti.is_empty());
+        assert!(tokens.verify(&token, exp).is_err(), "expired at exp");
+    }
+
+    #[test]
+    fn the_key_is_kept_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let a = Tokens::load_or_create(&store, &TokensConfig::default(), 1).unwrap();
+        let (token, _) = a.issue(Uuid::new_v4(), Uuid::new_v4(), 1).unwrap();
+        let b = Tokens::load_or_create(&store, &TokensConfig::default(), 2).unwrap();
+        assert!(b.verify(&token, 2).is_ok());
+        assert_eq!(a.jwks(), b.jwks());
+    }
+
+    #[test]
+    fn foreign_and_tampered_tokens_are_refused() {
+        let (_dir, ours) = tokens();
+        let (_dir2, theirs) = tokens();
+        let (token, _) = theirs.issue(Uuid::new_v4(), Uuid::new_v4(), 1_000).unwrap();
+        assert!(ours.verify(&token, 1_001).is_err(), "another key");
+
+        let (token, _) = ours.issue(Uuid::new_v4(), Uuid::new_v4(), 1_000).unwrap();
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+        claims["sub"] = serde_json::json!(Uuid::new_v4().to_string());
+        parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
+        assert!(
+            ours.verify(&parts.join("."), 1_001).is_err(),
+            "altered claims"
+        );
+
+        let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        let unsigned = format!("{none_header}.{}.", parts[1]);
+        assert!(ours.verify(&unsigned, 1_001).is_err(), "alg none");
+
+        let store = Store::open(&_dir.path().join("db2")).unwrap();
+        let ours = Tokens::load_or_create(&store, &TokensConfig::default(), 1_000).unwrap();
+        let other_issuer = Tokens::load_or_create(
+            &store,
+            &TokensConfig {
+                issuer: "someone-else".into(),
+                ..TokensConfig::default()
+            },
+            1_000,
+        )
+        .unwrap();
+        let (token, _) = other_issuer
+            .issue(Uuid::new_v4(), Uuid::new_v4(), 1_000)
+            .unwrap();
+        assert!(
+            ours.verify(&token, 1_001).is_err(),
+            "same key, other issuer"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! The contract's result and input types, filled from the use cases' records.
+
+use async_graphql::{Enum, InputObject, SimpleObject};
+
+use super::scalars::{EmailAddress, RId};
+use crate::auth::{Auth, SignedIn, iso};
+use crate::domain::Email;
+use crate::store::records::{SessionRecord, UserRecord};
+
+/// The second factor a user signs in with.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwoFactorMethod {
+    Email,
+    Totp,
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct UserProfile {
+    pub id: RId,
+    /// extension
+    pub email: EmailAddress,
+    /// extension
+    pub email_verified: bool,
+    pub username: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub middle_name: Option<String>,
+    pub preferred_name: Option<String>,
+    pub date_of_birth: Option<String>,
+    pub phone_number: Option<String>,
+    pub country_code: Option<String>,
+    pub address1: Option<String>,
+    pub address2: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub zip_code: Option<String>,
+    pub country: Option<String>,
+    pub opt_in_marketing: Option<bool>,
+    pub two_factor_auth: Option<bool>,
+    /// extension
+    pub two_factor_method: Option<TwoFactorMethod>,
+    /// extension: ISO-8601
+    pub created_at: Option<String>,
+}
+
+impl From<&UserRecord> for UserProfile {
+    fn from(user: &UserRecord) -> Self {
+        let p = user.profile.clone();
+        let email = Email::parse("email", &user.email)
+            .map(EmailAddress::from)
+            .unwrap_or_else(|_| EmailAddress::unchecked(&user.email));
+        UserProfile {
+            id: RId(user.id),
+            email,
+            email_verified: user.email_verified,
+            username: user.username.clone(),
+            first_name: p.first_name,
+            last_name: p.last_name,
+            middle_name: p.middle_name,
+            preferred_name: p.preferred_name,
+            date_of_birth: p.date_of_birth,
+            phone_number: p.phone_number,
+            country_code: p.country_code,
+            address1: p.address1,
+            address2: p.address2,
+            city: p.city,
+            state: p.state,
+            zip_code: p.zip_code,
+            country: p.country,
+            opt_in_marketing: p.opt_in_marketing,
+            two_factor_auth: Some(false),
+            two_factor_method: None,
+            created_at: Some(iso(user.created_at)),
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug, Default)]
+pub struct LoginResult {
+    /// 200: signed in, tokens issued. 202: a second factor is required; see sessionId.
+    pub status: Option<i32>,
+    pub user_id: Option<RId>,
+    /// Same value as userId; kept for clients that read it.
+    pub user_uid: Option<String>,
+    /// ACTIVE, UNVERIFIED or DISABLED.
+    pub user_status: Option<String>,
+    /// The access token (a JWT) to send as 'Authorization: Bearer ...'. Null while a second factor is pending.
+    pub token: Option<String>,
+    /// The opaque refresh token for newToken. Null while a second factor is pending.
+    pub refresh_token: Option<String>,
+    /// While status is 202: the pending challenge's id for confirm2Fa / resend2Fa. Otherwise: the device session's id.
+    pub session_id: Option<String>,
+    pub prompt_two_factor_auth: Option<bool>,
+    /// Always false: Keyhold has no terms-and-conditions flow.
+    pub prompt_tnc_acceptance: Option<bool>,
+    pub device_id: Option<String>,
+    pub ip_address: Option<String>,
+    /// ISO-8601 time of the previous sign-in.
+    pub last_login_at: Option<String>,
+    /// ISO-8601 time of this sign-in.
+    pub current_login_at: Option<String>,
+    pub user_profile: Option<UserProfile>,
+    /// extension: ISO-8601 expiry of token.
+    pub token_expires_at: Option<String>,
+    /// extension: ISO-8601 expiry of refreshToken.
+    pub refresh_token_expires_at: Option<String>,
+    /// extension: the method of the pending second factor.
+    pub two_factor_method: Option<TwoFactorMethod>,
+}
+
+impl LoginResult {
+    pub fn signed_in(auth: &Auth, s: &SignedIn) -> LoginResult {
+        LoginResult {
+            status: Some(200),
+            user_id: Some(RId(s.user.id)),
+            user_uid: Some(s.user.id.to_string()),
+            user_status: Some(auth.user_status(&s.user).to_string()),
+            token: Some(s.access_token.clone()),
+            refresh_token: Some(s.refresh_token.clone()),
+            session_id: Some(s.session.id.to_string()),
+            prompt_two_factor_auth: Some(false),
+            prompt_tnc_acceptance: Some(false),
+            device_id: Some(s.session.device_id.clone()),
+            ip_address: s.session.ip_address.clone(),
+            last_login_at: s.last_login_at.map(iso),
+            current_login_at: s.current_login_at.map(iso),
+            user_profile: Some(UserProfile::from(&s.user)),
+            token_expires_at: Some(iso(s.access_expires_at)),
+            refresh_token_expires_at: Some(iso(s.session.refresh_expires_at)),
+            two_factor_method: None,
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug, Default)]
+pub struct RegisterUserResult {
+    /// 201 on success.
+    pub status: Option<i32>,
+    pub message: Option<String>,
+    /// extension: the new user's id. Null when the address already had an account (see CONTRACT.md).
+    pub user_id: Option<RId>,
+    #[graphql(deprecation = "Same as userId.")]
+    pub account_id: Option<RId>,
+    /// Only when the server runs with testing.expose_codes = true; otherwise always null.
+    pub verification_code: Option<String>,
+}
+
+#[derive(SimpleObject, Clone, Debug, Default)]
+pub struct VerificationResult {
+    pub verified: Option<bool>,
+    pub message: Option<String>,
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct UpdateUserProfileResult {
+    pub errors: Option<Vec<Option<String>>>,
+    pub status: i32,
+    pub user_profile: UserProfile,
+}
+
+/// extension
+#[derive(SimpleObject, Clone, Debug)]
+pub struct DeviceSession {
+    pub device_id: String,
+    pub name: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub created_at: String,
+    pub last_seen_at: String,
+    /// True for the session of the token making this request.
+    pub current: bool,
+}
+
+impl DeviceSession {
+    pub fn of(session: &SessionRecord, current: bool) -> DeviceSession {
+        DeviceSession {
+            device_id: session.device_id.clone(),
+            name: session.name.clone(),
+            ip_address: session.ip_address.clone(),
+            user_agent: session.user_agent.clone(),
+            created_at: iso(session.created_at),
+            last_seen_at: iso(session.last_seen_at),
+            current,
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug, Default)]
+pub struct LogoutResult {
+    /// 200 on success.
+    pub status: Option<i32>,
+    pub message: Option<String>,
+    pub device_id: Option<String>,
+    pub ip_address: Option<String>,
+}
+
+#[derive(InputObject, Clone, Debug, Default)]
+pub struct DeviceInfo {
+    /// The device's own stable id. When absent at sign-in, the server assigns one and returns it.
+    pub device_id: Option<String>,
+    /// extension: a human-readable name such as 'Firefox on Linux'.
+    pub name: Option<String>,
+}
+
+#[derive(InputObject, Clone, Debug)]
+pub struct LoginCredentials {
+    pub email: EmailAddress,
+    pub password: String,
+    pub device_info: Option<DeviceInfo>,
+}
+
+/// A JSON document in a string; fields in CONTRACT.md, Registration.
+#[derive(InputObject, Clone, Debug)]
+pub struct UserRegistrationInputV2 {
+    pub data: String,
+}
+
+/// A JSON document in a string with the profile fields to change.
+#[derive(InputObject, Clone, Debug)]
+pub struct UserProfileInputV2 {
+    pub data: String,
+}

@@ -1,0 +1,193 @@
+//! Accounts: users, their e-mail and username indexes, and pending e-mail verifications.
+
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError as Tx;
+use uuid::Uuid;
+
+use super::keys::{EMAIL_CODES, USERS, USERS_BY_EMAIL};
+use super::records::{EmailCodeRecord, UserRecord, decode, encode};
+use super::{Store, StoreError, tx_result, uuid_from};
+
+/// What `create_user` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// The address already has an account; nothing was written.
+    EmailTaken {
+        existing: Uuid,
+    },
+    /// The username is in use; nothing was written.
+    UsernameTaken,
+}
+
+/// What `update_user` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    Updated,
+    EmailTaken,
+    UsernameTaken,
+}
+
+/// What `verify_email` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    Verified { user_id: Uuid },
+    Expired,
+    Unknown,
+}
+
+/// Accounts and e-mail verification codes.
+pub trait UserStore {
+    fn user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError>;
+    fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
+    fn username_taken(&self, username: &str) -> Result<bool, StoreError>;
+    /// Creates the account and its first verification code, or changes nothing.
+    fn create_user(
+        &self,
+        user: &UserRecord,
+        code_hash: &[u8; 32],
+        code: &EmailCodeRecord,
+    ) -> Result<CreateOutcome, StoreError>;
+    /// Replaces the account, moving its indexes when the address or username changed, and
+    /// stores a new verification code if one is given. Changes nothing on a clash.
+    fn update_user(
+        &self,
+        before: &UserRecord,
+        after: &UserRecord,
+        new_code: Option<(&[u8; 32], &EmailCodeRecord)>,
+    ) -> Result<UpdateOutcome, StoreError>;
+    /// Marks the address of the code verified and uses the code up.
+    fn verify_email(&self, code_hash: &[u8; 32], now: i64) -> Result<VerifyOutcome, StoreError>;
+}
+
+fn username_key(username: &str) -> Vec<u8> {
+    username.to_lowercase().into_bytes()
+}
+
+impl UserStore for Store {
+    fn user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
+        self.users
+            .get(id.as_bytes())?
+            .map(|bytes| decode(USERS, &bytes))
+            .transpose()
+    }
+
+    fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        match self.users_by_email.get(email.as_bytes())? {
+            Some(id) => self.user(uuid_from(USERS_BY_EMAIL, &id)?),
+            None => Ok(None),
+        }
+    }
+
+    fn username_taken(&self, username: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .users_by_username
+            .contains_key(username_key(username))?)
+    }
+
+    fn create_user(
+        &self,
+        user: &UserRecord,
+        code_hash: &[u8; 32],
+        code: &EmailCodeRecord,
+    ) -> Result<CreateOutcome, StoreError> {
+        let record = encode(user);
+        let code = encode(code);
+        tx_result(
+            (
+                &self.users,
+                &self.users_by_email,
+                &self.users_by_username,
+                &self.email_codes,
+            )
+                .transaction(|(users, by_email, by_username, codes)| {
+                    if let Some(existing) = by_email.get(user.email.as_bytes())? {
+                        let existing = uuid_from(USERS_BY_EMAIL, &existing).map_err(Tx::Abort)?;
+                        return Ok(CreateOutcome::EmailTaken { existing });
+                    }
+                    let name = username_key(&user.username);
+                    if by_username.get(&name)?.is_some() {
+                        return Ok(CreateOutcome::UsernameTaken);
+                    }
+                    users.insert(user.id.as_bytes(), record.as_slice())?;
+                    by_email.insert(user.email.as_bytes(), user.id.as_bytes())?;
+                    by_username.insert(name, user.id.as_bytes())?;
+                    codes.insert(code_hash, code.as_slice())?;
+                    Ok(CreateOutcome::Created)
+                }),
+        )
+    }
+
+    fn update_user(
+        &self,
+        before: &UserRecord,
+        after: &UserRecord,
+        new_code: Option<(&[u8; 32], &EmailCodeRecord)>,
+    ) -> Result<UpdateOutcome, StoreError> {
+        let record = encode(after);
+        let code = new_code.map(|(hash, code)| (*hash, encode(code)));
+        tx_result(
+            (
+                &self.users,
+                &self.users_by_email,
+                &self.users_by_username,
+                &self.email_codes,
+            )
+                .transaction(|(users, by_email, by_username, codes)| {
+                    let id = after.id.as_bytes();
+                    if before.email != after.email {
+                        if by_email.get(after.email.as_bytes())?.is_some() {
+                            return Ok(UpdateOutcome::EmailTaken);
+                        }
+                        by_email.remove(before.email.as_bytes())?;
+                        by_email.insert(after.email.as_bytes(), id)?;
+                    }
+                    let (old_name, new_name) = (
+                        username_key(&before.username),
+                        username_key(&after.username),
+                    );
+                    if old_name != new_name {
+                        if by_username.get(&new_name)?.is_some() {
+                            return Ok(UpdateOutcome::UsernameTaken);
+                        }
+                        by_username.remove(old_name)?;
+                        by_username.insert(new_name, id)?;
+                    }
+                    users.insert(id, record.as_slice())?;
+                    if let Some((hash, code)) = &code {
+                        codes.insert(hash, code.as_slice())?;
+                    }
+                    Ok(UpdateOutcome::Updated)
+                }),
+        )
+    }
+
+    fn verify_email(&self, code_hash: &[u8; 32], now: i64) -> Result<VerifyOutcome, StoreError> {
+        tx_result(
+            (&self.users, &self.email_codes).transaction(|(users, codes)| {
+                let Some(code) = codes.get(code_hash)? else {
+                    return Ok(VerifyOutcome::Unknown);
+                };
+                let code: EmailCodeRecord = decode(EMAIL_CODES, &code).map_err(Tx::Abort)?;
+                if code.expires_at <= now {
+                    codes.remove(code_hash)?;
+                    return Ok(VerifyOutcome::Expired);
+                }
+                let Some(user) = users.get(code.user_id.as_bytes())? else {
+                    codes.remove(code_hash)?;
+                    return Ok(VerifyOutcome::Unknown);
+                };
+                let mut user: UserRecord = decode(USERS, &user).map_err(Tx::Abort)?;
+                // A code sent to an address the account no longer has verifies nothing.
+                if user.email != code.email {
+                    codes.remove(code_hash)?;
+                    return Ok(VerifyOutcome::Unknown);
+                }
+                user.email_verified = true;
+                users.insert(user.id.as_bytes(), encode(&user))?;
+                codes.remove(code_hash)?;
+                Ok(VerifyOutcome::Verified { user_id: user.id })
+            }),
+        )
+    }
+}

@@ -1,0 +1,157 @@
+//! The records Keyhold keeps, and how they are written: a one-byte record version, then JSON.
+//! JSON keeps records readable in a pinch and lets fields be added with serde defaults.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// The version byte in front of every record written by this binary.
+pub const RECORD_VERSION: u8 = 1;
+
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    let mut bytes = vec![RECORD_VERSION];
+    // Serialising these plain structs to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_writer(&mut bytes, record).unwrap_or_else(|_| unreachable!());
+    bytes
+}
+
+pub fn decode<T: DeserializeOwned>(tree: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |what: String| StoreError::Record {
+        tree: tree.to_string(),
+        what,
+    };
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+        }
+        Some((version, _)) => Err(corrupt(format!("unknown record version {version}"))),
+        None => Err(corrupt("empty record".into())),
+    }
+}
+
+/// Whether an account may sign in at all.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountState {
+    #[default]
+    Active,
+    Disabled,
+}
+
+/// The optional profile fields of the contract's `UserProfile`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct ProfileRecord {
+    pub first_name: String,
+    pub last_name: String,
+    pub middle_name: Option<String>,
+    pub preferred_name: Option<String>,
+    pub date_of_birth: Option<String>,
+    pub phone_number: Option<String>,
+    pub country_code: Option<String>,
+    pub address1: Option<String>,
+    pub address2: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub zip_code: Option<String>,
+    pub country: Option<String>,
+    pub opt_in_marketing: Option<bool>,
+}
+
+/// `users`: one account.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct UserRecord {
+    pub id: Uuid,
+    /// Normalised (lower case); `users_by_email` maps it back.
+    pub email: String,
+    pub email_verified: bool,
+    pub username: String,
+    /// An argon2id PHC string.
+    pub password_hash: String,
+    #[serde(default)]
+    pub state: AccountState,
+    #[serde(default)]
+    pub profile: ProfileRecord,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The sign-in before the latest one (Unix seconds).
+    #[serde(default)]
+    pub last_login_at: Option<i64>,
+    /// The latest sign-in (Unix seconds).
+    #[serde(default)]
+    pub current_login_at: Option<i64>,
+}
+
+/// `sessions`: one signed-in device of a user.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct SessionRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub device_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    /// Keyed hash of the one refresh token that is current for this session.
+    pub refresh_hash: [u8; 32],
+    pub refresh_expires_at: i64,
+}
+
+/// `refresh_tokens`: every refresh token handed out, current or already rotated, until it
+/// expires; a rotated one coming back is a theft signal.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefreshRecord {
+    pub session_id: Uuid,
+    pub expires_at: i64,
+}
+
+/// `email_codes`: a pending e-mail verification.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EmailCodeRecord {
+    pub user_id: Uuid,
+    /// The address the code was sent to: it verifies only that address.
+    pub email: String,
+    pub expires_at: i64,
+}
+
+/// `signing_keys`: one Ed25519 key for access tokens.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    /// PKCS#8 document, base64.
+    pub pkcs8: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_behind_its_version_byte() {
+        let record = RefreshRecord {
+            session_id: Uuid::nil(),
+            expires_at: 42,
+        };
+        let bytes = encode(&record);
+        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(decode::<RefreshRecord>("t", &bytes).unwrap(), record);
+        assert!(decode::<RefreshRecord>("t", &[9, b'{', b'}']).is_err());
+        assert!(decode::<RefreshRecord>("t", &[]).is_err());
+    }
+}
