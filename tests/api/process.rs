@@ -197,7 +197,12 @@ async fn acknowledged_writes_survive_a_sigkill() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[testing]\nexpose_codes = true\n",
     )
     .unwrap();
-    let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
+    let (mut child, addr, _stderr, log) = start_server(dir.path(), &[]).await;
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WARN") && l.contains("testing.expose_codes is ON")),
+        "a loud warning at start: {log:#?}"
+    );
     let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
     let client = https_client(&certificate, addr);
 

@@ -78,6 +78,12 @@ async fn a_wrong_password_and_an_unknown_address_look_the_same() {
         unknown["errors"][0]["message"]
     );
     assert!(wrong["data"]["login"].is_null());
+    let malformed = app.login("not-an-address", PASSWORD, None).await;
+    assert_eq!(error_code(&malformed), "BAD_USER_INPUT", "{malformed}");
+    assert_eq!(
+        malformed["errors"][0]["extensions"]["field"],
+        "credentials.email"
+    );
     app.stop().await;
 }
 
