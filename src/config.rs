@@ -227,6 +227,10 @@ pub struct TwoFactorConfig {
     pub max_attempts: u32,
     #[serde(with = "duration")]
     pub resend_cooldown: Duration,
+    /// How often one challenge's code may be sent again.
+    pub max_resends: u32,
+    /// The issuer an authenticator app shows next to the account.
+    pub totp_issuer: String,
 }
 
 impl Default for TwoFactorConfig {
@@ -235,6 +239,8 @@ impl Default for TwoFactorConfig {
             code_ttl: Duration::from_secs(10 * 60),
             max_attempts: 5,
             resend_cooldown: Duration::from_secs(30),
+            max_resends: 3,
+            totp_issuer: "Keyhold".to_string(),
         }
     }
 }
@@ -426,6 +432,13 @@ impl Config {
             ));
         }
         positive("two_factor.code_ttl", self.two_factor.code_ttl)?;
+        non_empty("two_factor.totp_issuer", &self.two_factor.totp_issuer)?;
+        if self.two_factor.totp_issuer.contains(':') {
+            return Err(ConfigError::key(
+                "two_factor.totp_issuer",
+                "must not contain ':' (authenticator apps split on it)",
+            ));
+        }
         positive(
             "registration.verification_ttl",
             self.registration.verification_ttl,

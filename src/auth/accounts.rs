@@ -4,7 +4,7 @@ use minijinja::context;
 use uuid::Uuid;
 
 use super::secrets::random_token;
-use super::{Auth, Caller, iso, passwords, seconds};
+use super::{Auth, Caller, StepUpReason, iso, passwords, seconds};
 use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, username_from};
 use crate::error::{Error, Result};
 use crate::mail::Template;
@@ -56,6 +56,8 @@ impl Auth {
             created_at: now,
             last_login_at: None,
             current_login_at: None,
+            two_factor: None,
+            pending_totp: None,
         };
         apply_profile(&mut user, &doc.profile);
         let code = random_token::<16>();
@@ -140,13 +142,28 @@ impl Auth {
 
     /// Applies the fields of the document. A new address is unverified until its new code is
     /// used; the old address is told of the change.
-    pub async fn update_profile(&self, caller: &Caller, data: &str) -> Result<UserRecord> {
+    /// With two-factor sign-in on, an address change needs `code`: a CHANGE_EMAIL step-up
+    /// code, a current TOTP code or a recovery code.
+    pub async fn update_profile(
+        &self,
+        caller: &Caller,
+        data: &str,
+        code: Option<&str>,
+    ) -> Result<UserRecord> {
         let update = ProfileUpdate::parse(data)?;
         let before = self.profile(caller)?;
         if update.is_empty() {
             return Ok(before);
         }
         let mut after = before.clone();
+        let changes_email = update
+            .email
+            .as_ref()
+            .is_some_and(|e| e.as_str() != before.email);
+        if changes_email && before.two_factor.is_some() {
+            self.use_step_up(&mut after, StepUpReason::ChangeEmail, code)
+                .await?;
+        }
         apply_profile(&mut after, &update.profile);
         if let Some(name) = &update.profile.username {
             after.username = name.clone();

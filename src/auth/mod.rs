@@ -6,6 +6,7 @@ pub mod passwords;
 pub mod secrets;
 pub mod sessions;
 pub mod tokens;
+pub mod two_factor;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -25,6 +26,7 @@ pub use passwords::PasswordHasher;
 pub use secrets::Secrets;
 pub use sessions::{DeviceInput, LogoutTarget, SignedIn};
 pub use tokens::Tokens;
+pub use two_factor::{CodeSent, Enabled, LoginOutcome, PendingSignIn, StepUpReason};
 
 /// Everything the use cases need, shared by every request.
 pub struct Auth {

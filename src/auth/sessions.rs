@@ -4,6 +4,7 @@
 use uuid::Uuid;
 
 use super::secrets::random_token;
+use super::two_factor::LoginOutcome;
 use super::{Auth, Caller, Origin, seconds};
 use crate::domain::Email;
 use crate::error::{Error, Result};
@@ -69,7 +70,7 @@ impl Auth {
         password: String,
         device: DeviceInput,
         origin: &Origin,
-    ) -> Result<SignedIn> {
+    ) -> Result<LoginOutcome> {
         let device_id = device_text("deviceInfo.deviceId", device.device_id)?;
         let name = device_text("deviceInfo.name", device.name)?;
         if password.chars().count() > super::passwords::MAX_LENGTH {
@@ -97,7 +98,17 @@ impl Auth {
             user.password_hash = self.passwords.hash(password).await?;
         }
         let device_id = device_id.unwrap_or_else(|| Uuid::new_v4().to_string());
-        self.open_session(user, device_id, name, origin).await
+        if user.two_factor.is_some() {
+            if verified.needs_rehash {
+                self.store.put_user(&user)?;
+            }
+            let pending = self
+                .challenge_sign_in(user, device_id, name, origin)
+                .await?;
+            return Ok(LoginOutcome::SecondFactor(Box::new(pending)));
+        }
+        let signed_in = self.open_session(user, device_id, name, origin).await?;
+        Ok(LoginOutcome::SignedIn(Box::new(signed_in)))
     }
 
     /// Starts a device session for `user` (replacing the one the device had), durable before
@@ -129,6 +140,17 @@ impl Auth {
             self.forget_sessions(&[replaced.id]);
         }
         self.store.flush().await?;
+        self.hand_out(user, session, refresh_token, now)
+    }
+
+    /// Issues the access token for a session that is in place, and marks it used.
+    fn hand_out(
+        &self,
+        user: UserRecord,
+        session: SessionRecord,
+        refresh_token: String,
+        now: i64,
+    ) -> Result<SignedIn> {
         let (access_token, access_expires_at) = self.tokens.issue(user.id, session.id, now)?;
         self.touch(session.id, now);
         Ok(SignedIn {
@@ -174,17 +196,7 @@ impl Auth {
         if user.state == AccountState::Disabled {
             return Err(Error::AccountDisabled);
         }
-        let (access_token, access_expires_at) = self.tokens.issue(user.id, session.id, now)?;
-        self.touch(session.id, now);
-        Ok(SignedIn {
-            last_login_at: user.last_login_at,
-            current_login_at: user.current_login_at,
-            user,
-            session,
-            access_token,
-            access_expires_at,
-            refresh_token: fresh,
-        })
+        self.hand_out(user, session, fresh, now)
     }
 
     /// Who holds `bearer`: the token must verify and its device session must still exist,

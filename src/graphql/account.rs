@@ -70,10 +70,11 @@ impl AccountMutation {
         )]
         code: Option<String>,
     ) -> async_graphql::Result<UpdateUserProfileResult> {
-        // Step-up codes arrive with two-factor sign-in; without 2FA none is needed.
-        let _ = code;
         let caller = caller(ctx)?;
-        let user = auth(ctx).update_profile(&caller, &input.data).await.gql()?;
+        let user = auth(ctx)
+            .update_profile(&caller, &input.data, code.as_deref())
+            .await
+            .gql()?;
         Ok(UpdateUserProfileResult {
             errors: Some(Vec::new()),
             status: 200,

@@ -78,6 +78,7 @@ fn is_request_error(error: &ServerError) -> bool {
     error.path.is_empty()
         || error.message.starts_with("Invalid value for argument")
         || error.message.starts_with("Failed to parse")
+        || error.message.starts_with("Expected input type")
 }
 
 fn quoted_after(message: &str, marker: &str) -> Option<String> {

@@ -6,6 +6,7 @@ pub mod context;
 pub mod error;
 pub mod scalars;
 pub mod session;
+pub mod two_factor;
 pub mod types;
 
 use std::sync::Arc;
@@ -25,7 +26,11 @@ pub struct RootQuery(account::AccountQuery, session::SessionQuery);
 /// The mutation root: each area's mutations, merged.
 #[derive(MergedObject, Default)]
 #[graphql(name = "RootMutationType")]
-pub struct RootMutation(account::AccountMutation, session::SessionMutation);
+pub struct RootMutation(
+    account::AccountMutation,
+    session::SessionMutation,
+    two_factor::TwoFactorMutation,
+);
 
 pub type KeyholdSchema = Schema<RootQuery, RootMutation, EmptySubscription>;
 

@@ -5,7 +5,7 @@ use async_graphql::{Context, Object};
 use super::context::{auth, caller, meta};
 use super::error::ResultExt;
 use super::types::{DeviceInfo, DeviceSession, LoginCredentials, LoginResult, LogoutResult};
-use crate::auth::{DeviceInput, LogoutTarget};
+use crate::auth::{DeviceInput, LoginOutcome, LogoutTarget};
 
 #[derive(Default)]
 pub struct SessionQuery;
@@ -36,7 +36,7 @@ impl SessionMutation {
     ) -> async_graphql::Result<Option<LoginResult>> {
         let auth = auth(ctx);
         let device = credentials.device_info.unwrap_or_default();
-        let signed_in = auth
+        let outcome = auth
             .login(
                 credentials.email.normalized(),
                 credentials.password,
@@ -48,7 +48,10 @@ impl SessionMutation {
             )
             .await
             .gql()?;
-        Ok(Some(LoginResult::signed_in(auth, &signed_in)))
+        Ok(Some(match outcome {
+            LoginOutcome::SignedIn(signed_in) => LoginResult::signed_in(auth, &signed_in),
+            LoginOutcome::SecondFactor(pending) => LoginResult::pending(auth, &pending),
+        }))
     }
 
     /// Exchange a refresh token for a new access token and a new refresh token (rotation).
@@ -68,12 +71,13 @@ impl SessionMutation {
         ctx: &Context<'_>,
         device_info: Option<DeviceInfo>,
         #[graphql(
-            default = false,
+            default_with = "Some(false)",
             desc = "extension: sign out every device of the caller."
         )]
-        all_devices: bool,
+        all_devices: Option<bool>,
     ) -> async_graphql::Result<Option<LogoutResult>> {
         let caller = caller(ctx)?;
+        let all_devices = all_devices.unwrap_or(false);
         let target = match (all_devices, device_info.and_then(|d| d.device_id)) {
             (true, _) => LogoutTarget::All,
             (false, Some(device_id)) => LogoutTarget::Device(device_id),

@@ -3,15 +3,97 @@
 use async_graphql::{Enum, InputObject, SimpleObject};
 
 use super::scalars::{EmailAddress, RId};
-use crate::auth::{Auth, SignedIn, iso};
+use crate::auth::{Auth, CodeSent, PendingSignIn, SignedIn, StepUpReason, iso};
 use crate::domain::Email;
-use crate::store::records::{SessionRecord, UserRecord};
+use crate::store::records::{SecondFactor, SessionRecord, UserRecord};
 
 /// The second factor a user signs in with.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TwoFactorMethod {
     Email,
     Totp,
+}
+
+impl From<SecondFactor> for TwoFactorMethod {
+    fn from(method: SecondFactor) -> Self {
+        match method {
+            SecondFactor::Email => TwoFactorMethod::Email,
+            SecondFactor::Totp => TwoFactorMethod::Totp,
+        }
+    }
+}
+
+impl From<TwoFactorMethod> for SecondFactor {
+    fn from(method: TwoFactorMethod) -> Self {
+        match method {
+            TwoFactorMethod::Email => SecondFactor::Email,
+            TwoFactorMethod::Totp => SecondFactor::Totp,
+        }
+    }
+}
+
+/// What a step-up code will authorise.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwoFactorReason {
+    Generic,
+    UpdateProfile,
+    ChangeEmail,
+    DisableTwoFactor,
+}
+
+impl From<TwoFactorReason> for StepUpReason {
+    fn from(reason: TwoFactorReason) -> Self {
+        match reason {
+            TwoFactorReason::Generic => StepUpReason::Generic,
+            TwoFactorReason::UpdateProfile => StepUpReason::UpdateProfile,
+            TwoFactorReason::ChangeEmail => StepUpReason::ChangeEmail,
+            TwoFactorReason::DisableTwoFactor => StepUpReason::DisableTwoFactor,
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug, Default)]
+pub struct TwoFactorAuthResult {
+    /// ENABLED, DISABLED, CODE_SENT or TOTP_SETUP_PENDING (see CONTRACT.md); for a TOTP sign-in, resend2Fa answers TOTP_CODE_REQUIRED: nothing is mailed, the app shows the code.
+    pub status: Option<String>,
+    /// The challenge a sent code belongs to.
+    pub session_id: Option<String>,
+    /// extension: ISO-8601 expiry of the sent code.
+    pub expires_at: Option<String>,
+    /// extension: seconds before another code may be requested.
+    pub retry_after: Option<i32>,
+    /// extension: TOTP set-up only: the otpauth:// URI.
+    pub totp_uri: Option<String>,
+    /// extension: TOTP set-up only: the URI as a PNG QR code, base64.
+    pub totp_qr_png: Option<String>,
+    /// extension: one-time recovery codes, returned once when 2FA is turned on.
+    pub recovery_codes: Option<Vec<String>>,
+}
+
+impl TwoFactorAuthResult {
+    pub fn with_status(status: &str) -> Self {
+        TwoFactorAuthResult {
+            status: Some(status.to_string()),
+            ..Default::default()
+        }
+    }
+
+    pub fn sent(sent: &CodeSent) -> Self {
+        TwoFactorAuthResult {
+            status: Some(
+                if sent.mailed {
+                    "CODE_SENT"
+                } else {
+                    "TOTP_CODE_REQUIRED"
+                }
+                .to_string(),
+            ),
+            session_id: Some(sent.challenge_id.to_string()),
+            expires_at: Some(iso(sent.expires_at)),
+            retry_after: Some(i32::try_from(sent.retry_after).unwrap_or(i32::MAX)),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(SimpleObject, Clone, Debug)]
@@ -68,8 +150,8 @@ impl From<&UserRecord> for UserProfile {
             zip_code: p.zip_code,
             country: p.country,
             opt_in_marketing: p.opt_in_marketing,
-            two_factor_auth: Some(false),
-            two_factor_method: None,
+            two_factor_auth: Some(user.two_factor.is_some()),
+            two_factor_method: user.two_factor.as_ref().map(|tf| tf.method.into()),
             created_at: Some(iso(user.created_at)),
         }
     }
@@ -128,6 +210,23 @@ impl LoginResult {
             token_expires_at: Some(iso(s.access_expires_at)),
             refresh_token_expires_at: Some(iso(s.session.refresh_expires_at)),
             two_factor_method: None,
+        }
+    }
+}
+
+impl LoginResult {
+    /// 202: the password was right; the second factor is awaited. No tokens.
+    pub fn pending(auth: &Auth, p: &PendingSignIn) -> LoginResult {
+        LoginResult {
+            status: Some(202),
+            user_id: Some(RId(p.user.id)),
+            user_uid: Some(p.user.id.to_string()),
+            user_status: Some(auth.user_status(&p.user).to_string()),
+            session_id: Some(p.challenge_id.to_string()),
+            prompt_two_factor_auth: Some(true),
+            prompt_tnc_acceptance: Some(false),
+            two_factor_method: Some(p.method.into()),
+            ..Default::default()
         }
     }
 }

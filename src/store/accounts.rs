@@ -56,6 +56,8 @@ pub trait UserStore {
         after: &UserRecord,
         new_code: Option<(&[u8; 32], &EmailCodeRecord)>,
     ) -> Result<UpdateOutcome, StoreError>;
+    /// Writes the account as it is (its indexes unchanged).
+    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;
     /// Marks the address of the code verified and uses the code up.
     fn verify_email(&self, code_hash: &[u8; 32], now: i64) -> Result<VerifyOutcome, StoreError>;
 }
@@ -160,6 +162,11 @@ impl UserStore for Store {
                     Ok(UpdateOutcome::Updated)
                 }),
         )
+    }
+
+    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.users.insert(user.id.as_bytes(), encode(user))?;
+        Ok(())
     }
 
     fn verify_email(&self, code_hash: &[u8; 32], now: i64) -> Result<VerifyOutcome, StoreError> {

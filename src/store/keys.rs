@@ -18,6 +18,8 @@
 //! | `refresh_tokens` | HMAC-SHA256 of the refresh token (32 bytes) | `RefreshRecord` |
 //! | `email_codes` | HMAC-SHA256 of the verification code (32 bytes) | `EmailCodeRecord` |
 //! | `signing_keys` | key id (`kid`, UTF-8) | `SigningKeyRecord` (Ed25519, PKCS#8) |
+//! | `challenges` | challenge id (16 bytes) | `ChallengeRecord`: a pending sign-in second factor or step-up code |
+//! | `step_ups_by_user` | user id (16) ‖ reason (UTF-8) | challenge id (16 bytes): the one live step-up code per reason |
 //!
 //! Codes and tokens are never stored in clear: only their keyed hash, with a key kept outside
 //! the database (`storage.path/keys/hmac.key`), so a copy of the database alone does not let
@@ -41,6 +43,15 @@ pub const SESSIONS_BY_USER: &str = "sessions_by_user";
 pub const REFRESH_TOKENS: &str = "refresh_tokens";
 pub const EMAIL_CODES: &str = "email_codes";
 pub const SIGNING_KEYS: &str = "signing_keys";
+pub const CHALLENGES: &str = "challenges";
+pub const STEP_UPS_BY_USER: &str = "step_ups_by_user";
+
+/// `step_ups_by_user` key: user id ‖ reason.
+pub fn step_up_key(user_id: &uuid::Uuid, reason: &str) -> Vec<u8> {
+    let mut key = user_id.as_bytes().to_vec();
+    key.extend_from_slice(reason.as_bytes());
+    key
+}
 
 /// `sessions_by_user` key: user id ‖ device id.
 pub fn session_by_user_key(user_id: &uuid::Uuid, device_id: &str) -> Vec<u8> {

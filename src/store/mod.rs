@@ -2,6 +2,7 @@
 //! in Keyhold lives under this module.
 
 mod accounts;
+mod challenges;
 pub mod keys;
 pub mod records;
 mod sessions;
@@ -10,6 +11,7 @@ mod sled_store;
 use std::path::PathBuf;
 
 pub use accounts::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
+pub use challenges::{ChallengeStore, Versioned};
 pub use sessions::{RotateOutcome, SessionStore, SigningKeyStore};
 pub use sled_store::{Store, create_private_dir};
 

@@ -82,6 +82,96 @@ pub struct UserRecord {
     /// The latest sign-in (Unix seconds).
     #[serde(default)]
     pub current_login_at: Option<i64>,
+    /// Two-factor sign-in, when on.
+    #[serde(default)]
+    pub two_factor: Option<TwoFactorRecord>,
+    /// A TOTP secret shown to the user and waiting for its first code.
+    #[serde(default)]
+    pub pending_totp: Option<PendingTotpRecord>,
+}
+
+/// The second factor a user signs in with.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondFactor {
+    Email,
+    Totp,
+}
+
+/// Two-factor sign-in of a user.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct TwoFactorRecord {
+    pub method: SecondFactor,
+    /// The TOTP secret (base32), for the TOTP method.
+    #[serde(default)]
+    pub totp_secret: Option<String>,
+    /// The last TOTP time step accepted: a code of this step or an older one never works again.
+    #[serde(default)]
+    pub totp_last_step: Option<u64>,
+    /// Keyed hashes of the unused recovery codes.
+    #[serde(default)]
+    pub recovery_codes: Vec<[u8; 32]>,
+    pub enabled_at: i64,
+}
+
+impl std::fmt::Debug for TwoFactorRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwoFactorRecord")
+            .field("method", &self.method)
+            .field("recovery_codes_left", &self.recovery_codes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TOTP set-up waiting for the first code from the app.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct PendingTotpRecord {
+    pub secret: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for PendingTotpRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingTotpRecord")
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a challenge's code authorises.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ChallengePurpose {
+    /// Finishing a sign-in on this device.
+    SignIn {
+        device_id: String,
+        #[serde(default)]
+        device_name: Option<String>,
+        #[serde(default)]
+        ip_address: Option<String>,
+        #[serde(default)]
+        user_agent: Option<String>,
+    },
+    /// One sensitive operation of this reason (GENERIC, UPDATE_PROFILE, CHANGE_EMAIL,
+    /// DISABLE_TWO_FACTOR).
+    StepUp { reason: String },
+}
+
+/// `challenges`: a pending second-factor check. Pending while it exists and `attempts` is
+/// below the limit; dead once the limit is reached; gone once it has succeeded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ChallengeRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub purpose: ChallengePurpose,
+    pub method: SecondFactor,
+    /// Keyed hash of the mailed code (EMAIL method).
+    #[serde(default)]
+    pub code_hash: Option<[u8; 32]>,
+    pub attempts: u32,
+    pub resends: u32,
+    pub last_sent_at: i64,
+    pub expires_at: i64,
 }
 
 /// `sessions`: one signed-in device of a user.

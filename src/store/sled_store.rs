@@ -18,6 +18,8 @@ pub struct Store {
     pub(super) refresh_tokens: sled::Tree,
     pub(super) email_codes: sled::Tree,
     pub(super) signing_keys: sled::Tree,
+    pub(super) challenges: sled::Tree,
+    pub(super) step_ups_by_user: sled::Tree,
     path: PathBuf,
 }
 
@@ -75,6 +77,8 @@ impl Store {
             refresh_tokens: db.open_tree(keys::REFRESH_TOKENS)?,
             email_codes: db.open_tree(keys::EMAIL_CODES)?,
             signing_keys: db.open_tree(keys::SIGNING_KEYS)?,
+            challenges: db.open_tree(keys::CHALLENGES)?,
+            step_ups_by_user: db.open_tree(keys::STEP_UPS_BY_USER)?,
             db,
             path: path.to_path_buf(),
         };

@@ -9,3 +9,4 @@ mod mail;
 mod process;
 mod sessions;
 mod transport;
+mod two_factor;

@@ -35,6 +35,21 @@ impl ReceivedMail {
             .unwrap_or_default()
     }
 
+    /// The `Date:` header, in Unix seconds: Keyhold dates mail by its own clock.
+    pub fn date(&self) -> i64 {
+        self.parsed().date().map_or(0, |d| d.to_timestamp())
+    }
+
+    /// The six-digit code standing alone on a line of the text body.
+    pub fn six_digit_code(&self) -> String {
+        self.text()
+            .lines()
+            .map(str::trim)
+            .find(|l| l.len() == 6 && l.chars().all(|c| c.is_ascii_digit()))
+            .expect("a six-digit code")
+            .to_string()
+    }
+
     /// The long code of a `?code=` link in the text body.
     pub fn link_code(&self) -> String {
         let text = self.text();
@@ -74,6 +89,25 @@ impl Mailbox {
     pub async fn wait_for_subject(&self, to: &str, subject: &str) -> ReceivedMail {
         self.wait_for_where(to, |m| m.subject().contains(subject))
             .await
+    }
+
+    /// Waits for the `n`th (1-based) message to `to` whose subject contains `subject`.
+    pub async fn wait_for_nth(&self, to: &str, subject: &str, n: usize) -> ReceivedMail {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let notified = self.arrived.notified();
+            let matching: Vec<_> = self
+                .to(to)
+                .into_iter()
+                .filter(|m| m.subject().contains(subject))
+                .collect();
+            if matching.len() >= n {
+                return matching[n - 1].clone();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("message {n} to {to} about {subject:?} did not arrive");
+            }
+        }
     }
 
     /// Every message to `to`.

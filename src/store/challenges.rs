@@ -1,0 +1,92 @@
+//! Pending second-factor checks: sign-in challenges and step-up codes. A challenge changes
+//! only by compare-and-swap, so two guesses racing each other are both counted and a code
+//! succeeds at most once.
+
+use sled::Transactional;
+use uuid::Uuid;
+
+use super::keys::{CHALLENGES, STEP_UPS_BY_USER, step_up_key};
+use super::records::{ChallengeRecord, decode, encode};
+use super::{Store, StoreError, tx_result, uuid_from};
+
+/// A record together with the bytes it was read from, for a later compare-and-swap.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub record: T,
+    raw: Vec<u8>,
+}
+
+pub trait ChallengeStore {
+    fn challenge(&self, id: Uuid) -> Result<Option<Versioned<ChallengeRecord>>, StoreError>;
+    fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError>;
+    /// Replaces (or with `None` removes) the challenge if it is still as it was read.
+    fn swap_challenge(
+        &self,
+        current: &Versioned<ChallengeRecord>,
+        next: Option<&ChallengeRecord>,
+    ) -> Result<bool, StoreError>;
+    /// Stores a step-up challenge as the one live code of its user and reason.
+    fn put_step_up(&self, challenge: &ChallengeRecord, reason: &str) -> Result<(), StoreError>;
+    fn step_up(
+        &self,
+        user_id: Uuid,
+        reason: &str,
+    ) -> Result<Option<Versioned<ChallengeRecord>>, StoreError>;
+}
+
+impl ChallengeStore for Store {
+    fn challenge(&self, id: Uuid) -> Result<Option<Versioned<ChallengeRecord>>, StoreError> {
+        match self.challenges.get(id.as_bytes())? {
+            Some(raw) => Ok(Some(Versioned {
+                record: decode(CHALLENGES, &raw)?,
+                raw: raw.to_vec(),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError> {
+        self.challenges
+            .insert(challenge.id.as_bytes(), encode(challenge))?;
+        Ok(())
+    }
+
+    fn swap_challenge(
+        &self,
+        current: &Versioned<ChallengeRecord>,
+        next: Option<&ChallengeRecord>,
+    ) -> Result<bool, StoreError> {
+        let swapped = self.challenges.compare_and_swap(
+            current.record.id.as_bytes(),
+            Some(current.raw.as_slice()),
+            next.map(encode),
+        )?;
+        Ok(swapped.is_ok())
+    }
+
+    fn put_step_up(&self, challenge: &ChallengeRecord, reason: &str) -> Result<(), StoreError> {
+        let key = step_up_key(&challenge.user_id, reason);
+        let record = encode(challenge);
+        tx_result((&self.challenges, &self.step_ups_by_user).transaction(
+            |(challenges, by_user)| {
+                if let Some(old) = by_user.get(&key)? {
+                    challenges.remove(old)?;
+                }
+                by_user.insert(key.as_slice(), challenge.id.as_bytes())?;
+                challenges.insert(challenge.id.as_bytes(), record.as_slice())?;
+                Ok(())
+            },
+        ))
+    }
+
+    fn step_up(
+        &self,
+        user_id: Uuid,
+        reason: &str,
+    ) -> Result<Option<Versioned<ChallengeRecord>>, StoreError> {
+        match self.step_ups_by_user.get(step_up_key(&user_id, reason))? {
+            Some(id) => self.challenge(uuid_from(STEP_UPS_BY_USER, &id)?),
+            None => Ok(None),
+        }
+    }
+}
