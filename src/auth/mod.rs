@@ -2,6 +2,7 @@
 //! GraphQL or HTTP; resolvers call one function here and map its error.
 
 pub mod accounts;
+pub mod password_change;
 pub mod passwords;
 pub mod secrets;
 pub mod sessions;
@@ -22,6 +23,7 @@ use crate::mail::{Mailer, Template};
 use crate::store::Store;
 use crate::store::records::{AccountState, UserRecord};
 
+pub use password_change::ChangeOutcome;
 pub use passwords::PasswordHasher;
 pub use secrets::Secrets;
 pub use sessions::{DeviceInput, LogoutTarget, SignedIn};

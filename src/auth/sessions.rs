@@ -12,7 +12,7 @@ use crate::store::records::{AccountState, SessionRecord, UserRecord};
 use crate::store::{RotateOutcome, SessionStore, UserStore};
 
 /// Purpose tag of refresh tokens in the keyed hash.
-const REFRESH_TOKEN: &str = "refresh-token";
+pub(crate) const REFRESH_TOKEN: &str = "refresh-token";
 /// The longest client-chosen device id and device name.
 const MAX_DEVICE_TEXT: usize = 128;
 
@@ -144,7 +144,7 @@ impl Auth {
     }
 
     /// Issues the access token for a session that is in place, and marks it used.
-    fn hand_out(
+    pub(crate) fn hand_out(
         &self,
         user: UserRecord,
         session: SessionRecord,

@@ -94,7 +94,7 @@ pub enum Enabled {
 }
 
 /// A code the caller typed: which kind it turned out to be.
-enum Matched {
+pub(crate) enum Matched {
     Mailed,
     Totp(u64),
     Recovery(usize),
@@ -167,7 +167,7 @@ impl Auth {
     }
 
     /// Applies what a matched code uses up to the account.
-    fn consume(user: &mut UserRecord, matched: &Matched) {
+    pub(crate) fn consume(user: &mut UserRecord, matched: &Matched) {
         if let Some(tf) = user.two_factor.as_mut() {
             match matched {
                 Matched::Totp(step) => tf.totp_last_step = Some(*step),
@@ -180,7 +180,7 @@ impl Auth {
     }
 
     /// A new challenge with a fresh mailed code (EMAIL) or none (TOTP).
-    fn new_challenge(
+    pub(crate) fn new_challenge(
         &self,
         user: &UserRecord,
         purpose: ChallengePurpose,
@@ -204,7 +204,7 @@ impl Auth {
         (record, code)
     }
 
-    fn mail_code(&self, to: &str, code: &str, purpose: &str, expires_at: i64) {
+    pub(crate) fn mail_code(&self, to: &str, code: &str, purpose: &str, expires_at: i64) {
         self.send_mail(
             to,
             Template::TwoFactorCode,
@@ -265,7 +265,7 @@ impl Auth {
 
     /// Checks `code` against a challenge: counts a wrong try, kills the challenge at the
     /// limit, and removes it on success, all by compare-and-swap so it succeeds once.
-    async fn attempt(
+    pub(crate) async fn attempt(
         &self,
         current: &Versioned<ChallengeRecord>,
         user: &UserRecord,
@@ -339,6 +339,17 @@ impl Auth {
     /// and the per-challenge cap. A TOTP challenge mails nothing.
     pub async fn resend_2fa(&self, challenge_id: &str, email: &Email) -> Result<CodeSent> {
         let (current, user) = self.sign_in_challenge(challenge_id, email)?;
+        self.resend_challenge(&current, &user, "sign in").await
+    }
+
+    /// Mails a fresh code for a live challenge, replacing the old one, within the cooldown
+    /// and the per-challenge cap. A TOTP challenge mails nothing.
+    pub(crate) async fn resend_challenge(
+        &self,
+        current: &Versioned<ChallengeRecord>,
+        user: &UserRecord,
+        purpose: &str,
+    ) -> Result<CodeSent> {
         let c = &current.record;
         let now = self.now();
         if c.expires_at <= now {
@@ -368,13 +379,13 @@ impl Auth {
             expires_at: now + seconds(self.config.two_factor.code_ttl),
             ..c.clone()
         };
-        if !self.store.swap_challenge(&current, Some(&next))? {
+        if !self.store.swap_challenge(current, Some(&next))? {
             return Err(Error::RateLimited {
                 retry_after: std::time::Duration::from_secs(1),
             });
         }
         self.store.flush().await?;
-        self.mail_code(&user.email, &code, "sign in", next.expires_at);
+        self.mail_code(&user.email, &code, purpose, next.expires_at);
         Ok(CodeSent {
             challenge_id: c.id,
             expires_at: next.expires_at,
@@ -401,7 +412,11 @@ impl Auth {
         Ok(())
     }
 
-    async fn check_password(&self, user: &UserRecord, password: Option<String>) -> Result<()> {
+    pub(crate) async fn check_password(
+        &self,
+        user: &UserRecord,
+        password: Option<String>,
+    ) -> Result<()> {
         let password = password.ok_or(Error::InvalidCredentials)?;
         let verified = self
             .passwords

@@ -69,16 +69,16 @@ impl AccountMutation {
             desc = "extension: a step-up code; required when the e-mail address changes and 2FA is on."
         )]
         code: Option<String>,
-    ) -> async_graphql::Result<UpdateUserProfileResult> {
+    ) -> async_graphql::Result<Option<UpdateUserProfileResult>> {
         let caller = caller(ctx)?;
         let user = auth(ctx)
             .update_profile(&caller, &input.data, code.as_deref())
             .await
             .gql()?;
-        Ok(UpdateUserProfileResult {
+        Ok(Some(UpdateUserProfileResult {
             errors: Some(Vec::new()),
             status: 200,
             user_profile: UserProfile::from(&user),
-        })
+        }))
     }
 }

@@ -4,6 +4,7 @@
 pub mod account;
 pub mod context;
 pub mod error;
+pub mod password;
 pub mod scalars;
 pub mod session;
 pub mod two_factor;
@@ -30,6 +31,7 @@ pub struct RootMutation(
     account::AccountMutation,
     session::SessionMutation,
     two_factor::TwoFactorMutation,
+    password::PasswordMutation,
 );
 
 pub type KeyholdSchema = Schema<RootQuery, RootMutation, EmptySubscription>;

@@ -319,3 +319,24 @@ pub struct UserRegistrationInputV2 {
 pub struct UserProfileInputV2 {
     pub data: String,
 }
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct ForgotPasswordResult {
+    pub header: Option<String>,
+    pub message: Option<String>,
+    /// The address as given.
+    pub email: Option<EmailAddress>,
+}
+
+#[derive(SimpleObject, Clone, Debug, Default)]
+pub struct PasswordResetResult {
+    pub reset: Option<bool>,
+    pub message: Option<String>,
+}
+
+#[derive(InputObject, Clone, Debug)]
+pub struct PasswordResetParams {
+    /// The code mailed by forgotPassword.
+    pub code: String,
+    pub new_password: String,
+}

@@ -5,7 +5,7 @@
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::keys::{CHALLENGES, STEP_UPS_BY_USER, step_up_key};
+use super::keys::{CHALLENGES, STEP_UPS_BY_USER, challenge_by_user_key, step_up_key};
 use super::records::{ChallengeRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
@@ -46,9 +46,15 @@ impl ChallengeStore for Store {
     }
 
     fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError> {
-        self.challenges
-            .insert(challenge.id.as_bytes(), encode(challenge))?;
-        Ok(())
+        let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
+        let record = encode(challenge);
+        tx_result((&self.challenges, &self.challenges_by_user).transaction(
+            |(challenges, by_user)| {
+                challenges.insert(challenge.id.as_bytes(), record.as_slice())?;
+                by_user.insert(index.as_slice(), &[])?;
+                Ok(())
+            },
+        ))
     }
 
     fn swap_challenge(

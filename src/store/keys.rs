@@ -19,7 +19,10 @@
 //! | `email_codes` | HMAC-SHA256 of the verification code (32 bytes) | `EmailCodeRecord` |
 //! | `signing_keys` | key id (`kid`, UTF-8) | `SigningKeyRecord` (Ed25519, PKCS#8) |
 //! | `challenges` | challenge id (16 bytes) | `ChallengeRecord`: a pending sign-in second factor or step-up code |
-//! | `step_ups_by_user` | user id (16) ‖ reason (UTF-8) | challenge id (16 bytes): the one live step-up code per reason |
+//! | `step_ups_by_user` | user id (16) ‖ reason (UTF-8) | challenge id (16 bytes): the one live step-up code per reason (and the pending password change, reason `PASSWORD_CHANGE`) |
+//! | `challenges_by_user` | user id (16) ‖ challenge id (16) | empty: every challenge of a user, to end them all at once |
+//! | `reset_codes` | HMAC-SHA256 of the reset code (32 bytes) | `ResetCodeRecord` |
+//! | `reset_by_user` | user id (16 bytes) | keyed hash of the user's one live reset code (32 bytes) |
 //!
 //! Codes and tokens are never stored in clear: only their keyed hash, with a key kept outside
 //! the database (`storage.path/keys/hmac.key`), so a copy of the database alone does not let
@@ -45,6 +48,16 @@ pub const EMAIL_CODES: &str = "email_codes";
 pub const SIGNING_KEYS: &str = "signing_keys";
 pub const CHALLENGES: &str = "challenges";
 pub const STEP_UPS_BY_USER: &str = "step_ups_by_user";
+pub const CHALLENGES_BY_USER: &str = "challenges_by_user";
+pub const RESET_CODES: &str = "reset_codes";
+pub const RESET_BY_USER: &str = "reset_by_user";
+
+/// `challenges_by_user` key: user id ‖ challenge id.
+pub fn challenge_by_user_key(user_id: &uuid::Uuid, challenge_id: &uuid::Uuid) -> Vec<u8> {
+    let mut key = user_id.as_bytes().to_vec();
+    key.extend_from_slice(challenge_id.as_bytes());
+    key
+}
 
 /// `step_ups_by_user` key: user id ‖ reason.
 pub fn step_up_key(user_id: &uuid::Uuid, reason: &str) -> Vec<u8> {

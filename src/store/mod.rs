@@ -4,6 +4,7 @@
 mod accounts;
 mod challenges;
 pub mod keys;
+mod passwords;
 pub mod records;
 mod sessions;
 mod sled_store;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 
 pub use accounts::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
 pub use challenges::{ChallengeStore, Versioned};
+pub use passwords::PasswordStore;
 pub use sessions::{RotateOutcome, SessionStore, SigningKeyStore};
 pub use sled_store::{Store, create_private_dir};
 

@@ -155,6 +155,9 @@ pub enum ChallengePurpose {
     /// One sensitive operation of this reason (GENERIC, UPDATE_PROFILE, CHANGE_EMAIL,
     /// DISABLE_TWO_FACTOR).
     StepUp { reason: String },
+    /// A password change waiting for its second factor: the new hash, computed when the
+    /// change was asked for, and the device session that asked.
+    PasswordChange { new_hash: String, session_id: Uuid },
 }
 
 /// `challenges`: a pending second-factor check. Pending while it exists and `attempts` is
@@ -244,4 +247,13 @@ mod tests {
         assert!(decode::<RefreshRecord>("t", &[9, b'{', b'}']).is_err());
         assert!(decode::<RefreshRecord>("t", &[]).is_err());
     }
+}
+
+/// `reset_codes`: a pending forgotten-password reset.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ResetCodeRecord {
+    pub user_id: Uuid,
+    /// The address the code was mailed to.
+    pub email: String,
+    pub expires_at: i64,
 }

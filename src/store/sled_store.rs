@@ -20,6 +20,9 @@ pub struct Store {
     pub(super) signing_keys: sled::Tree,
     pub(super) challenges: sled::Tree,
     pub(super) step_ups_by_user: sled::Tree,
+    pub(super) challenges_by_user: sled::Tree,
+    pub(super) reset_codes: sled::Tree,
+    pub(super) reset_by_user: sled::Tree,
     path: PathBuf,
 }
 
@@ -79,6 +82,9 @@ impl Store {
             signing_keys: db.open_tree(keys::SIGNING_KEYS)?,
             challenges: db.open_tree(keys::CHALLENGES)?,
             step_ups_by_user: db.open_tree(keys::STEP_UPS_BY_USER)?,
+            challenges_by_user: db.open_tree(keys::CHALLENGES_BY_USER)?,
+            reset_codes: db.open_tree(keys::RESET_CODES)?,
+            reset_by_user: db.open_tree(keys::RESET_BY_USER)?,
             db,
             path: path.to_path_buf(),
         };

@@ -4,8 +4,10 @@ mod helpers;
 mod smtp_sink;
 
 mod accounts;
+mod contract;
 mod graphql_endpoint;
 mod mail;
+mod passwords;
 mod process;
 mod sessions;
 mod transport;

@@ -259,6 +259,19 @@ async fn acknowledged_writes_survive_a_sigkill() {
     )
     .await;
     assert_eq!(body["data"]["logout"]["status"], 200);
+    let body = call(
+        &client,
+        addr,
+        Some(&laptop_token),
+        "mutation { changePassword(oldPassword: \"correct horse battery staple\", newPassword: \"new horse battery staple\") { status token } }",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(body["data"]["changePassword"]["status"], 200, "{body}");
+    let laptop_token = body["data"]["changePassword"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Registered but never verified, right before the kill.
     let body = call(
         &client,

@@ -1,0 +1,238 @@
+//! Changing a known password (with the second factor when it is on) and resetting a
+//! forgotten one. Applying either ends the other device sessions, every pending challenge and
+//! step-up code, in one transaction, and mails a notice.
+
+use std::sync::Arc;
+
+use minijinja::context;
+use uuid::Uuid;
+
+use super::secrets::random_token;
+use super::sessions::SignedIn;
+use super::two_factor::PendingSignIn;
+use super::{Auth, Caller, iso, passwords, seconds};
+use crate::domain::Email;
+use crate::error::{Error, Result};
+use crate::mail::Template;
+use crate::store::records::{ChallengePurpose, ResetCodeRecord, UserRecord};
+use crate::store::{ChallengeStore, PasswordStore, SessionStore, UserStore};
+
+/// Purpose tag of reset codes in the keyed hash.
+const RESET_CODE: &str = "password-reset";
+/// The step-up slot a pending password change occupies.
+const PASSWORD_CHANGE: &str = "PASSWORD_CHANGE";
+
+/// The result of `changePassword`.
+#[derive(Debug)]
+pub enum ChangeOutcome {
+    /// Applied; fresh tokens for the caller's device.
+    Changed(Box<SignedIn>),
+    /// Waiting for the second factor (`confirmChangePassword2Fa`).
+    SecondFactor(Box<PendingSignIn>),
+}
+
+impl Auth {
+    /// Checks the old password and the policy for the new one, hashes it now, and applies it
+    /// at once, or keeps it with a second-factor challenge when 2FA is on.
+    pub async fn change_password(
+        &self,
+        caller: &Caller,
+        old_password: String,
+        new_password: String,
+    ) -> Result<ChangeOutcome> {
+        let user = self.profile(caller)?;
+        self.check_password(&user, Some(old_password)).await?;
+        passwords::check_policy(
+            &new_password,
+            self.config.passwords.min_length,
+            &user.email,
+            &user.username,
+        )?;
+        let new_hash = self.passwords.hash(new_password).await?;
+        let Some(two_factor) = &user.two_factor else {
+            let mut user = user;
+            user.password_hash = new_hash;
+            let signed_in = self
+                .apply_new_password(user, Some(caller.session_id), "changed")
+                .await?;
+            return signed_in
+                .map(|s| ChangeOutcome::Changed(Box::new(s)))
+                .ok_or(Error::InvalidToken);
+        };
+        let method = two_factor.method;
+        let purpose = ChallengePurpose::PasswordChange {
+            new_hash,
+            session_id: caller.session_id,
+        };
+        let (challenge, code) = self.new_challenge(&user, purpose, method);
+        // A new change replaces one still waiting.
+        self.store.put_step_up(&challenge, PASSWORD_CHANGE)?;
+        self.store.flush().await?;
+        if let Some(code) = code {
+            self.mail_code(
+                &user.email,
+                &code,
+                "change your password",
+                challenge.expires_at,
+            );
+        }
+        Ok(ChangeOutcome::SecondFactor(Box::new(PendingSignIn {
+            challenge_id: challenge.id,
+            user,
+            method,
+            expires_at: challenge.expires_at,
+        })))
+    }
+
+    /// Applies the waiting password change with its second-factor code.
+    pub async fn confirm_change_password(&self, caller: &Caller, code: &str) -> Result<SignedIn> {
+        let mut user = self.profile(caller)?;
+        let current = self
+            .store
+            .step_up(user.id, PASSWORD_CHANGE)?
+            .ok_or(Error::InvalidCode)?;
+        let ChallengePurpose::PasswordChange {
+            new_hash,
+            session_id,
+        } = current.record.purpose.clone()
+        else {
+            return Err(Error::InvalidCode);
+        };
+        if session_id != caller.session_id {
+            // Asked for on another device: confirm it there.
+            return Err(Error::InvalidCode);
+        }
+        let matched = self.attempt(&current, &user, code).await?;
+        Self::consume(&mut user, &matched);
+        user.password_hash = new_hash;
+        self.apply_new_password(user, Some(caller.session_id), "changed")
+            .await?
+            .ok_or(Error::InvalidToken)
+    }
+
+    /// Mails the waiting password change's code again.
+    pub async fn resend_change_password(&self, caller: &Caller) -> Result<super::CodeSent> {
+        let user = self.profile(caller)?;
+        let current = self
+            .store
+            .step_up(user.id, PASSWORD_CHANGE)?
+            .ok_or(Error::InvalidCode)?;
+        self.resend_challenge(&current, &user, "change your password")
+            .await
+    }
+
+    /// Writes the new password and ends what it must; keeps `keep` (the caller's device)
+    /// with fresh tokens.
+    async fn apply_new_password(
+        &self,
+        user: UserRecord,
+        keep: Option<Uuid>,
+        how: &str,
+    ) -> Result<Option<SignedIn>> {
+        let now = self.now();
+        let kept = match keep {
+            Some(id) => {
+                let mut session = self.store.session(id)?.ok_or(Error::InvalidToken)?;
+                let refresh_token = random_token::<32>();
+                session.refresh_hash = self
+                    .secrets
+                    .keyed_hash(super::sessions::REFRESH_TOKEN, &refresh_token);
+                session.refresh_expires_at = now + seconds(self.config.tokens.refresh_ttl);
+                session.last_seen_at = now;
+                Some((session, refresh_token))
+            }
+            None => None,
+        };
+        let ended = self
+            .store
+            .apply_password(&user, kept.as_ref().map(|(s, _)| s), None)?
+            .unwrap_or_default();
+        self.store.flush().await?;
+        self.forget_sessions(&ended);
+        self.password_notice(&user, how, now);
+        kept.map(|(session, refresh)| self.hand_out(user, session, refresh, now))
+            .transpose()
+    }
+
+    fn password_notice(&self, user: &UserRecord, how: &str, now: i64) {
+        self.send_mail(
+            &user.email,
+            Template::PasswordChanged,
+            context! {
+                how => how,
+                when => iso(now),
+                reset_link => self.page("forgot-password").to_string(),
+            },
+        );
+    }
+
+    /// Starts a reset for the account of `email`, if there is one. The answer never depends
+    /// on it: the lookup, the code and the mail happen after the caller has its answer.
+    pub fn forgot_password(self: &Arc<Self>, email: &Email) {
+        let auth = Arc::clone(self);
+        let email = email.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = auth.send_reset_code(&email).await {
+                tracing::error!(error = %e, "forgotten-password request failed");
+            }
+        });
+    }
+
+    async fn send_reset_code(&self, email: &Email) -> Result<()> {
+        let Some(user) = self.store.user_by_email(email.as_str())? else {
+            return Ok(());
+        };
+        let code = random_token::<16>();
+        let record = ResetCodeRecord {
+            user_id: user.id,
+            email: user.email.clone(),
+            expires_at: self.now() + seconds(self.config.passwords.reset_ttl),
+        };
+        self.store
+            .put_reset_code(&self.secrets.keyed_hash(RESET_CODE, &code), &record)?;
+        self.store.flush().await?;
+        self.send_mail(
+            &user.email,
+            Template::PasswordReset,
+            context! {
+                link => self.link("reset-password", &code),
+                code => code,
+                expires_at => iso(record.expires_at),
+            },
+        );
+        Ok(())
+    }
+
+    /// Sets a new password with a mailed reset code. Every device session ends, pending
+    /// challenges die, 2FA stays as it was, and the address counts as verified.
+    pub async fn confirm_password_reset(&self, code: &str, new_password: String) -> Result<()> {
+        let hash = self.secrets.keyed_hash(RESET_CODE, code.trim());
+        let record = self.store.reset_code(&hash)?.ok_or(Error::InvalidCode)?;
+        if record.expires_at <= self.now() {
+            return Err(Error::CodeExpired);
+        }
+        let mut user = self
+            .store
+            .user(record.user_id)?
+            .filter(|u| u.email == record.email)
+            .ok_or(Error::InvalidCode)?;
+        passwords::check_policy(
+            &new_password,
+            self.config.passwords.min_length,
+            &user.email,
+            &user.username,
+        )?;
+        user.password_hash = self.passwords.hash(new_password).await?;
+        // The reset mail reached this address: that proves it.
+        user.email_verified = true;
+        let now = self.now();
+        let ended = self
+            .store
+            .apply_password(&user, None, Some(&hash))?
+            .ok_or(Error::InvalidCode)?;
+        self.store.flush().await?;
+        self.forget_sessions(&ended);
+        self.password_notice(&user, "reset", now);
+        Ok(())
+    }
+}
