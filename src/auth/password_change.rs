@@ -42,12 +42,7 @@ impl Auth {
     ) -> Result<ChangeOutcome> {
         let user = self.profile(caller)?;
         self.check_password(&user, Some(old_password)).await?;
-        passwords::check_policy(
-            &new_password,
-            self.config.passwords.min_length,
-            &user.email,
-            &user.username,
-        )?;
+        self.check_new_password(&new_password, &user)?;
         let new_hash = self.passwords.hash(new_password).await?;
         let Some(two_factor) = &user.two_factor else {
             let mut user = user;
@@ -154,6 +149,16 @@ impl Auth {
             .transpose()
     }
 
+    /// The policy for a new password of `user`.
+    fn check_new_password(&self, password: &str, user: &UserRecord) -> Result<()> {
+        passwords::check_policy(
+            password,
+            self.config.passwords.min_length,
+            &user.email,
+            &user.username,
+        )
+    }
+
     fn password_notice(&self, user: &UserRecord, how: &str, now: i64) {
         self.send_mail(
             &user.email,
@@ -216,12 +221,7 @@ impl Auth {
             .user(record.user_id)?
             .filter(|u| u.email == record.email)
             .ok_or(Error::InvalidCode)?;
-        passwords::check_policy(
-            &new_password,
-            self.config.passwords.min_length,
-            &user.email,
-            &user.username,
-        )?;
+        self.check_new_password(&new_password, &user)?;
         user.password_hash = self.passwords.hash(new_password).await?;
         // The reset mail reached this address: that proves it.
         user.email_verified = true;

@@ -277,13 +277,7 @@ impl Auth {
             self.store.swap_challenge(current, None)?;
             return Err(Error::CodeExpired);
         }
-        if c.attempts >= self.config.two_factor.max_attempts {
-            return Err(Error::TooManyAttempts {
-                retry_after: std::time::Duration::from_secs(
-                    u64::try_from(c.expires_at - now).unwrap_or(0),
-                ),
-            });
-        }
+        self.check_alive(c, now)?;
         let matched = if c.method == SecondFactor::Email && self.mailed_code_matches(c, code) {
             Some(Matched::Mailed)
         } else if let Some(step) = self.totp_step(user, code)? {
@@ -355,13 +349,7 @@ impl Auth {
         if c.expires_at <= now {
             return Err(Error::CodeExpired);
         }
-        if c.attempts >= self.config.two_factor.max_attempts {
-            return Err(Error::TooManyAttempts {
-                retry_after: std::time::Duration::from_secs(
-                    u64::try_from(c.expires_at - now).unwrap_or(0),
-                ),
-            });
-        }
+        self.check_alive(c, now)?;
         if c.method == SecondFactor::Totp {
             return Ok(CodeSent {
                 challenge_id: c.id,
@@ -392,6 +380,19 @@ impl Auth {
             retry_after: seconds(self.config.two_factor.resend_cooldown),
             mailed: true,
         })
+    }
+
+    /// A challenge whose wrong tries reached the limit is dead until it expires; a new
+    /// sign-in starts a new one.
+    fn check_alive(&self, c: &ChallengeRecord, now: i64) -> Result<()> {
+        if c.attempts >= self.config.two_factor.max_attempts {
+            return Err(Error::TooManyAttempts {
+                retry_after: std::time::Duration::from_secs(
+                    u64::try_from(c.expires_at - now).unwrap_or(0),
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn check_resend(&self, c: &ChallengeRecord, now: i64) -> Result<()> {
