@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::graphql::build_schema;
 use crate::http::{ConfigFirst, HttpState, routes};
+use crate::jobs::{SweepStats, run_sweeper};
 use crate::mail::Mailer;
 use crate::store::Store;
 use crate::tls::TlsMaterial;
@@ -26,6 +27,8 @@ pub struct Application {
     auth: Arc<Auth>,
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    sweeper: JoinHandle<()>,
+    sweep_stats: Arc<SweepStats>,
 }
 
 impl Application {
@@ -85,6 +88,14 @@ impl Application {
         );
 
         let (stop, mut stopped) = watch::channel(false);
+        let sweep_stats = Arc::new(SweepStats::default());
+        let sweeper = tokio::spawn(run_sweeper(
+            auth.store.clone(),
+            auth.clock.clone(),
+            config.storage.sweep_interval,
+            sweep_stats.clone(),
+            stop.subscribe(),
+        ));
         let shutdown_timeout = config.server.shutdown_timeout;
         let endpoint = routes(state);
         let server = tokio::spawn(async move {
@@ -105,6 +116,8 @@ impl Application {
             auth,
             stop,
             server,
+            sweeper,
+            sweep_stats,
         })
     }
 
@@ -135,6 +148,11 @@ impl Application {
         &self.auth.mailer
     }
 
+    /// What the background sweeper has done since start.
+    pub fn sweep_stats(&self) -> &SweepStats {
+        &self.sweep_stats
+    }
+
     pub fn config(&self) -> &Config {
         &self.auth.config
     }
@@ -145,6 +163,7 @@ impl Application {
         let _ = self.stop.send(true);
         let served = self.server.await.context("the server task failed")?;
         served.context("the server stopped with an error")?;
+        self.sweeper.await.context("the sweeper failed")?;
         // Mail already accepted for sending goes out before the process ends.
         self.auth.tasks.close();
         self.auth.tasks.wait().await;

@@ -79,12 +79,16 @@ fn default_public_url() -> url::Url {
 pub struct StorageConfig {
     /// The sled database, the generated certificate and the mail outbox live here.
     pub path: PathBuf,
+    /// How often the sweeper reclaims expired codes, challenges and sessions.
+    #[serde(with = "duration")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: PathBuf::from("./data"),
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }
@@ -373,6 +377,7 @@ impl Config {
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::key("storage.path", "must not be empty"));
         }
+        positive("storage.sweep_interval", self.storage.sweep_interval)?;
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => {
                 return Err(ConfigError::key(

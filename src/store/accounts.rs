@@ -4,7 +4,7 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError as Tx;
 use uuid::Uuid;
 
-use super::keys::{EMAIL_CODES, USERS, USERS_BY_EMAIL};
+use super::keys::{EMAIL_CODES, ExpiryKind, USERS, USERS_BY_EMAIL};
 use super::records::{EmailCodeRecord, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
@@ -93,6 +93,7 @@ impl UserStore for Store {
         code_hash: &[u8; 32],
         code: &EmailCodeRecord,
     ) -> Result<CreateOutcome, StoreError> {
+        self.index_expiry(ExpiryKind::EmailCode, code_hash, code.expires_at)?;
         let record = encode(user);
         let code = encode(code);
         tx_result(
@@ -126,6 +127,9 @@ impl UserStore for Store {
         after: &UserRecord,
         new_code: Option<(&[u8; 32], &EmailCodeRecord)>,
     ) -> Result<UpdateOutcome, StoreError> {
+        if let Some((hash, code)) = new_code {
+            self.index_expiry(ExpiryKind::EmailCode, hash, code.expires_at)?;
+        }
         let record = encode(after);
         let code = new_code.map(|(hash, code)| (*hash, encode(code)));
         tx_result(

@@ -5,7 +5,7 @@
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::keys::{CHALLENGES, STEP_UPS_BY_USER, challenge_by_user_key, step_up_key};
+use super::keys::{CHALLENGES, ExpiryKind, STEP_UPS_BY_USER, challenge_by_user_key, step_up_key};
 use super::records::{ChallengeRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
@@ -46,6 +46,11 @@ impl ChallengeStore for Store {
     }
 
     fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError> {
+        self.index_expiry(
+            ExpiryKind::Challenge,
+            challenge.id.as_bytes(),
+            challenge.expires_at,
+        )?;
         let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
         let record = encode(challenge);
         tx_result((&self.challenges, &self.challenges_by_user).transaction(
@@ -62,6 +67,9 @@ impl ChallengeStore for Store {
         current: &Versioned<ChallengeRecord>,
         next: Option<&ChallengeRecord>,
     ) -> Result<bool, StoreError> {
+        if let Some(next) = next.filter(|n| n.expires_at != current.record.expires_at) {
+            self.index_expiry(ExpiryKind::Challenge, next.id.as_bytes(), next.expires_at)?;
+        }
         let swapped = self.challenges.compare_and_swap(
             current.record.id.as_bytes(),
             Some(current.raw.as_slice()),
@@ -71,18 +79,30 @@ impl ChallengeStore for Store {
     }
 
     fn put_step_up(&self, challenge: &ChallengeRecord, reason: &str) -> Result<(), StoreError> {
+        self.index_expiry(
+            ExpiryKind::Challenge,
+            challenge.id.as_bytes(),
+            challenge.expires_at,
+        )?;
         let key = step_up_key(&challenge.user_id, reason);
+        let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
         let record = encode(challenge);
-        tx_result((&self.challenges, &self.step_ups_by_user).transaction(
-            |(challenges, by_user)| {
-                if let Some(old) = by_user.get(&key)? {
-                    challenges.remove(old)?;
-                }
-                by_user.insert(key.as_slice(), challenge.id.as_bytes())?;
-                challenges.insert(challenge.id.as_bytes(), record.as_slice())?;
-                Ok(())
-            },
-        ))
+        tx_result(
+            (
+                &self.challenges,
+                &self.step_ups_by_user,
+                &self.challenges_by_user,
+            )
+                .transaction(|(challenges, by_user, all_of_user)| {
+                    if let Some(old) = by_user.get(&key)? {
+                        challenges.remove(old)?;
+                    }
+                    by_user.insert(key.as_slice(), challenge.id.as_bytes())?;
+                    challenges.insert(challenge.id.as_bytes(), record.as_slice())?;
+                    all_of_user.insert(index.as_slice(), &[])?;
+                    Ok(())
+                }),
+        )
     }
 
     fn step_up(

@@ -23,6 +23,12 @@
 //! | `challenges_by_user` | user id (16) ‖ challenge id (16) | empty: every challenge of a user, to end them all at once |
 //! | `reset_codes` | HMAC-SHA256 of the reset code (32 bytes) | `ResetCodeRecord` |
 //! | `reset_by_user` | user id (16 bytes) | keyed hash of the user's one live reset code (32 bytes) |
+//! | `expiry` | expiry time (`u64` BE, Unix seconds) ‖ kind (1 byte) ‖ the record's key | empty: what falls due when, for the sweeper |
+//!
+//! Every record that expires (e-mail and reset codes, refresh tokens, device sessions,
+//! challenges) gets an `expiry` entry written *before* the record itself, so no record is
+//! ever without one; an entry whose record is gone, or was given a later expiry, is simply
+//! dropped by the sweeper, which always checks the record's own expiry before removing it.
 //!
 //! Codes and tokens are never stored in clear: only their keyed hash, with a key kept outside
 //! the database (`storage.path/keys/hmac.key`), so a copy of the database alone does not let
@@ -51,6 +57,40 @@ pub const STEP_UPS_BY_USER: &str = "step_ups_by_user";
 pub const CHALLENGES_BY_USER: &str = "challenges_by_user";
 pub const RESET_CODES: &str = "reset_codes";
 pub const RESET_BY_USER: &str = "reset_by_user";
+
+pub const EXPIRY: &str = "expiry";
+
+/// What an `expiry` entry points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExpiryKind {
+    EmailCode = 1,
+    ResetCode = 2,
+    RefreshToken = 3,
+    Session = 4,
+    Challenge = 5,
+}
+
+impl ExpiryKind {
+    pub fn from_byte(b: u8) -> Option<ExpiryKind> {
+        Some(match b {
+            1 => ExpiryKind::EmailCode,
+            2 => ExpiryKind::ResetCode,
+            3 => ExpiryKind::RefreshToken,
+            4 => ExpiryKind::Session,
+            5 => ExpiryKind::Challenge,
+            _ => return None,
+        })
+    }
+}
+
+/// `expiry` key: time first, big-endian, so a range scan from the start finds what is due.
+pub fn expiry_key(at: i64, kind: ExpiryKind, id: &[u8]) -> Vec<u8> {
+    let mut key = u64::try_from(at.max(0)).unwrap_or(0).to_be_bytes().to_vec();
+    key.push(kind as u8);
+    key.extend_from_slice(id);
+    key
+}
 
 /// `challenges_by_user` key: user id ‖ challenge id.
 pub fn challenge_by_user_key(user_id: &uuid::Uuid, challenge_id: &uuid::Uuid) -> Vec<u8> {

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod challenges;
+mod expiry;
 pub mod keys;
 mod passwords;
 pub mod records;
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 
 pub use accounts::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
 pub use challenges::{ChallengeStore, Versioned};
+pub use expiry::SweepReport;
 pub use passwords::PasswordStore;
 pub use sessions::{RotateOutcome, SessionStore, SigningKeyStore};
 pub use sled_store::{Store, create_private_dir};

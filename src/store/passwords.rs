@@ -4,7 +4,7 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError as Tx;
 use uuid::Uuid;
 
-use super::keys::{RESET_CODES, SESSIONS, session_by_user_key, step_up_key};
+use super::keys::{ExpiryKind, RESET_CODES, SESSIONS, session_by_user_key, step_up_key};
 use super::records::{RefreshRecord, ResetCodeRecord, SessionRecord, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
@@ -27,6 +27,7 @@ pub trait PasswordStore {
 
 impl PasswordStore for Store {
     fn put_reset_code(&self, hash: &[u8; 32], record: &ResetCodeRecord) -> Result<(), StoreError> {
+        self.index_expiry(ExpiryKind::ResetCode, hash, record.expires_at)?;
         let bytes = encode(record);
         tx_result(
             (&self.reset_codes, &self.reset_by_user).transaction(|(codes, by_user)| {
@@ -72,6 +73,14 @@ impl PasswordStore for Store {
             .scan_prefix(step_up_key(&user.id, ""))
             .keys()
             .collect::<Result<_, _>>()?;
+        if let Some(k) = keep {
+            self.index_expiry(ExpiryKind::Session, k.id.as_bytes(), k.refresh_expires_at)?;
+            self.index_expiry(
+                ExpiryKind::RefreshToken,
+                &k.refresh_hash,
+                k.refresh_expires_at,
+            )?;
+        }
         let user_bytes = encode(user);
         let kept = keep.map(|k| {
             let refresh = RefreshRecord {

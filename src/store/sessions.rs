@@ -4,7 +4,9 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError as Tx;
 use uuid::Uuid;
 
-use super::keys::{REFRESH_TOKENS, SESSIONS, SESSIONS_BY_USER, SIGNING_KEYS, session_by_user_key};
+use super::keys::{
+    ExpiryKind, REFRESH_TOKENS, SESSIONS, SESSIONS_BY_USER, SIGNING_KEYS, session_by_user_key,
+};
 use super::records::{RefreshRecord, SessionRecord, SigningKeyRecord, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
@@ -75,6 +77,16 @@ impl SessionStore for Store {
         user: &UserRecord,
         session: &SessionRecord,
     ) -> Result<Option<SessionRecord>, StoreError> {
+        self.index_expiry(
+            ExpiryKind::Session,
+            session.id.as_bytes(),
+            session.refresh_expires_at,
+        )?;
+        self.index_expiry(
+            ExpiryKind::RefreshToken,
+            &session.refresh_hash,
+            session.refresh_expires_at,
+        )?;
         let user_bytes = encode(user);
         let session_bytes = encode(session);
         let refresh = encode(&RefreshRecord {
@@ -113,6 +125,15 @@ impl SessionStore for Store {
         new_expires_at: i64,
         now: i64,
     ) -> Result<RotateOutcome, StoreError> {
+        if let Some(record) = self.refresh_tokens.get(old)? {
+            let record: RefreshRecord = decode(REFRESH_TOKENS, &record)?;
+            self.index_expiry(ExpiryKind::RefreshToken, new, new_expires_at)?;
+            self.index_expiry(
+                ExpiryKind::Session,
+                record.session_id.as_bytes(),
+                new_expires_at,
+            )?;
+        }
         tx_result(
             (&self.sessions, &self.sessions_by_user, &self.refresh_tokens).transaction(
                 |(sessions, by_user, refresh_tokens)| {

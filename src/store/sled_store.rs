@@ -23,6 +23,7 @@ pub struct Store {
     pub(super) challenges_by_user: sled::Tree,
     pub(super) reset_codes: sled::Tree,
     pub(super) reset_by_user: sled::Tree,
+    pub(super) expiry: sled::Tree,
     path: PathBuf,
 }
 
@@ -85,6 +86,7 @@ impl Store {
             challenges_by_user: db.open_tree(keys::CHALLENGES_BY_USER)?,
             reset_codes: db.open_tree(keys::RESET_CODES)?,
             reset_by_user: db.open_tree(keys::RESET_BY_USER)?,
+            expiry: db.open_tree(keys::EXPIRY)?,
             db,
             path: path.to_path_buf(),
         };

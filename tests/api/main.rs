@@ -5,6 +5,7 @@ mod smtp_sink;
 
 mod accounts;
 mod contract;
+mod expiry;
 mod graphql_endpoint;
 mod mail;
 mod passwords;

@@ -1,0 +1,218 @@
+//! Background work: the sweep that reclaims expired records, run every
+//! `storage.sweep_interval` until shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::store::{Store, StoreError, SweepReport};
+
+/// Index entries handled per batch: small enough that a batch never stalls requests for long.
+pub const SWEEP_BATCH: usize = 256;
+
+/// Removes everything due at `now`, in batches, and says what it removed.
+pub fn sweep_once(store: &Store, now: i64) -> Result<SweepReport, StoreError> {
+    let mut total = SweepReport::default();
+    loop {
+        let batch = store.sweep_due(now, SWEEP_BATCH)?;
+        total.add(&batch);
+        if batch.entries < SWEEP_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// What the sweeper has done since start.
+#[derive(Debug, Default)]
+pub struct SweepStats {
+    pub passes: AtomicU64,
+    pub removed: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// The sweeper: a pass every `interval`, each batch on a blocking thread with a yield
+/// between, until `stop` turns true. A failed pass is logged and the loop goes on.
+pub async fn run_sweeper(
+    store: Store,
+    clock: Clock,
+    interval: Duration,
+    stats: Arc<SweepStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let now = clock.unix_seconds();
+        let mut pass = SweepReport::default();
+        let outcome = loop {
+            let store = store.clone();
+            let batch =
+                tokio::task::spawn_blocking(move || store.sweep_due(now, SWEEP_BATCH)).await;
+            match batch {
+                Ok(Ok(batch)) => {
+                    pass.add(&batch);
+                    if batch.entries < SWEEP_BATCH as u64 {
+                        break Ok(());
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Ok(Err(e)) => break Err(e.to_string()),
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        stats.passes.fetch_add(1, Ordering::Relaxed);
+        stats.removed.fetch_add(pass.removed(), Ordering::Relaxed);
+        match outcome {
+            Ok(()) if pass.removed() > 0 => tracing::info!(
+                removed = pass.removed(),
+                sessions = pass.sessions,
+                refresh_tokens = pass.refresh_tokens,
+                challenges = pass.challenges,
+                email_codes = pass.email_codes,
+                reset_codes = pass.reset_codes,
+                "sweeper removed expired records"
+            ),
+            Ok(()) => {}
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "sweeper pass failed; trying again next interval");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::{
+        AccountState, ChallengePurpose, ChallengeRecord, EmailCodeRecord, ProfileRecord,
+        ResetCodeRecord, SecondFactor, SessionRecord, UserRecord,
+    };
+    use crate::store::{ChallengeStore, PasswordStore, SessionStore, UserStore};
+    use uuid::Uuid;
+
+    fn user() -> UserRecord {
+        UserRecord {
+            id: Uuid::new_v4(),
+            email: "ada@example.com".into(),
+            email_verified: true,
+            username: "ada".into(),
+            password_hash: "$argon2id$stub".into(),
+            state: AccountState::Active,
+            profile: ProfileRecord::default(),
+            created_at: 0,
+            last_login_at: None,
+            current_login_at: None,
+            two_factor: None,
+            pending_totp: None,
+        }
+    }
+
+    fn session(user: &UserRecord, device: &str, expires_at: i64, hash: u8) -> SessionRecord {
+        SessionRecord {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            device_id: device.into(),
+            name: None,
+            ip_address: None,
+            user_agent: None,
+            created_at: 0,
+            last_seen_at: 0,
+            refresh_hash: [hash; 32],
+            refresh_expires_at: expires_at,
+        }
+    }
+
+    #[test]
+    fn sweep_once_removes_what_is_due_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let ada = user();
+        let code = EmailCodeRecord {
+            user_id: ada.id,
+            email: ada.email.clone(),
+            expires_at: 100,
+        };
+        store.create_user(&ada, &[1; 32], &code).unwrap();
+        let old = session(&ada, "old-phone", 200, 2);
+        let fresh = session(&ada, "laptop", 10_000, 3);
+        store.start_session(&ada, &old).unwrap();
+        store.start_session(&ada, &fresh).unwrap();
+        let challenge = ChallengeRecord {
+            id: Uuid::new_v4(),
+            user_id: ada.id,
+            purpose: ChallengePurpose::StepUp {
+                reason: "GENERIC".into(),
+            },
+            method: SecondFactor::Email,
+            code_hash: Some([4; 32]),
+            attempts: 0,
+            resends: 0,
+            last_sent_at: 0,
+            expires_at: 150,
+        };
+        store.put_step_up(&challenge, "GENERIC").unwrap();
+        store
+            .put_reset_code(
+                &[5; 32],
+                &ResetCodeRecord {
+                    user_id: ada.id,
+                    email: ada.email.clone(),
+                    expires_at: 120,
+                },
+            )
+            .unwrap();
+
+        assert_eq!(
+            sweep_once(&store, 99).unwrap().removed(),
+            0,
+            "nothing due yet"
+        );
+        let report = sweep_once(&store, 300).unwrap();
+        assert_eq!(report.email_codes, 1);
+        assert_eq!(report.reset_codes, 1);
+        assert_eq!(report.challenges, 1);
+        assert_eq!(report.sessions, 1);
+        assert_eq!(report.refresh_tokens, 1);
+        assert!(store.session(old.id).unwrap().is_none());
+        assert!(
+            store.session(fresh.id).unwrap().is_some(),
+            "a live session stays"
+        );
+        assert_eq!(store.sessions_of(ada.id).unwrap().len(), 1);
+        assert!(store.step_up(ada.id, "GENERIC").unwrap().is_none());
+        assert!(store.reset_code(&[5; 32]).unwrap().is_none());
+        assert!(
+            store.user(ada.id).unwrap().is_some(),
+            "accounts never expire"
+        );
+        // What is left in the index is the live session and its token.
+        assert_eq!(store.expiry_entries(), 2);
+        let later = sweep_once(&store, 10_000).unwrap();
+        assert_eq!((later.sessions, later.refresh_tokens), (1, 1));
+        assert_eq!(store.expiry_entries(), 0);
+    }
+
+    #[test]
+    fn a_record_given_a_later_expiry_is_not_swept_at_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let ada = user();
+        let s = session(&ada, "phone", 100, 7);
+        store.start_session(&ada, &s).unwrap();
+        // A refresh moves the session's expiry to 500.
+        store.rotate_refresh(&[7; 32], &[8; 32], 500, 50).unwrap();
+        let report = sweep_once(&store, 200).unwrap();
+        assert_eq!(report.sessions, 0);
+        assert_eq!(report.refresh_tokens, 1, "the rotated token is reclaimed");
+        assert!(store.session(s.id).unwrap().is_some());
+        assert_eq!(sweep_once(&store, 500).unwrap().sessions, 1);
+    }
+}
