@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::graphql::build_schema;
 use crate::http::{ConfigFirst, HttpState, routes};
-use crate::jobs::{SweepStats, run_sweeper};
+use crate::jobs::{MailStats, SweepStats, run_mail_worker, run_sweeper};
 use crate::mail::Mailer;
 use crate::store::Store;
 use crate::tls::TlsMaterial;
@@ -29,6 +29,9 @@ pub struct Application {
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
     sweep_stats: Arc<SweepStats>,
+    stop_mail: watch::Sender<bool>,
+    mail_worker: JoinHandle<()>,
+    mail_stats: Arc<MailStats>,
 }
 
 impl Application {
@@ -96,6 +99,14 @@ impl Application {
             sweep_stats.clone(),
             stop.subscribe(),
         ));
+        // The mail worker stops last, after everything that may still queue mail.
+        let (stop_mail, mail_stopped) = watch::channel(false);
+        let mail_stats = Arc::new(MailStats::default());
+        let mail_worker = tokio::spawn(run_mail_worker(
+            auth.clone(),
+            mail_stats.clone(),
+            mail_stopped,
+        ));
         let shutdown_timeout = config.server.shutdown_timeout;
         let endpoint = routes(state);
         let server = tokio::spawn(async move {
@@ -118,6 +129,9 @@ impl Application {
             server,
             sweeper,
             sweep_stats,
+            stop_mail,
+            mail_worker,
+            mail_stats,
         })
     }
 
@@ -148,6 +162,11 @@ impl Application {
         &self.auth.mailer
     }
 
+    /// What the mail worker has done since start.
+    pub fn mail_stats(&self) -> &MailStats {
+        &self.mail_stats
+    }
+
     /// What the background sweeper has done since start.
     pub fn sweep_stats(&self) -> &SweepStats {
         &self.sweep_stats
@@ -167,6 +186,8 @@ impl Application {
         // Mail already accepted for sending goes out before the process ends.
         self.auth.tasks.close();
         self.auth.tasks.wait().await;
+        let _ = self.stop_mail.send(true);
+        self.mail_worker.await.context("the mail worker failed")?;
         self.auth.store.flush().await?;
         tracing::info!("Keyhold stopped; storage flushed");
         Ok(())

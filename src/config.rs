@@ -127,6 +127,8 @@ pub struct MailConfig {
     pub from: String,
     /// A folder whose `NAME.txt` / `NAME.html` files replace the built-in templates.
     pub templates_dir: Option<PathBuf>,
+    /// Tries per message before it is dropped (with an error in the log).
+    pub max_attempts: u32,
     pub smtp: SmtpConfig,
 }
 
@@ -136,6 +138,7 @@ impl Default for MailConfig {
             transport: MailTransportKind::Log,
             from: "Keyhold <no-reply@localhost>".to_string(),
             templates_dir: None,
+            max_attempts: 10,
             smtp: SmtpConfig::default(),
         }
     }
@@ -487,6 +490,9 @@ impl Config {
                 format!("not an address such as \"Keyhold <no-reply@example.com>\": {e}"),
             )
         })?;
+        if self.mail.max_attempts < 1 {
+            return Err(ConfigError::key("mail.max_attempts", "must be at least 1"));
+        }
         let smtp = &self.mail.smtp;
         if self.mail.transport == MailTransportKind::Smtp {
             match &smtp.host {

@@ -1,5 +1,5 @@
 //! Background work: the sweep that reclaims expired records, run every
-//! `storage.sweep_interval` until shutdown.
+//! `storage.sweep_interval`, and the worker that sends queued mail; both until shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::clock::Clock;
-use crate::store::{Store, StoreError, SweepReport};
+use crate::store::records::QueuedMail;
+use crate::store::{MailQueueStore, Store, StoreError, SweepReport};
 
 /// Index entries handled per batch: small enough that a batch never stalls requests for long.
 pub const SWEEP_BATCH: usize = 256;
@@ -88,6 +90,116 @@ pub async fn run_sweeper(
     }
 }
 
+/// What the mail worker has done since start.
+#[derive(Debug, Default)]
+pub struct MailStats {
+    pub sent: AtomicU64,
+    pub retried: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// Messages taken from the queue per round.
+const MAIL_BATCH: usize = 32;
+/// At shutdown, how long the last round may take.
+const FINAL_DRAIN: Duration = Duration::from_secs(5);
+
+/// Seconds to wait after the `attempts`-th failure: 10 s, doubling, at most an hour.
+pub fn mail_backoff(attempts: u32) -> i64 {
+    let exp = attempts.saturating_sub(1).min(16);
+    (10i64 << exp).min(3600)
+}
+
+/// The mail worker: sends what is due whenever mail is queued (and every second, for
+/// retries), one message at a time, so a message is sent once. On `stop` it makes one last
+/// bounded round and returns; what is left is sent after the next start.
+pub async fn run_mail_worker(
+    auth: Arc<Auth>,
+    stats: Arc<MailStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        send_due(&auth, &stats, &stop).await;
+        let stopping = tokio::select! {
+            _ = auth.mail_ready.notified() => false,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = stop.wait_for(|stop| *stop) => true,
+        };
+        if stopping {
+            let (_, idle) = watch::channel(false);
+            let _ = tokio::time::timeout(FINAL_DRAIN, send_due(&auth, &stats, &idle)).await;
+            return;
+        }
+    }
+}
+
+async fn send_due(auth: &Auth, stats: &MailStats, stop: &watch::Receiver<bool>) {
+    loop {
+        let now = auth.clock.unix_seconds();
+        let due = match auth.store.due_mail(now, MAIL_BATCH) {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the mail queue");
+                return;
+            }
+        };
+        if due.is_empty() {
+            return;
+        }
+        for queued in due {
+            if *stop.borrow() {
+                return;
+            }
+            deliver(auth, stats, queued, now).await;
+        }
+    }
+}
+
+async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i64) {
+    let Some(mail) = auth.open_mail(&queued) else {
+        tracing::error!(id = queued.id, "a queued message cannot be opened; dropped");
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let _ = auth.store.remove_mail(queued.id);
+        return;
+    };
+    match auth.mailer.send(&mail).await {
+        Ok(()) => {
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = auth.store.remove_mail(queued.id) {
+                tracing::error!(error = %e, id = queued.id, "sent, but cannot take it off the queue");
+            }
+        }
+        Err(e) => {
+            queued.record.attempts += 1;
+            let attempts = queued.record.attempts;
+            if attempts >= auth.config.mail.max_attempts {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    error = %e,
+                    to = %mail.to,
+                    subject = %mail.subject,
+                    attempts,
+                    "mail dropped after its last attempt"
+                );
+                let _ = auth.store.remove_mail(queued.id);
+            } else {
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                queued.record.next_attempt_at = now + mail_backoff(attempts);
+                tracing::warn!(
+                    error = %e,
+                    to = %mail.to,
+                    subject = %mail.subject,
+                    attempts,
+                    retry_in_seconds = mail_backoff(attempts),
+                    "mail not sent; will retry"
+                );
+                if let Err(e) = auth.store.reschedule_mail(&queued) {
+                    tracing::error!(error = %e, "cannot reschedule queued mail");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +243,12 @@ mod tests {
     }
 
     #[test]
+    fn mail_backs_off_from_ten_seconds_to_an_hour() {
+        let delays: Vec<i64> = (1..=10).map(mail_backoff).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600]);
+    }
+
+    #[test]
     fn sweep_once_removes_what_is_due_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
@@ -140,7 +258,7 @@ mod tests {
             email: ada.email.clone(),
             expires_at: 100,
         };
-        store.create_user(&ada, &[1; 32], &code).unwrap();
+        store.create_user(&ada, &[1; 32], &code, &[], &[]).unwrap();
         let old = session(&ada, "old-phone", 200, 2);
         let fresh = session(&ada, "laptop", 10_000, 3);
         store.start_session(&ada, &old).unwrap();
@@ -158,7 +276,7 @@ mod tests {
             last_sent_at: 0,
             expires_at: 150,
         };
-        store.put_step_up(&challenge, "GENERIC").unwrap();
+        store.put_step_up(&challenge, "GENERIC", &[]).unwrap();
         store
             .put_reset_code(
                 &[5; 32],
@@ -167,6 +285,7 @@ mod tests {
                     email: ada.email.clone(),
                     expires_at: 120,
                 },
+                &[],
             )
             .unwrap();
 

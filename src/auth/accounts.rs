@@ -8,7 +8,7 @@ use super::{Auth, Caller, StepUpReason, iso, passwords, seconds};
 use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, username_from};
 use crate::error::{Error, Result};
 use crate::mail::Template;
-use crate::store::records::{AccountState, EmailCodeRecord, ProfileRecord, UserRecord};
+use crate::store::records::{AccountState, EmailCodeRecord, ProfileRecord, QueuedMail, UserRecord};
 use crate::store::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
 
 /// Purpose tag of e-mail verification codes in the keyed hash.
@@ -67,18 +67,23 @@ impl Auth {
             expires_at: now + seconds(self.config.registration.verification_ttl),
         };
         let hash = self.secrets.keyed_hash(EMAIL_CODE, &code);
+        let welcome = [self.verification_mail(&user.email, &code, code_record.expires_at)?];
+        let notice = [self.queue_mail(
+            &user.email,
+            Template::AccountExists,
+            context! { reset_link => self.page("forgot-password").to_string() },
+        )?];
         // A generated username may clash; try a few suffixes before giving up.
         let mut attempt = 0;
         loop {
-            let outcome = self.store.create_user(&user, &hash, &code_record)?;
+            let outcome = self
+                .store
+                .create_user(&user, &hash, &code_record, &welcome, &notice)?;
             match outcome {
                 CreateOutcome::Created => break,
                 CreateOutcome::EmailTaken { .. } => {
-                    self.send_mail(
-                        &user.email,
-                        Template::AccountExists,
-                        context! { reset_link => self.page("forgot-password").to_string() },
-                    );
+                    self.store.flush().await?;
+                    self.mail_queued();
                     return Ok(Registered {
                         user_id: None,
                         verification_code: None,
@@ -100,15 +105,15 @@ impl Auth {
             }
         }
         self.store.flush().await?;
-        self.mail_verification(&user.email, &code, code_record.expires_at);
+        self.mail_queued();
         Ok(Registered {
             user_id: Some(user.id),
             verification_code: self.config.testing.expose_codes.then_some(code),
         })
     }
 
-    fn mail_verification(&self, to: &str, code: &str, expires_at: i64) {
-        self.send_mail(
+    fn verification_mail(&self, to: &str, code: &str, expires_at: i64) -> Result<QueuedMail> {
+        self.queue_mail(
             to,
             Template::VerifyEmail,
             context! {
@@ -116,7 +121,7 @@ impl Auth {
                 code => code,
                 expires_at => iso(expires_at),
             },
-        );
+        )
     }
 
     /// Marks the address the code was sent to verified. The code works once.
@@ -181,10 +186,20 @@ impl Auth {
             };
             new_code = Some((self.secrets.keyed_hash(EMAIL_CODE, &code), record, code));
         }
+        let mut mail = Vec::new();
+        if let Some((_, record, code)) = &new_code {
+            mail.push(self.verification_mail(&after.email, code, record.expires_at)?);
+            mail.push(self.queue_mail(
+                &before.email,
+                Template::EmailChanged,
+                context! { new_email => after.email.clone(), when => iso(now) },
+            )?);
+        }
         let outcome = self.store.update_user(
             &before,
             &after,
             new_code.as_ref().map(|(hash, record, _)| (hash, record)),
+            &mail,
         )?;
         match outcome {
             UpdateOutcome::Updated => {}
@@ -196,14 +211,7 @@ impl Auth {
             }
         }
         self.store.flush().await?;
-        if let Some((_, record, code)) = new_code {
-            self.mail_verification(&after.email, &code, record.expires_at);
-            self.send_mail(
-                &before.email,
-                Template::EmailChanged,
-                context! { new_email => after.email.clone(), when => iso(now) },
-            );
-        }
+        self.mail_queued();
         Ok(after)
     }
 }

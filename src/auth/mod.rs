@@ -19,9 +19,13 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, iso8601};
 use crate::config::Config;
-use crate::mail::{Mailer, Template};
-use crate::store::Store;
+use base64::Engine;
+use tokio::sync::Notify;
+
+use crate::mail::{Mailer, OutgoingMail, Template};
 use crate::store::records::{AccountState, UserRecord};
+use crate::store::records::{MailQueueRecord, QueuedMail};
+use crate::store::{MailQueueStore, Store};
 
 pub use password_change::ChangeOutcome;
 pub use passwords::PasswordHasher;
@@ -39,11 +43,16 @@ pub struct Auth {
     pub passwords: PasswordHasher,
     pub tokens: Tokens,
     pub secrets: Secrets,
-    /// Background work (mail sends) that shutdown waits for.
+    /// Background work (forgotten-password requests) that shutdown waits for.
     pub tasks: TaskTracker,
+    /// Woken when mail is queued.
+    pub mail_ready: Arc<Notify>,
     /// When each session was last used, kept in memory so that a request does not write.
     last_seen: Mutex<HashMap<Uuid, i64>>,
 }
+
+/// The label queued mail is sealed under.
+const MAIL_LABEL: &[u8] = b"mail-queue";
 
 /// A signed-in caller, proven by a valid access token of a live device session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +87,7 @@ impl Auth {
             tokens,
             secrets,
             tasks: TaskTracker::new(),
+            mail_ready: Arc::new(Notify::new()),
             last_seen: Mutex::new(HashMap::new()),
         })
     }
@@ -115,22 +125,46 @@ impl Auth {
         url.to_string()
     }
 
-    /// Renders a message now and sends it in the background: an answer never waits on SMTP.
-    /// A failure is logged (recipient and template, never the body).
-    pub(crate) fn send_mail(&self, to: &str, template: Template, context: minijinja::Value) {
-        let mail = match self.mailer.render(to, template, context) {
-            Ok(mail) => mail,
-            Err(e) => {
-                tracing::error!(error = %e, template = template.name(), "cannot render a mail");
-                return;
-            }
-        };
-        let mailer = self.mailer.clone();
-        self.tasks.spawn(async move {
-            if let Err(e) = mailer.send(&mail).await {
-                tracing::error!(error = %e, to = %mail.to, subject = %mail.subject, "mail not sent");
-            }
-        });
+    /// Renders a message and seals it for the mail queue. It is queued by the store
+    /// operation it is handed to, in the same transaction as the change that causes it; the
+    /// worker sends it after the answer, so an answer never waits on SMTP.
+    pub(crate) fn queue_mail(
+        &self,
+        to: &str,
+        template: Template,
+        context: minijinja::Value,
+    ) -> Result<QueuedMail, crate::error::Error> {
+        let mail = self
+            .mailer
+            .render(to, template, context)
+            .map_err(crate::error::Error::internal)?;
+        let plain = serde_json::to_vec(&mail).map_err(crate::error::Error::internal)?;
+        let now = self.now();
+        Ok(QueuedMail {
+            id: self.store.next_mail_id()?,
+            record: MailQueueRecord {
+                attempts: 0,
+                next_attempt_at: now,
+                created_at: now,
+                sealed: base64::engine::general_purpose::STANDARD
+                    .encode(self.secrets.seal(MAIL_LABEL, &plain)),
+            },
+        })
+    }
+
+    /// Tells the mail worker that something was queued.
+    pub(crate) fn mail_queued(&self) {
+        self.mail_ready.notify_one();
+    }
+
+    /// The message inside a queue entry; `None` if it cannot be read (altered, or sealed
+    /// under another key).
+    pub fn open_mail(&self, queued: &QueuedMail) -> Option<OutgoingMail> {
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(&queued.record.sealed)
+            .ok()?;
+        let plain = self.secrets.open(MAIL_LABEL, &sealed)?;
+        serde_json::from_slice(&plain).ok()
     }
 
     pub(crate) fn touch(&self, session_id: Uuid, now: i64) {

@@ -14,7 +14,7 @@ use super::{Auth, Caller, iso, passwords, seconds};
 use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::mail::Template;
-use crate::store::records::{ChallengePurpose, ResetCodeRecord, UserRecord};
+use crate::store::records::{ChallengePurpose, QueuedMail, ResetCodeRecord, UserRecord};
 use crate::store::{ChallengeStore, PasswordStore, SessionStore, UserStore};
 
 /// Purpose tag of reset codes in the keyed hash.
@@ -60,17 +60,16 @@ impl Auth {
             session_id: caller.session_id,
         };
         let (challenge, code) = self.new_challenge(&user, purpose, method);
+        let mail = self.code_mail(
+            &user.email,
+            code.as_deref(),
+            "change your password",
+            challenge.expires_at,
+        )?;
         // A new change replaces one still waiting.
-        self.store.put_step_up(&challenge, PASSWORD_CHANGE)?;
+        self.store.put_step_up(&challenge, PASSWORD_CHANGE, &mail)?;
         self.store.flush().await?;
-        if let Some(code) = code {
-            self.mail_code(
-                &user.email,
-                &code,
-                "change your password",
-                challenge.expires_at,
-            );
-        }
+        self.mail_queued();
         Ok(ChangeOutcome::SecondFactor(Box::new(PendingSignIn {
             challenge_id: challenge.id,
             user,
@@ -138,13 +137,14 @@ impl Auth {
             }
             None => None,
         };
+        let notice = [self.password_notice(&user, how, now)?];
         let ended = self
             .store
-            .apply_password(&user, kept.as_ref().map(|(s, _)| s), None)?
+            .apply_password(&user, kept.as_ref().map(|(s, _)| s), None, &notice)?
             .unwrap_or_default();
         self.store.flush().await?;
+        self.mail_queued();
         self.forget_sessions(&ended);
-        self.password_notice(&user, how, now);
         kept.map(|(session, refresh)| self.hand_out(user, session, refresh, now))
             .transpose()
     }
@@ -159,8 +159,8 @@ impl Auth {
         )
     }
 
-    fn password_notice(&self, user: &UserRecord, how: &str, now: i64) {
-        self.send_mail(
+    fn password_notice(&self, user: &UserRecord, how: &str, now: i64) -> Result<QueuedMail> {
+        self.queue_mail(
             &user.email,
             Template::PasswordChanged,
             context! {
@@ -168,7 +168,7 @@ impl Auth {
                 when => iso(now),
                 reset_link => self.page("forgot-password").to_string(),
             },
-        );
+        )
     }
 
     /// Starts a reset for the account of `email`, if there is one. The answer never depends
@@ -193,18 +193,19 @@ impl Auth {
             email: user.email.clone(),
             expires_at: self.now() + seconds(self.config.passwords.reset_ttl),
         };
-        self.store
-            .put_reset_code(&self.secrets.keyed_hash(RESET_CODE, &code), &record)?;
-        self.store.flush().await?;
-        self.send_mail(
+        let mail = [self.queue_mail(
             &user.email,
             Template::PasswordReset,
             context! {
                 link => self.link("reset-password", &code),
-                code => code,
+                code => code.clone(),
                 expires_at => iso(record.expires_at),
             },
-        );
+        )?];
+        self.store
+            .put_reset_code(&self.secrets.keyed_hash(RESET_CODE, &code), &record, &mail)?;
+        self.store.flush().await?;
+        self.mail_queued();
         Ok(())
     }
 
@@ -226,13 +227,14 @@ impl Auth {
         // The reset mail reached this address: that proves it.
         user.email_verified = true;
         let now = self.now();
+        let notice = [self.password_notice(&user, "reset", now)?];
         let ended = self
             .store
-            .apply_password(&user, None, Some(&hash))?
+            .apply_password(&user, None, Some(&hash), &notice)?
             .ok_or(Error::InvalidCode)?;
         self.store.flush().await?;
+        self.mail_queued();
         self.forget_sessions(&ended);
-        self.password_notice(&user, "reset", now);
         Ok(())
     }
 }

@@ -5,16 +5,18 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::{aead, hmac};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::config::ConfigError;
 
-/// The HMAC key for stored codes and tokens.
+/// The HMAC key for stored codes and tokens, and an AES-256-GCM key derived from it for
+/// what must be stored recoverably but never in clear (queued mail, which carries codes).
 pub struct Secrets {
     key: hmac::Key,
+    sealing: aead::LessSafeKey,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -52,9 +54,46 @@ impl Secrets {
         if bytes.len() != 32 {
             return Err(ConfigError::file(&path, "must hold exactly 32 bytes"));
         }
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
+        let derived = hmac::sign(&key, b"keyhold sealing key v1");
+        let sealing = aead::UnboundKey::new(&aead::AES_256_GCM, derived.as_ref())
+            .map_err(|_| ConfigError::file(&path, "cannot derive the sealing key"))?;
         Ok(Secrets {
-            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+            key,
+            sealing: aead::LessSafeKey::new(sealing),
         })
+    }
+
+    /// Encrypts `plain` (random nonce in front); `label` binds it to its use.
+    pub fn seal(&self, label: &[u8], plain: &[u8]) -> Vec<u8> {
+        let nonce = random_bytes::<{ aead::NONCE_LEN }>();
+        let mut sealed = plain.to_vec();
+        // Sealing only fails for inputs larger than GCM allows (64 GiB).
+        self.sealing
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(label),
+                &mut sealed,
+            )
+            .unwrap_or_else(|_| unreachable!());
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Decrypts what [`Secrets::seal`] made with the same label; `None` if it was altered.
+    pub fn open(&self, label: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < aead::NONCE_LEN {
+            return None;
+        }
+        let (nonce, body) = sealed.split_at(aead::NONCE_LEN);
+        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut body = body.to_vec();
+        let plain = self
+            .sealing
+            .open_in_place(nonce, aead::Aad::from(label), &mut body)
+            .ok()?;
+        Some(plain.to_vec())
     }
 
     /// The keyed hash under which a code or token is stored and looked up.
@@ -104,6 +143,19 @@ mod tests {
         let b = Secrets::load_or_create(dir.path()).unwrap();
         assert_eq!(a.keyed_hash("x", "code"), b.keyed_hash("x", "code"));
         assert_ne!(a.keyed_hash("x", "code"), a.keyed_hash("y", "code"));
+    }
+
+    #[test]
+    fn sealed_data_opens_only_unaltered_and_with_its_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::load_or_create(dir.path()).unwrap();
+        let sealed = secrets.seal(b"mail", b"code 123456");
+        assert!(!sealed.windows(6).any(|w| w == b"123456"));
+        assert_eq!(secrets.open(b"mail", &sealed).unwrap(), b"code 123456");
+        assert!(secrets.open(b"other", &sealed).is_none());
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(secrets.open(b"mail", &altered).is_none());
     }
 
     #[test]

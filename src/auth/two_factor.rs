@@ -14,7 +14,8 @@ use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::mail::Template;
 use crate::store::records::{
-    ChallengePurpose, ChallengeRecord, PendingTotpRecord, SecondFactor, TwoFactorRecord, UserRecord,
+    ChallengePurpose, ChallengeRecord, PendingTotpRecord, QueuedMail, SecondFactor,
+    TwoFactorRecord, UserRecord,
 };
 use crate::store::{ChallengeStore, UserStore, Versioned};
 
@@ -204,12 +205,23 @@ impl Auth {
         (record, code)
     }
 
-    pub(crate) fn mail_code(&self, to: &str, code: &str, purpose: &str, expires_at: i64) {
-        self.send_mail(
-            to,
-            Template::TwoFactorCode,
-            context! { code => code, purpose => purpose, expires_at => iso(expires_at) },
-        );
+    /// The mail carrying a code, if there is one (TOTP challenges have none).
+    pub(crate) fn code_mail(
+        &self,
+        to: &str,
+        code: Option<&str>,
+        purpose: &str,
+        expires_at: i64,
+    ) -> Result<Vec<QueuedMail>> {
+        code.map(|code| {
+            self.queue_mail(
+                to,
+                Template::TwoFactorCode,
+                context! { code => code, purpose => purpose, expires_at => iso(expires_at) },
+            )
+        })
+        .into_iter()
+        .collect()
     }
 
     /// Starts the second step of a sign-in whose password was right.
@@ -231,11 +243,15 @@ impl Auth {
             user_agent: origin.user_agent.clone(),
         };
         let (challenge, code) = self.new_challenge(&user, purpose, method);
-        self.store.put_challenge(&challenge)?;
+        let mail = self.code_mail(
+            &user.email,
+            code.as_deref(),
+            "sign in",
+            challenge.expires_at,
+        )?;
+        self.store.put_challenge(&challenge, &mail)?;
         self.store.flush().await?;
-        if let Some(code) = code {
-            self.mail_code(&user.email, &code, "sign in", challenge.expires_at);
-        }
+        self.mail_queued();
         Ok(PendingSignIn {
             challenge_id: challenge.id,
             user,
@@ -274,7 +290,7 @@ impl Auth {
         let c = &current.record;
         let now = self.now();
         if c.expires_at <= now {
-            self.store.swap_challenge(current, None)?;
+            self.store.swap_challenge(current, None, &[])?;
             return Err(Error::CodeExpired);
         }
         self.check_alive(c, now)?;
@@ -292,7 +308,7 @@ impl Auth {
                 ..c.clone()
             }),
         };
-        if !self.store.swap_challenge(current, next.as_ref())? {
+        if !self.store.swap_challenge(current, next.as_ref(), &[])? {
             // Another try changed the challenge in between. This one neither counts nor
             // succeeds, so racing guesses gain nothing.
             return Err(Error::InvalidCode);
@@ -367,13 +383,14 @@ impl Auth {
             expires_at: now + seconds(self.config.two_factor.code_ttl),
             ..c.clone()
         };
-        if !self.store.swap_challenge(current, Some(&next))? {
+        let mail = self.code_mail(&user.email, Some(&code), purpose, next.expires_at)?;
+        if !self.store.swap_challenge(current, Some(&next), &mail)? {
             return Err(Error::RateLimited {
                 retry_after: std::time::Duration::from_secs(1),
             });
         }
         self.store.flush().await?;
-        self.mail_code(&user.email, &code, purpose, next.expires_at);
+        self.mail_queued();
         Ok(CodeSent {
             challenge_id: c.id,
             expires_at: next.expires_at,
@@ -563,11 +580,15 @@ impl Auth {
             reason: reason.as_str().to_string(),
         };
         let (challenge, code) = self.new_challenge(&user, purpose, SecondFactor::Email);
-        self.store.put_step_up(&challenge, reason.as_str())?;
+        let mail = self.code_mail(
+            &user.email,
+            code.as_deref(),
+            reason.purpose(),
+            challenge.expires_at,
+        )?;
+        self.store.put_step_up(&challenge, reason.as_str(), &mail)?;
         self.store.flush().await?;
-        if let Some(code) = code {
-            self.mail_code(&user.email, &code, reason.purpose(), challenge.expires_at);
-        }
+        self.mail_queued();
         Ok(CodeSent {
             challenge_id: challenge.id,
             expires_at: challenge.expires_at,

@@ -28,7 +28,7 @@ pub enum MailError {
 }
 
 /// A rendered message, ready to send.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutgoingMail {
     pub to: String,
     pub subject: String,

@@ -5,7 +5,8 @@ use sled::transaction::ConflictableTransactionError as Tx;
 use uuid::Uuid;
 
 use super::keys::{EMAIL_CODES, ExpiryKind, USERS, USERS_BY_EMAIL};
-use super::records::{EmailCodeRecord, UserRecord, decode, encode};
+use super::mail_queue::queue_in;
+use super::records::{EmailCodeRecord, QueuedMail, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
 /// What `create_user` did.
@@ -41,12 +42,15 @@ pub trait UserStore {
     fn user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError>;
     fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
     fn username_taken(&self, username: &str) -> Result<bool, StoreError>;
-    /// Creates the account and its first verification code, or changes nothing.
+    /// Creates the account and its first verification code and queues `on_created`; or, when
+    /// the address has an account, changes nothing but queueing `on_taken`.
     fn create_user(
         &self,
         user: &UserRecord,
         code_hash: &[u8; 32],
         code: &EmailCodeRecord,
+        on_created: &[QueuedMail],
+        on_taken: &[QueuedMail],
     ) -> Result<CreateOutcome, StoreError>;
     /// Replaces the account, moving its indexes when the address or username changed, and
     /// stores a new verification code if one is given. Changes nothing on a clash.
@@ -55,6 +59,7 @@ pub trait UserStore {
         before: &UserRecord,
         after: &UserRecord,
         new_code: Option<(&[u8; 32], &EmailCodeRecord)>,
+        mail: &[QueuedMail],
     ) -> Result<UpdateOutcome, StoreError>;
     /// Writes the account as it is (its indexes unchanged).
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;
@@ -92,6 +97,8 @@ impl UserStore for Store {
         user: &UserRecord,
         code_hash: &[u8; 32],
         code: &EmailCodeRecord,
+        on_created: &[QueuedMail],
+        on_taken: &[QueuedMail],
     ) -> Result<CreateOutcome, StoreError> {
         self.index_expiry(ExpiryKind::EmailCode, code_hash, code.expires_at)?;
         let record = encode(user);
@@ -102,10 +109,12 @@ impl UserStore for Store {
                 &self.users_by_email,
                 &self.users_by_username,
                 &self.email_codes,
+                &self.mail_queue,
             )
-                .transaction(|(users, by_email, by_username, codes)| {
+                .transaction(|(users, by_email, by_username, codes, queue)| {
                     if let Some(existing) = by_email.get(user.email.as_bytes())? {
                         let existing = uuid_from(USERS_BY_EMAIL, &existing).map_err(Tx::Abort)?;
+                        queue_in(queue, on_taken)?;
                         return Ok(CreateOutcome::EmailTaken { existing });
                     }
                     let name = username_key(&user.username);
@@ -116,6 +125,7 @@ impl UserStore for Store {
                     by_email.insert(user.email.as_bytes(), user.id.as_bytes())?;
                     by_username.insert(name, user.id.as_bytes())?;
                     codes.insert(code_hash, code.as_slice())?;
+                    queue_in(queue, on_created)?;
                     Ok(CreateOutcome::Created)
                 }),
         )
@@ -126,6 +136,7 @@ impl UserStore for Store {
         before: &UserRecord,
         after: &UserRecord,
         new_code: Option<(&[u8; 32], &EmailCodeRecord)>,
+        mail: &[QueuedMail],
     ) -> Result<UpdateOutcome, StoreError> {
         if let Some((hash, code)) = new_code {
             self.index_expiry(ExpiryKind::EmailCode, hash, code.expires_at)?;
@@ -138,8 +149,9 @@ impl UserStore for Store {
                 &self.users_by_email,
                 &self.users_by_username,
                 &self.email_codes,
+                &self.mail_queue,
             )
-                .transaction(|(users, by_email, by_username, codes)| {
+                .transaction(|(users, by_email, by_username, codes, queue)| {
                     let id = after.id.as_bytes();
                     if before.email != after.email {
                         if by_email.get(after.email.as_bytes())?.is_some() {
@@ -163,6 +175,7 @@ impl UserStore for Store {
                     if let Some((hash, code)) = &code {
                         codes.insert(hash, code.as_slice())?;
                     }
+                    queue_in(queue, mail)?;
                     Ok(UpdateOutcome::Updated)
                 }),
         )

@@ -6,7 +6,8 @@ use sled::Transactional;
 use uuid::Uuid;
 
 use super::keys::{CHALLENGES, ExpiryKind, STEP_UPS_BY_USER, challenge_by_user_key, step_up_key};
-use super::records::{ChallengeRecord, decode, encode};
+use super::mail_queue::queue_in;
+use super::records::{ChallengeRecord, QueuedMail, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
 /// A record together with the bytes it was read from, for a later compare-and-swap.
@@ -18,15 +19,26 @@ pub struct Versioned<T> {
 
 pub trait ChallengeStore {
     fn challenge(&self, id: Uuid) -> Result<Option<Versioned<ChallengeRecord>>, StoreError>;
-    fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError>;
-    /// Replaces (or with `None` removes) the challenge if it is still as it was read.
+    fn put_challenge(
+        &self,
+        challenge: &ChallengeRecord,
+        mail: &[QueuedMail],
+    ) -> Result<(), StoreError>;
+    /// Replaces (or with `None` removes) the challenge if it is still as it was read, and
+    /// then queues `mail`. False (and nothing done) if it changed in between.
     fn swap_challenge(
         &self,
         current: &Versioned<ChallengeRecord>,
         next: Option<&ChallengeRecord>,
+        mail: &[QueuedMail],
     ) -> Result<bool, StoreError>;
     /// Stores a step-up challenge as the one live code of its user and reason.
-    fn put_step_up(&self, challenge: &ChallengeRecord, reason: &str) -> Result<(), StoreError>;
+    fn put_step_up(
+        &self,
+        challenge: &ChallengeRecord,
+        reason: &str,
+        mail: &[QueuedMail],
+    ) -> Result<(), StoreError>;
     fn step_up(
         &self,
         user_id: Uuid,
@@ -45,7 +57,11 @@ impl ChallengeStore for Store {
         }
     }
 
-    fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError> {
+    fn put_challenge(
+        &self,
+        challenge: &ChallengeRecord,
+        mail: &[QueuedMail],
+    ) -> Result<(), StoreError> {
         self.index_expiry(
             ExpiryKind::Challenge,
             challenge.id.as_bytes(),
@@ -53,32 +69,50 @@ impl ChallengeStore for Store {
         )?;
         let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
         let record = encode(challenge);
-        tx_result((&self.challenges, &self.challenges_by_user).transaction(
-            |(challenges, by_user)| {
-                challenges.insert(challenge.id.as_bytes(), record.as_slice())?;
-                by_user.insert(index.as_slice(), &[])?;
-                Ok(())
-            },
-        ))
+        tx_result(
+            (&self.challenges, &self.challenges_by_user, &self.mail_queue).transaction(
+                |(challenges, by_user, queue)| {
+                    challenges.insert(challenge.id.as_bytes(), record.as_slice())?;
+                    by_user.insert(index.as_slice(), &[])?;
+                    queue_in(queue, mail)?;
+                    Ok(())
+                },
+            ),
+        )
     }
 
     fn swap_challenge(
         &self,
         current: &Versioned<ChallengeRecord>,
         next: Option<&ChallengeRecord>,
+        mail: &[QueuedMail],
     ) -> Result<bool, StoreError> {
         if let Some(next) = next.filter(|n| n.expires_at != current.record.expires_at) {
             self.index_expiry(ExpiryKind::Challenge, next.id.as_bytes(), next.expires_at)?;
         }
-        let swapped = self.challenges.compare_and_swap(
-            current.record.id.as_bytes(),
-            Some(current.raw.as_slice()),
-            next.map(encode),
-        )?;
-        Ok(swapped.is_ok())
+        let key = current.record.id.as_bytes();
+        let next = next.map(encode);
+        tx_result(
+            (&self.challenges, &self.mail_queue).transaction(|(challenges, queue)| {
+                if challenges.get(key)?.as_deref() != Some(current.raw.as_slice()) {
+                    return Ok(false);
+                }
+                match &next {
+                    Some(next) => challenges.insert(key, next.as_slice())?,
+                    None => challenges.remove(key)?,
+                };
+                queue_in(queue, mail)?;
+                Ok(true)
+            }),
+        )
     }
 
-    fn put_step_up(&self, challenge: &ChallengeRecord, reason: &str) -> Result<(), StoreError> {
+    fn put_step_up(
+        &self,
+        challenge: &ChallengeRecord,
+        reason: &str,
+        mail: &[QueuedMail],
+    ) -> Result<(), StoreError> {
         self.index_expiry(
             ExpiryKind::Challenge,
             challenge.id.as_bytes(),
@@ -92,14 +126,16 @@ impl ChallengeStore for Store {
                 &self.challenges,
                 &self.step_ups_by_user,
                 &self.challenges_by_user,
+                &self.mail_queue,
             )
-                .transaction(|(challenges, by_user, all_of_user)| {
+                .transaction(|(challenges, by_user, all_of_user, queue)| {
                     if let Some(old) = by_user.get(&key)? {
                         challenges.remove(old)?;
                     }
                     by_user.insert(key.as_slice(), challenge.id.as_bytes())?;
                     challenges.insert(challenge.id.as_bytes(), record.as_slice())?;
                     all_of_user.insert(index.as_slice(), &[])?;
+                    queue_in(queue, mail)?;
                     Ok(())
                 }),
         )

@@ -5,12 +5,20 @@ use sled::transaction::ConflictableTransactionError as Tx;
 use uuid::Uuid;
 
 use super::keys::{ExpiryKind, RESET_CODES, SESSIONS, session_by_user_key, step_up_key};
-use super::records::{RefreshRecord, ResetCodeRecord, SessionRecord, UserRecord, decode, encode};
+use super::mail_queue::queue_in;
+use super::records::{
+    QueuedMail, RefreshRecord, ResetCodeRecord, SessionRecord, UserRecord, decode, encode,
+};
 use super::{Store, StoreError, tx_result, uuid_from};
 
 pub trait PasswordStore {
     /// Stores a reset code as the user's only one, replacing an earlier code.
-    fn put_reset_code(&self, hash: &[u8; 32], record: &ResetCodeRecord) -> Result<(), StoreError>;
+    fn put_reset_code(
+        &self,
+        hash: &[u8; 32],
+        record: &ResetCodeRecord,
+        mail: &[QueuedMail],
+    ) -> Result<(), StoreError>;
     fn reset_code(&self, hash: &[u8; 32]) -> Result<Option<ResetCodeRecord>, StoreError>;
     /// Writes `user` (with its new password hash) and, in the same transaction, ends every
     /// device session of the user but `keep` (which is written as given, with a refresh token
@@ -22,22 +30,31 @@ pub trait PasswordStore {
         user: &UserRecord,
         keep: Option<&SessionRecord>,
         reset_code: Option<&[u8; 32]>,
+        mail: &[QueuedMail],
     ) -> Result<Option<Vec<Uuid>>, StoreError>;
 }
 
 impl PasswordStore for Store {
-    fn put_reset_code(&self, hash: &[u8; 32], record: &ResetCodeRecord) -> Result<(), StoreError> {
+    fn put_reset_code(
+        &self,
+        hash: &[u8; 32],
+        record: &ResetCodeRecord,
+        mail: &[QueuedMail],
+    ) -> Result<(), StoreError> {
         self.index_expiry(ExpiryKind::ResetCode, hash, record.expires_at)?;
         let bytes = encode(record);
         tx_result(
-            (&self.reset_codes, &self.reset_by_user).transaction(|(codes, by_user)| {
-                if let Some(old) = by_user.get(record.user_id.as_bytes())? {
-                    codes.remove(old)?;
-                }
-                codes.insert(hash, bytes.as_slice())?;
-                by_user.insert(record.user_id.as_bytes(), hash)?;
-                Ok(())
-            }),
+            (&self.reset_codes, &self.reset_by_user, &self.mail_queue).transaction(
+                |(codes, by_user, queue)| {
+                    if let Some(old) = by_user.get(record.user_id.as_bytes())? {
+                        codes.remove(old)?;
+                    }
+                    codes.insert(hash, bytes.as_slice())?;
+                    by_user.insert(record.user_id.as_bytes(), hash)?;
+                    queue_in(queue, mail)?;
+                    Ok(())
+                },
+            ),
         )
     }
 
@@ -53,6 +70,7 @@ impl PasswordStore for Store {
         user: &UserRecord,
         keep: Option<&SessionRecord>,
         reset_code: Option<&[u8; 32]>,
+        mail: &[QueuedMail],
     ) -> Result<Option<Vec<Uuid>>, StoreError> {
         // sled cannot scan inside a transaction: gather what to end first.
         let mut sessions = Vec::new();
@@ -89,62 +107,67 @@ impl PasswordStore for Store {
             };
             (k, encode(k), encode(&refresh))
         });
-        tx_result(
-            (
-                &self.users,
-                &self.sessions,
-                &self.sessions_by_user,
-                &self.refresh_tokens,
-                &self.challenges,
-                &self.challenges_by_user,
-                &self.step_ups_by_user,
-                &self.reset_codes,
-                &self.reset_by_user,
-            )
-                .transaction(
-                    |(
-                        users,
-                        sessions_tree,
-                        by_user,
-                        refresh_tokens,
-                        challenges,
-                        challenges_by_user,
-                        step_ups,
-                        reset_codes,
-                        reset_by_user,
-                    )| {
-                        if let Some(code) = reset_code
-                            && reset_codes.get(code)?.is_none()
-                        {
-                            return Ok(false);
-                        }
-                        users.insert(user.id.as_bytes(), user_bytes.as_slice())?;
-                        for id in &sessions {
-                            if let Some(old) = sessions_tree.remove(id.as_bytes())? {
-                                let old: SessionRecord =
-                                    decode(SESSIONS, &old).map_err(Tx::Abort)?;
-                                by_user
-                                    .remove(session_by_user_key(&old.user_id, &old.device_id))?;
-                            }
-                        }
-                        if let Some((k, session, refresh)) = &kept {
-                            sessions_tree.insert(k.id.as_bytes(), session.as_slice())?;
-                            refresh_tokens.insert(&k.refresh_hash, refresh.as_slice())?;
-                        }
-                        for key in &challenge_keys {
-                            challenges.remove(&key[16..])?;
-                            challenges_by_user.remove(key)?;
-                        }
-                        for key in &step_up_keys {
-                            step_ups.remove(key)?;
-                        }
-                        if let Some(code) = reset_by_user.remove(user.id.as_bytes())? {
-                            reset_codes.remove(code)?;
-                        }
-                        Ok(true)
-                    },
-                ),
-        )
+        // Ten trees: more than sled's tuple form takes, so the slice form.
+        let trees = [
+            self.users.clone(),
+            self.sessions.clone(),
+            self.sessions_by_user.clone(),
+            self.refresh_tokens.clone(),
+            self.challenges.clone(),
+            self.challenges_by_user.clone(),
+            self.step_ups_by_user.clone(),
+            self.reset_codes.clone(),
+            self.reset_by_user.clone(),
+            self.mail_queue.clone(),
+        ];
+        tx_result(trees.as_slice().transaction(|t| {
+            let [
+                users,
+                sessions_tree,
+                by_user,
+                refresh_tokens,
+                challenges,
+                challenges_by_user,
+                step_ups,
+                reset_codes,
+                reset_by_user,
+                queue,
+            ] = t.as_slice()
+            else {
+                return Err(Tx::Abort(StoreError::Record {
+                    tree: "*".into(),
+                    what: "wrong number of trees".into(),
+                }));
+            };
+            if let Some(code) = reset_code
+                && reset_codes.get(code)?.is_none()
+            {
+                return Ok(false);
+            }
+            users.insert(user.id.as_bytes(), user_bytes.as_slice())?;
+            for id in &sessions {
+                if let Some(old) = sessions_tree.remove(id.as_bytes())? {
+                    let old: SessionRecord = decode(SESSIONS, &old).map_err(Tx::Abort)?;
+                    by_user.remove(session_by_user_key(&old.user_id, &old.device_id))?;
+                }
+            }
+            if let Some((k, session, refresh)) = &kept {
+                sessions_tree.insert(k.id.as_bytes(), session.as_slice())?;
+                refresh_tokens.insert(&k.refresh_hash, refresh.as_slice())?;
+            }
+            for key in &challenge_keys {
+                challenges.remove(&key[16..])?;
+                challenges_by_user.remove(key)?;
+            }
+            for key in &step_up_keys {
+                step_ups.remove(key)?;
+            }
+            if let Some(code) = reset_by_user.remove(user.id.as_bytes())? {
+                reset_codes.remove(code)?;
+            }
+            queue_in(queue, mail)?;
+            Ok(true)
+        }))
         .map(|applied| applied.then_some(sessions))
     }
 }

@@ -249,6 +249,24 @@ mod tests {
     }
 }
 
+/// `mail_queue`: a message waiting to be sent. The message itself is sealed (it carries
+/// codes and links); only the schedule is in clear.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MailQueueRecord {
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+    /// The rendered message, AES-256-GCM sealed, base64.
+    pub sealed: String,
+}
+
+/// A queued message with its place in the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMail {
+    pub id: u64,
+    pub record: MailQueueRecord,
+}
+
 /// `reset_codes`: a pending forgotten-password reset.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ResetCodeRecord {

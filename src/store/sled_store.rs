@@ -24,6 +24,7 @@ pub struct Store {
     pub(super) reset_codes: sled::Tree,
     pub(super) reset_by_user: sled::Tree,
     pub(super) expiry: sled::Tree,
+    pub(super) mail_queue: sled::Tree,
     path: PathBuf,
 }
 
@@ -87,6 +88,7 @@ impl Store {
             reset_codes: db.open_tree(keys::RESET_CODES)?,
             reset_by_user: db.open_tree(keys::RESET_BY_USER)?,
             expiry: db.open_tree(keys::EXPIRY)?,
+            mail_queue: db.open_tree(keys::MAIL_QUEUE)?,
             db,
             path: path.to_path_buf(),
         };

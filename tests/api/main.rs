@@ -8,6 +8,7 @@ mod contract;
 mod expiry;
 mod graphql_endpoint;
 mod mail;
+mod mail_queue;
 mod passwords;
 mod process;
 mod sessions;

@@ -178,7 +178,12 @@ impl SmtpSink {
     }
 
     pub async fn start_with(mode: SinkTls) -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(mode, 0).await
+    }
+
+    /// A sink on a given loopback port (0: any free one).
+    pub async fn start_on(mode: SinkTls, port: u16) -> SmtpSink {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
         let certificate_pem = made.cert.pem();
