@@ -29,6 +29,7 @@ pub struct Application {
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
     sweep_stats: Arc<SweepStats>,
+    background: Vec<JoinHandle<()>>,
     stop_mail: watch::Sender<bool>,
     mail_worker: JoinHandle<()>,
     mail_stats: Arc<MailStats>,
@@ -99,6 +100,25 @@ impl Application {
             sweep_stats.clone(),
             stop.subscribe(),
         ));
+        let mut background = vec![tokio::spawn(crate::backup::run_backups(
+            config.clone(),
+            auth.store.clone(),
+            auth.clock.clone(),
+            stop.subscribe(),
+        ))];
+        match crate::admin::bind(&config.admin_socket()) {
+            Ok(admin) => background.push(tokio::spawn(crate::admin::serve(
+                admin,
+                config.admin_socket(),
+                auth.clone(),
+                stop.subscribe(),
+            ))),
+            // The server works without it; only the command line's online commands do not.
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "no admin socket: `keyhold backup` will not reach this server"
+            ),
+        }
         // The mail worker stops last, after everything that may still queue mail.
         let (stop_mail, mail_stopped) = watch::channel(false);
         let mail_stats = Arc::new(MailStats::default());
@@ -129,6 +149,7 @@ impl Application {
             server,
             sweeper,
             sweep_stats,
+            background,
             stop_mail,
             mail_worker,
             mail_stats,
@@ -183,6 +204,9 @@ impl Application {
         let served = self.server.await.context("the server task failed")?;
         served.context("the server stopped with an error")?;
         self.sweeper.await.context("the sweeper failed")?;
+        for task in self.background {
+            task.await.context("a background task failed")?;
+        }
         // Mail already accepted for sending goes out before the process ends.
         self.auth.tasks.close();
         self.auth.tasks.wait().await;

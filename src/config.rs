@@ -82,6 +82,11 @@ pub struct StorageConfig {
     /// How often the sweeper reclaims expired codes, challenges and sessions.
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
+    /// How often a backup is made into `storage.path/backups`; `"0s"` turns it off.
+    #[serde(with = "duration")]
+    pub backup_interval: Duration,
+    /// How many of those backups are kept.
+    pub backup_keep: usize,
 }
 
 impl Default for StorageConfig {
@@ -89,6 +94,8 @@ impl Default for StorageConfig {
         StorageConfig {
             path: PathBuf::from("./data"),
             sweep_interval: Duration::from_secs(60),
+            backup_interval: Duration::from_secs(24 * 3600),
+            backup_keep: 7,
         }
     }
 }
@@ -381,6 +388,12 @@ impl Config {
             return Err(ConfigError::key("storage.path", "must not be empty"));
         }
         positive("storage.sweep_interval", self.storage.sweep_interval)?;
+        if self.storage.backup_keep < 1 {
+            return Err(ConfigError::key(
+                "storage.backup_keep",
+                "must be at least 1",
+            ));
+        }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => {
                 return Err(ConfigError::key(
@@ -530,6 +543,21 @@ impl Config {
     /// Where a generated certificate is kept.
     pub fn generated_tls_dir(&self) -> PathBuf {
         self.storage.path.join("tls")
+    }
+
+    /// Where scheduled backups go.
+    pub fn backups_dir(&self) -> PathBuf {
+        self.storage.path.join("backups")
+    }
+
+    /// The key under which codes are hashed and queued mail sealed.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.storage.path.join("keys")
+    }
+
+    /// The local socket the command line uses while the server runs.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.storage.path.join("admin.sock")
     }
 
     /// Where the `log` mail transport writes `.eml` files.

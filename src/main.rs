@@ -25,6 +25,19 @@ enum Command {
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Write a consistent backup to FILE: through the running server, or directly when it
+    /// is stopped.
+    Backup {
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        file: PathBuf,
+    },
+    /// Restore FILE into the storage of a stopped server (the old database is kept aside).
+    Restore {
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +60,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(config).await,
+            Command::Backup { config, file } => backup(config, file).await,
+            Command::Restore { config, file } => restore(config, file),
         }
     });
     match result {
@@ -57,6 +72,45 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn now() -> i64 {
+    keyhold::Clock::system().unix_seconds()
+}
+
+async fn backup(config: Option<PathBuf>, file: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let file = std::path::absolute(&file)?;
+    let request = serde_json::json!({ "command": "backup", "file": file });
+    let summary = match keyhold::admin::call(&config.admin_socket(), &request).await? {
+        Some(answer) if answer["ok"] == true => answer,
+        Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
+        None => {
+            let store = keyhold::store::Store::open(&config.db_path())?;
+            let summary = keyhold::backup::backup_store(&config, &store, &file, now())?;
+            serde_json::json!({ "trees": summary.trees, "entries": summary.entries })
+        }
+    };
+    println!(
+        "backup written to {} ({} records in {} trees)",
+        file.display(),
+        summary["entries"],
+        summary["trees"]
+    );
+    Ok(())
+}
+
+fn restore(config: Option<PathBuf>, file: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let summary = keyhold::backup::restore(&config, &file, now())?;
+    println!(
+        "restored {} ({} records in {} trees) into {}",
+        file.display(),
+        summary.entries,
+        summary.trees,
+        config.db_path().display()
+    );
+    Ok(())
 }
 
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {

@@ -77,7 +77,7 @@ impl Auth {
     ) -> anyhow::Result<Auth> {
         let passwords = PasswordHasher::new(&config.passwords)?;
         let tokens = Tokens::load_or_create(&store, &config.tokens, clock.unix_seconds())?;
-        let secrets = Secrets::load_or_create(&config.storage.path.join("keys"))?;
+        let secrets = Secrets::load_or_create(&config.keys_dir())?;
         Ok(Auth {
             config,
             store,

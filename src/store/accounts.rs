@@ -100,6 +100,7 @@ impl UserStore for Store {
         on_created: &[QueuedMail],
         on_taken: &[QueuedMail],
     ) -> Result<CreateOutcome, StoreError> {
+        let _writing = self.writing();
         self.index_expiry(ExpiryKind::EmailCode, code_hash, code.expires_at)?;
         let record = encode(user);
         let code = encode(code);
@@ -138,6 +139,7 @@ impl UserStore for Store {
         new_code: Option<(&[u8; 32], &EmailCodeRecord)>,
         mail: &[QueuedMail],
     ) -> Result<UpdateOutcome, StoreError> {
+        let _writing = self.writing();
         if let Some((hash, code)) = new_code {
             self.index_expiry(ExpiryKind::EmailCode, hash, code.expires_at)?;
         }
@@ -182,11 +184,13 @@ impl UserStore for Store {
     }
 
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.users.insert(user.id.as_bytes(), encode(user))?;
         Ok(())
     }
 
     fn verify_email(&self, code_hash: &[u8; 32], now: i64) -> Result<VerifyOutcome, StoreError> {
+        let _writing = self.writing();
         tx_result(
             (&self.users, &self.email_codes).transaction(|(users, codes)| {
                 let Some(code) = codes.get(code_hash)? else {

@@ -62,6 +62,7 @@ impl ChallengeStore for Store {
         challenge: &ChallengeRecord,
         mail: &[QueuedMail],
     ) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.index_expiry(
             ExpiryKind::Challenge,
             challenge.id.as_bytes(),
@@ -87,6 +88,7 @@ impl ChallengeStore for Store {
         next: Option<&ChallengeRecord>,
         mail: &[QueuedMail],
     ) -> Result<bool, StoreError> {
+        let _writing = self.writing();
         if let Some(next) = next.filter(|n| n.expires_at != current.record.expires_at) {
             self.index_expiry(ExpiryKind::Challenge, next.id.as_bytes(), next.expires_at)?;
         }
@@ -113,6 +115,7 @@ impl ChallengeStore for Store {
         reason: &str,
         mail: &[QueuedMail],
     ) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.index_expiry(
             ExpiryKind::Challenge,
             challenge.id.as_bytes(),

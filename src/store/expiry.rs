@@ -53,6 +53,7 @@ impl Store {
     /// Removes at most `limit` index entries that are due at `now`, with their records when
     /// those are still expired. Returns what it did; `entries < limit` means nothing more is due.
     pub fn sweep_due(&self, now: i64, limit: usize) -> Result<SweepReport, StoreError> {
+        let _writing = self.writing();
         let end = expiry_key(now.saturating_add(1), ExpiryKind::EmailCode, &[]);
         let due: Vec<sled::IVec> = self
             .expiry

@@ -37,6 +37,7 @@ impl MailQueueStore for Store {
     }
 
     fn enqueue(&self, mail: &[QueuedMail]) -> Result<(), StoreError> {
+        let _writing = self.writing();
         tx_result(self.mail_queue.transaction(|queue| {
             queue_in(queue, mail)?;
             Ok(())
@@ -65,12 +66,14 @@ impl MailQueueStore for Store {
     }
 
     fn reschedule_mail(&self, mail: &QueuedMail) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.mail_queue
             .insert(mail.id.to_be_bytes(), encode(&mail.record))?;
         Ok(())
     }
 
     fn remove_mail(&self, id: u64) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.mail_queue.remove(id.to_be_bytes())?;
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! in Keyhold lives under this module.
 
 mod accounts;
+pub mod backup;
 mod challenges;
 mod expiry;
 pub mod keys;

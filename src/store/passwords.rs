@@ -41,6 +41,7 @@ impl PasswordStore for Store {
         record: &ResetCodeRecord,
         mail: &[QueuedMail],
     ) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.index_expiry(ExpiryKind::ResetCode, hash, record.expires_at)?;
         let bytes = encode(record);
         tx_result(
@@ -72,6 +73,7 @@ impl PasswordStore for Store {
         reset_code: Option<&[u8; 32]>,
         mail: &[QueuedMail],
     ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        let _writing = self.writing();
         // sled cannot scan inside a transaction: gather what to end first.
         let mut sessions = Vec::new();
         for entry in self.sessions_by_user.scan_prefix(user.id.as_bytes()) {

@@ -77,6 +77,7 @@ impl SessionStore for Store {
         user: &UserRecord,
         session: &SessionRecord,
     ) -> Result<Option<SessionRecord>, StoreError> {
+        let _writing = self.writing();
         self.index_expiry(
             ExpiryKind::Session,
             session.id.as_bytes(),
@@ -125,6 +126,7 @@ impl SessionStore for Store {
         new_expires_at: i64,
         now: i64,
     ) -> Result<RotateOutcome, StoreError> {
+        let _writing = self.writing();
         if let Some(record) = self.refresh_tokens.get(old)? {
             let record: RefreshRecord = decode(REFRESH_TOKENS, &record)?;
             self.index_expiry(ExpiryKind::RefreshToken, new, new_expires_at)?;
@@ -178,6 +180,7 @@ impl SessionStore for Store {
     }
 
     fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        let _writing = self.writing();
         tx_result(
             (&self.sessions, &self.sessions_by_user).transaction(|(sessions, by_user)| {
                 for id in ids {
@@ -208,6 +211,7 @@ impl SigningKeyStore for Store {
     }
 
     fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.signing_keys.insert(key.kid.as_bytes(), encode(key))?;
         self.db.flush()?;
         Ok(())

@@ -1,6 +1,9 @@
 use std::fs::DirBuilder;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::keys::{self, FORMAT_VERSION, META, META_FORMAT_VERSION, META_READY_PROBE};
 use super::{Health, StoreError};
@@ -25,6 +28,9 @@ pub struct Store {
     pub(super) reset_by_user: sled::Tree,
     pub(super) expiry: sled::Tree,
     pub(super) mail_queue: sled::Tree,
+    /// Writers hold it shared; a backup holds it alone, so that it copies one consistent
+    /// state of every tree.
+    gate: Arc<RwLock<()>>,
     path: PathBuf,
 }
 
@@ -89,6 +95,7 @@ impl Store {
             reset_by_user: db.open_tree(keys::RESET_BY_USER)?,
             expiry: db.open_tree(keys::EXPIRY)?,
             mail_queue: db.open_tree(keys::MAIL_QUEUE)?,
+            gate: Arc::new(RwLock::new(())),
             db,
             path: path.to_path_buf(),
         };
@@ -141,6 +148,17 @@ impl Store {
             })
     }
 
+    /// Held while writing. Recursive, so a write inside another never waits on a backup
+    /// that is itself waiting for the outer one.
+    pub(super) fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read_recursive()
+    }
+
+    /// Held while copying everything: no write happens meanwhile.
+    pub(super) fn quiesced(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gate.write()
+    }
+
     /// Writes everything buffered to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
@@ -163,6 +181,7 @@ impl Store {
 
 impl Health for Store {
     fn check_writable(&self, now_unix_nanos: i128) -> Result<(), StoreError> {
+        let _writing = self.writing();
         let stamp = i64::try_from(now_unix_nanos).unwrap_or(i64::MAX);
         self.meta.insert(META_READY_PROBE, &stamp.to_be_bytes())?;
         Ok(())

@@ -4,6 +4,7 @@ mod helpers;
 mod smtp_sink;
 
 mod accounts;
+mod backups;
 mod contract;
 mod expiry;
 mod graphql_endpoint;

@@ -311,3 +311,78 @@ async fn acknowledged_writes_survive_a_sigkill() {
     signal(&child, "-TERM");
     child.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+    )
+    .unwrap();
+    let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
+    let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
+    let client = https_client(&certificate, addr);
+    let register = "mutation($data: String!) { register(input: { data: $data }) { userId } }";
+    let doc = |email: &str| json!({ "data": json!({ "email": email, "password": "correct horse battery staple" }).to_string() });
+    call(&client, addr, None, register, doc("before@example.com")).await;
+
+    let output = keyhold(dir.path())
+        .args(["backup", "--config", "config.toml", "saved.backup"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("backup written"));
+
+    call(&client, addr, None, register, doc("after@example.com")).await;
+    let output = keyhold(dir.path())
+        .args(["restore", "--config", "config.toml", "saved.backup"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "restore refuses a running server");
+    signal(&child, "-TERM");
+    assert!(child.wait().await.unwrap().success());
+
+    let output = keyhold(dir.path())
+        .args(["restore", "--config", "config.toml", "saved.backup"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Stopped, a backup is taken directly.
+    let output = keyhold(dir.path())
+        .args(["backup", "--config", "config.toml", "offline.backup"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
+    let client = https_client(&certificate, addr);
+    let body = call(&client, addr, None, register, doc("before@example.com")).await;
+    assert!(
+        body["data"]["register"]["userId"].is_null(),
+        "restored: {body}"
+    );
+    let body = call(&client, addr, None, register, doc("after@example.com")).await;
+    assert!(
+        body["data"]["register"]["userId"].is_string(),
+        "after the backup: gone: {body}"
+    );
+    signal(&child, "-TERM");
+    child.wait().await.unwrap();
+}

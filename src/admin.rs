@@ -1,0 +1,124 @@
+//! The local admin socket (`storage.path/admin.sock`, mode 0600): sled lets one process open
+//! the database, so while the server runs the command line asks it through this socket. One
+//! JSON request per line, one JSON answer per line.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::auth::Auth;
+
+/// The longest request accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Binds the socket (replacing a stale one), readable and writable by this user only.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers requests until `stop`; each request runs on `auth.tasks`, so shutdown waits for
+/// one under way (a backup, say).
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    auth: Arc<Auth>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let auth = auth.clone();
+                auth.tasks.clone().spawn(async move {
+                    if let Err(e) = answer(stream, &auth).await {
+                        tracing::warn!(error = format!("{e:#}"), "admin request failed");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "admin socket accept failed"),
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn answer(stream: UnixStream, auth: &Arc<Auth>) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await?;
+    let reply = match serde_json::from_str::<Value>(&line) {
+        Ok(request) => handle(&request, auth)
+            .await
+            .unwrap_or_else(|e| json!({ "ok": false, "error": format!("{e:#}") })),
+        Err(e) => json!({ "ok": false, "error": format!("not a JSON request: {e}") }),
+    };
+    let mut bytes = serde_json::to_vec(&reply)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    Ok(())
+}
+
+async fn handle(request: &Value, auth: &Arc<Auth>) -> anyhow::Result<Value> {
+    match request["command"].as_str() {
+        Some("backup") => {
+            let file = PathBuf::from(request["file"].as_str().context("backup needs \"file\"")?);
+            anyhow::ensure!(
+                file.is_absolute(),
+                "the backup file must be an absolute path"
+            );
+            let (config, store, now) = (
+                auth.config.clone(),
+                auth.store.clone(),
+                auth.clock.unix_seconds(),
+            );
+            let summary = tokio::task::spawn_blocking(move || {
+                crate::backup::backup_store(&config, &store, &file, now)
+            })
+            .await??;
+            Ok(json!({ "ok": true, "trees": summary.trees, "entries": summary.entries }))
+        }
+        Some("ping") => Ok(json!({ "ok": true })),
+        other => anyhow::bail!("unknown command {other:?}"),
+    }
+}
+
+/// Sends one request to a running server. `Ok(None)` when no server listens on `path`.
+pub async fn call(path: &Path, request: &Value) -> anyhow::Result<Option<Value>> {
+    let stream = match UnixStream::connect(path).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut bytes = serde_json::to_vec(request)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    Ok(Some(
+        serde_json::from_str(&line).context("the server's answer")?,
+    ))
+}
