@@ -14,7 +14,7 @@ use crate::auth::Auth;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::graphql::build_schema;
-use crate::http::{ConfigFirst, HttpState, routes};
+use crate::http::{HttpState, KeyholdListener, routes};
 use crate::jobs::{MailStats, SweepStats, run_mail_worker, run_sweeper};
 use crate::mail::Mailer;
 use crate::store::Store;
@@ -74,11 +74,14 @@ impl Application {
         let certificate = RustlsCertificate::new()
             .cert(tls.cert_pem.clone())
             .key(tls.key_pem().to_string());
-        let acceptor = ConfigFirst(TcpListener::bind(config.server.listen))
-            .rustls(RustlsConfig::new().fallback(certificate))
-            .into_acceptor()
-            .await
-            .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+        let acceptor = KeyholdListener {
+            inner: TcpListener::bind(config.server.listen),
+            max_connections: config.server.max_connections,
+        }
+        .rustls(RustlsConfig::new().fallback(certificate))
+        .into_acceptor()
+        .await
+        .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
         let addr = acceptor
             .local_addr()
             .first()

@@ -57,6 +57,15 @@ pub struct ServerConfig {
     /// How long in-flight requests may run on after a stop signal.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Longest time one request may take; past it the client gets 503.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Browser origins allowed to call the API (CORS); none by default.
+    pub cors_origins: Vec<String>,
+    /// Peers (reverse proxies) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +74,10 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             public_url: default_public_url(),
             shutdown_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -383,6 +396,23 @@ impl Config {
                 "server.public_url",
                 "must be an https:// (or http://) URL",
             ));
+        }
+        positive("server.request_timeout", self.server.request_timeout)?;
+        if self.server.max_connections < 1 {
+            return Err(ConfigError::key(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        for origin in &self.server.cors_origins {
+            let ok = url::Url::parse(origin)
+                .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.path() == "/");
+            if !ok || origin.ends_with('/') {
+                return Err(ConfigError::key(
+                    "server.cors_origins",
+                    format!("{origin:?} is not an origin such as \"https://app.example.com\""),
+                ));
+            }
         }
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::key("storage.path", "must not be empty"));

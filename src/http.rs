@@ -1,15 +1,23 @@
 //! HTTP: the routes (GraphQL, GraphiQL, health), over the TLS listener built in `app`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
 use poem::http::{StatusCode, header, uri::Scheme};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use poem::endpoint::BoxEndpoint;
 use poem::listener::{Acceptor, Listener};
+use poem::middleware::{Cors, SetHeader};
 use poem::web::Data;
 use poem::web::{LocalAddr, RemoteAddr};
-use poem::{Body, Endpoint, EndpointExt, Request, Response, Route, get, handler};
+use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Auth;
 use crate::clock::Clock;
@@ -18,30 +26,42 @@ use crate::graphql::error::{label_engine_errors, request_error};
 use crate::graphql::{KeyholdSchema, RequestMeta};
 use crate::store::{Health, Store};
 
-/// poem's rustls acceptor loads its certificate on the first poll of `accept`, in a `select!`
-/// that races the first TCP connection: a client that connects the moment the server starts
-/// can find no TLS config and be dropped ("no valid tls config"). This listener yields once
-/// before its first TCP accept, so the config always loads first.
-pub struct ConfigFirst<L>(pub L);
-
-pub struct ConfigFirstAcceptor<A> {
-    inner: A,
-    yielded: bool,
+/// The TCP side of the listener, with two things poem's does not do:
+///
+/// - At most `max_connections` connections are served at once: the next is accepted only
+///   when one closes (until then it waits in the kernel's backlog).
+/// - poem's rustls acceptor loads its certificate on the first poll of `accept`, in a
+///   `select!` that races the first TCP connection, so a client that connects the moment the
+///   server starts could find no TLS config and be dropped. This listener yields once before
+///   its first accept, so the config always loads first.
+pub struct KeyholdListener<L> {
+    pub inner: L,
+    pub max_connections: usize,
 }
 
-impl<L: Listener> Listener for ConfigFirst<L> {
-    type Acceptor = ConfigFirstAcceptor<L::Acceptor>;
+pub struct KeyholdAcceptor<A> {
+    inner: A,
+    yielded: bool,
+    slots: Arc<Semaphore>,
+}
+
+impl<L: Listener> Listener for KeyholdListener<L> {
+    type Acceptor = KeyholdAcceptor<L::Acceptor>;
 
     async fn into_acceptor(self) -> std::io::Result<Self::Acceptor> {
-        Ok(ConfigFirstAcceptor {
-            inner: self.0.into_acceptor().await?,
+        Ok(KeyholdAcceptor {
+            inner: self.inner.into_acceptor().await?,
             yielded: false,
+            slots: Arc::new(Semaphore::new(self.max_connections)),
         })
     }
 }
 
-impl<A: Acceptor> Acceptor for ConfigFirstAcceptor<A> {
-    type Io = A::Io;
+impl<A: Acceptor> Acceptor for KeyholdAcceptor<A>
+where
+    A::Io: Unpin,
+{
+    type Io = Counted<A::Io>;
 
     fn local_addr(&self) -> Vec<LocalAddr> {
         self.inner.local_addr()
@@ -52,7 +72,48 @@ impl<A: Acceptor> Acceptor for ConfigFirstAcceptor<A> {
             self.yielded = true;
             tokio::task::yield_now().await;
         }
-        self.inner.accept().await
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (io, local, remote, scheme) = self.inner.accept().await?;
+        Ok((Counted { io, _slot: slot }, local, remote, scheme))
+    }
+}
+
+/// A connection holding one of the `max_connections` slots until it closes.
+pub struct Counted<S> {
+    io: S,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -65,23 +126,91 @@ pub struct HttpState {
     pub clock: Clock,
 }
 
-/// Every route Keyhold serves.
-pub fn routes(state: Arc<HttpState>) -> impl Endpoint {
-    Route::new()
+/// Every route Keyhold serves, with the security headers, the request time limit and,
+/// when origins are configured, CORS.
+pub fn routes(state: Arc<HttpState>) -> BoxEndpoint<'static, Response> {
+    let timeout = state.auth.config.server.request_timeout;
+    let origins = state.auth.config.server.cors_origins.clone();
+    let app = Route::new()
         .at("/graphql", get(graphql_get).post(graphql_post))
         .at("/api/graphql", get(graphql_get).post(graphql_post))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/.well-known/jwks.json", get(jwks))
         .data(state)
+        .with(
+            SetHeader::new()
+                .overriding(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    "max-age=31536000; includeSubDomains",
+                )
+                .overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+                .overriding(header::REFERRER_POLICY, "no-referrer"),
+        )
+        .around(move |ep, req| async move {
+            match tokio::time::timeout(timeout, ep.call(req)).await {
+                Ok(response) => response.map(IntoResponse::into_response),
+                Err(_) => {
+                    tracing::warn!("a request ran past server.request_timeout");
+                    Ok(refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the request took too long",
+                        "query",
+                    ))
+                }
+            }
+        });
+    if origins.is_empty() {
+        // No CORS headers at all: browsers keep other origins out.
+        return app.map_to_response().boxed();
+    }
+    app.with(
+        Cors::new()
+            .allow_origins(origins)
+            .allow_methods([poem::http::Method::GET, poem::http::Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .max_age(600),
+    )
+    .map_to_response()
+    .boxed()
 }
 
-fn request_meta(req: &Request) -> RequestMeta {
+fn request_meta(req: &Request, trusted: &[IpAddr]) -> RequestMeta {
+    let peer = req.remote_addr().as_socket_addr().map(|a| a.ip());
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
     RequestMeta::new(
-        req.remote_addr().as_socket_addr().map(|a| a.ip()),
+        peer.map(|peer| client_ip(peer, &forwarded, trusted)),
         req.header(header::USER_AGENT).map(str::to_string),
         req.header(header::AUTHORIZATION),
     )
+}
+
+/// The client's address: the socket's peer, unless the peer is a trusted proxy; then the
+/// first hop of `X-Forwarded-For`, read from the right, that is not a trusted proxy. A hop
+/// that does not parse ends the walk at the last trusted one: it was written by the client.
+pub fn client_ip(peer: IpAddr, forwarded_for: &str, trusted: &[IpAddr]) -> IpAddr {
+    let mut client = peer;
+    if !trusted.contains(&peer) {
+        return client;
+    }
+    for hop in forwarded_for.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.contains(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
@@ -153,7 +282,7 @@ async fn graphql_post(req: &Request, body: Body, Data(state): Data<&Arc<HttpStat
     }
     let mut response = state
         .schema
-        .execute_batch(batch.data(request_meta(req)))
+        .execute_batch(batch.data(request_meta(req, &state.auth.config.server.trusted_proxies)))
         .await;
     match &mut response {
         BatchResponse::Single(one) => label_engine_errors(one),
@@ -216,7 +345,8 @@ async fn graphql_get(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Respo
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return response;
     }
-    let mut response: GqlResponse = state.schema.execute(request.data(request_meta(req))).await;
+    let meta = request_meta(req, &state.auth.config.server.trusted_proxies);
+    let mut response: GqlResponse = state.schema.execute(request.data(meta)).await;
     label_engine_errors(&mut response);
     json(StatusCode::OK, &response)
 }
@@ -282,7 +412,33 @@ async fn readyz(Data(state): Data<&Arc<HttpState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::runs_only_queries;
+    use super::{client_ip, runs_only_queries};
+
+    #[test]
+    fn x_forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let proxies = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // Not from a proxy: the header is the client's own word, ignored.
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), "1.2.3.4", &proxies),
+            ip("203.0.113.9")
+        );
+        // From a proxy: the first untrusted hop from the right.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), "1.2.3.4, 198.51.100.7", &proxies),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), "198.51.100.7, 10.0.0.2", &proxies),
+            ip("198.51.100.7")
+        );
+        // A hop that does not parse stops the walk.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), "198.51.100.7, junk", &proxies),
+            ip("10.0.0.1")
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), "", &proxies), ip("10.0.0.1"));
+    }
 
     #[test]
     fn only_queries_run_over_get() {

@@ -8,6 +8,7 @@ mod backups;
 mod contract;
 mod expiry;
 mod graphql_endpoint;
+mod hardening;
 mod mail;
 mod mail_queue;
 mod passwords;

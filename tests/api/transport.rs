@@ -103,7 +103,7 @@ async fn a_second_server_on_the_same_storage_is_refused() {
 }
 
 /// A TLS connection to the app that trusts its certificate, for speaking HTTP by hand.
-async fn raw_tls(app: &TestApp) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+pub async fn raw_tls(app: &TestApp) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in
         rustls::pki_types::CertificateDer::pem_slice_iter(app.app.certificate_pem().as_bytes())
