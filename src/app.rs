@@ -100,6 +100,7 @@ impl Application {
             auth.store.clone(),
             auth.clock.clone(),
             config.storage.sweep_interval,
+            auth.limits.clone(),
             sweep_stats.clone(),
             stop.subscribe(),
         ));

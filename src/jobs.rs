@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::auth::Auth;
+use crate::auth::limits::Limits;
 use crate::clock::Clock;
 use crate::store::records::QueuedMail;
 use crate::store::{MailQueueStore, Store, StoreError, SweepReport};
@@ -41,6 +42,7 @@ pub async fn run_sweeper(
     store: Store,
     clock: Clock,
     interval: Duration,
+    limits: Arc<Limits>,
     stats: Arc<SweepStats>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -52,6 +54,10 @@ pub async fn run_sweeper(
             _ = stop.wait_for(|stop| *stop) => return,
         }
         let now = clock.unix_seconds();
+        let pruned = limits.prune(now);
+        stats
+            .removed
+            .fetch_add(u64::try_from(pruned).unwrap_or(0), Ordering::Relaxed);
         let mut pass = SweepReport::default();
         let outcome = loop {
             let store = store.clone();

@@ -2,6 +2,7 @@
 //! GraphQL or HTTP; resolvers call one function here and map its error.
 
 pub mod accounts;
+pub mod limits;
 pub mod password_change;
 pub mod passwords;
 pub mod secrets;
@@ -47,6 +48,8 @@ pub struct Auth {
     pub tasks: TaskTracker,
     /// Woken when mail is queued.
     pub mail_ready: Arc<Notify>,
+    /// Abuse limits, shared with the sweeper that prunes them.
+    pub limits: Arc<limits::Limits>,
     /// When each session was last used, kept in memory so that a request does not write.
     last_seen: Mutex<HashMap<Uuid, i64>>,
 }
@@ -78,6 +81,7 @@ impl Auth {
         let passwords = PasswordHasher::new(&config.passwords)?;
         let tokens = Tokens::load_or_create(&store, &config.tokens, clock.unix_seconds())?;
         let secrets = Secrets::load_or_create(&config.keys_dir())?;
+        let limits = Arc::new(limits::Limits::new(&config.limits));
         Ok(Auth {
             config,
             store,
@@ -88,12 +92,23 @@ impl Auth {
             secrets,
             tasks: TaskTracker::new(),
             mail_ready: Arc::new(Notify::new()),
+            limits,
             last_seen: Mutex::new(HashMap::new()),
         })
     }
 
     pub(crate) fn now(&self) -> i64 {
         self.clock.unix_seconds()
+    }
+
+    /// Counts one event of `limit` for the client's IP (`RATE_LIMITED` when over).
+    pub fn limit_ip(&self, limit: limits::Limit, ip: Option<IpAddr>) -> crate::error::Result<()> {
+        self.limits.hit_ip(limit, ip, self.now())
+    }
+
+    /// Counts one event of `limit` for an address.
+    pub fn limit_address(&self, limit: limits::Limit, email: &str) -> crate::error::Result<()> {
+        self.limits.hit(limit, email, self.now())
     }
 
     /// `ACTIVE`, `UNVERIFIED` or `DISABLED`.

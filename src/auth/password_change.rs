@@ -41,7 +41,15 @@ impl Auth {
         new_password: String,
     ) -> Result<ChangeOutcome> {
         let user = self.profile(caller)?;
-        self.check_password(&user, Some(old_password)).await?;
+        // A wrong old password counts like a failed sign-in.
+        let now = self.now();
+        self.limits.check_account(&user.email, now)?;
+        if let Err(e) = self.check_password(&user, Some(old_password)).await {
+            if matches!(e, Error::InvalidCredentials) {
+                self.limits.record_failure(&user.email, now);
+            }
+            return Err(e);
+        }
         self.check_new_password(&new_password, &user)?;
         let new_hash = self.passwords.hash(new_password).await?;
         let Some(two_factor) = &user.two_factor else {

@@ -3,6 +3,7 @@
 
 use uuid::Uuid;
 
+use super::limits::Limit;
 use super::secrets::random_token;
 use super::two_factor::LoginOutcome;
 use super::{Auth, Caller, Origin, seconds};
@@ -73,8 +74,13 @@ impl Auth {
     ) -> Result<LoginOutcome> {
         let device_id = device_text("deviceInfo.deviceId", device.device_id)?;
         let name = device_text("deviceInfo.name", device.name)?;
+        let now = self.now();
+        self.limits.hit_ip(Limit::LoginPerIp, origin.ip, now)?;
+        // Checked before the password: a right password does not skip the wait.
+        self.limits.check_account(email.as_str(), now)?;
         if password.chars().count() > super::passwords::MAX_LENGTH {
             // Never hash unbounded input; no stored password can be this long.
+            self.limits.record_failure(email.as_str(), now);
             return Err(Error::InvalidCredentials);
         }
         let user = self.store.user_by_email(email.as_str())?;
@@ -86,8 +92,11 @@ impl Auth {
             )
             .await?;
         let Some(mut user) = user.filter(|_| verified.matches) else {
+            // Unknown addresses count too, so the limit says nothing about which exist.
+            self.limits.record_failure(email.as_str(), now);
             return Err(Error::InvalidCredentials);
         };
+        self.limits.record_success(email.as_str());
         if user.state == AccountState::Disabled {
             return Err(Error::AccountDisabled);
         }

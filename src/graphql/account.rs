@@ -2,13 +2,14 @@
 
 use async_graphql::{Context, Object};
 
-use super::context::{auth, caller};
+use super::context::{auth, caller, meta};
 use super::error::ResultExt;
 use super::scalars::RId;
 use super::types::{
     RegisterUserResult, UpdateUserProfileResult, UserProfile, UserProfileInputV2,
     UserRegistrationInputV2, VerificationResult,
 };
+use crate::auth::limits::Limit;
 
 #[derive(Default)]
 pub struct AccountQuery;
@@ -34,7 +35,10 @@ impl AccountMutation {
         ctx: &Context<'_>,
         input: UserRegistrationInputV2,
     ) -> async_graphql::Result<Option<RegisterUserResult>> {
-        let registered = auth(ctx).register(&input.data).await.gql()?;
+        let auth = auth(ctx);
+        auth.limit_ip(Limit::RegisterPerIp, meta(ctx).client_ip)
+            .gql()?;
+        let registered = auth.register(&input.data).await.gql()?;
         let id = registered.user_id.map(RId);
         Ok(Some(RegisterUserResult {
             status: Some(201),

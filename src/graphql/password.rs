@@ -3,7 +3,7 @@
 
 use async_graphql::{Context, Object};
 
-use super::context::{auth, caller};
+use super::context::{auth, caller, meta};
 use super::error::ResultExt;
 use super::scalars::EmailAddress;
 use super::types::{
@@ -11,6 +11,7 @@ use super::types::{
     TwoFactorAuthResult,
 };
 use crate::auth::ChangeOutcome;
+use crate::auth::limits::Limit;
 
 #[derive(Default)]
 pub struct PasswordMutation;
@@ -56,6 +57,9 @@ impl PasswordMutation {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
         let caller = caller(ctx)?;
+        auth(ctx)
+            .limit_ip(Limit::CodeSendsPerIp, meta(ctx).client_ip)
+            .gql()?;
         let sent = auth(ctx).resend_change_password(&caller).await.gql()?;
         Ok(Some(TwoFactorAuthResult::sent(&sent)))
     }
@@ -66,7 +70,12 @@ impl PasswordMutation {
         ctx: &Context<'_>,
         email: EmailAddress,
     ) -> async_graphql::Result<Option<ForgotPasswordResult>> {
-        auth(ctx).forgot_password(email.normalized());
+        let auth = auth(ctx);
+        auth.limit_ip(Limit::ForgotPasswordPerIp, meta(ctx).client_ip)
+            .gql()?;
+        auth.limit_address(Limit::ForgotPasswordPerAddress, email.normalized().as_str())
+            .gql()?;
+        auth.forgot_password(email.normalized());
         Ok(Some(ForgotPasswordResult {
             header: Some("Check your e-mail".into()),
             message: Some(

@@ -2,11 +2,12 @@
 
 use async_graphql::{Context, Object};
 
-use super::context::{auth, caller};
+use super::context::{auth, caller, meta};
 use super::error::ResultExt;
 use super::scalars::EmailAddress;
 use super::types::{LoginResult, TwoFactorAuthResult, TwoFactorMethod, TwoFactorReason};
 use crate::auth::Enabled;
+use crate::auth::limits::Limit;
 
 #[derive(Default)]
 pub struct TwoFactorMutation;
@@ -43,6 +44,9 @@ impl TwoFactorMutation {
         session_id: String,
         email: EmailAddress,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
+        auth(ctx)
+            .limit_ip(Limit::CodeSendsPerIp, meta(ctx).client_ip)
+            .gql()?;
         let sent = auth(ctx)
             .resend_2fa(&session_id, email.normalized())
             .await
@@ -117,6 +121,9 @@ impl TwoFactorMutation {
         reason: Option<TwoFactorReason>,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
         let caller = caller(ctx)?;
+        auth(ctx)
+            .limit_ip(Limit::CodeSendsPerIp, meta(ctx).client_ip)
+            .gql()?;
         let reason = reason.unwrap_or(TwoFactorReason::Generic).into();
         let sent = auth(ctx).send_2fa(&caller, reason).await.gql()?;
         Ok(Some(TwoFactorAuthResult::sent(&sent)))

@@ -9,6 +9,7 @@ mod contract;
 mod expiry;
 mod graphql_endpoint;
 mod hardening;
+mod limits;
 mod mail;
 mod mail_queue;
 mod passwords;
