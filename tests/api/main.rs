@@ -10,6 +10,7 @@ mod expiry;
 mod graphql_endpoint;
 mod hardening;
 mod limits;
+mod logs;
 mod mail;
 mod mail_queue;
 mod passwords;
