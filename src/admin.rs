@@ -13,6 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
+use crate::store::AuditStore;
 
 /// The longest request accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -92,6 +93,13 @@ async fn handle(request: &Value, auth: &Arc<Auth>) -> anyhow::Result<Value> {
             })
             .await??;
             Ok(json!({ "ok": true, "trees": summary.trees, "entries": summary.entries }))
+        }
+        Some("audit") => {
+            let since = request["since"].as_i64().unwrap_or(0);
+            let email = request["email"].as_str().map(str::to_lowercase);
+            let limit = request["limit"].as_u64().map_or(10_000, |n| n as usize);
+            let events = auth.store.audit_since(since, email.as_deref(), limit)?;
+            Ok(json!({ "ok": true, "events": events }))
         }
         Some("ping") => Ok(json!({ "ok": true })),
         other => anyhow::bail!("unknown command {other:?}"),

@@ -101,6 +101,7 @@ impl Application {
             auth.clock.clone(),
             config.storage.sweep_interval,
             auth.limits.clone(),
+            config.audit.retention,
             sweep_stats.clone(),
             stop.subscribe(),
         ));

@@ -44,7 +44,24 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub graphql: GraphqlConfig,
     pub limits: LimitsConfig,
+    pub audit: AuditConfig,
     pub testing: TestingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How long security events are kept.
+    #[serde(with = "duration")]
+    pub retention: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: Duration::from_secs(90 * 86400),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -520,6 +537,7 @@ impl Config {
             "limits.login_failure_window",
             self.limits.login_failure_window,
         )?;
+        positive("audit.retention", self.audit.retention)?;
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use crate::auth::Auth;
 use crate::auth::limits::Limits;
 use crate::clock::Clock;
 use crate::store::records::QueuedMail;
-use crate::store::{MailQueueStore, Store, StoreError, SweepReport};
+use crate::store::{AuditStore, MailQueueStore, Store, StoreError, SweepReport};
 
 /// Index entries handled per batch: small enough that a batch never stalls requests for long.
 pub const SWEEP_BATCH: usize = 256;
@@ -43,6 +43,7 @@ pub async fn run_sweeper(
     clock: Clock,
     interval: Duration,
     limits: Arc<Limits>,
+    audit_retention: Duration,
     stats: Arc<SweepStats>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -54,7 +55,14 @@ pub async fn run_sweeper(
             _ = stop.wait_for(|stop| *stop) => return,
         }
         let now = clock.unix_seconds();
-        let pruned = limits.prune(now);
+        let retention = i64::try_from(audit_retention.as_secs()).unwrap_or(i64::MAX);
+        let old_events = store
+            .prune_audit(now.saturating_sub(retention))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot prune the audit log");
+                0
+            });
+        let pruned = limits.prune(now) + old_events;
         stats
             .removed
             .fetch_add(u64::try_from(pruned).unwrap_or(0), Ordering::Relaxed);

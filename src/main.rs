@@ -32,6 +32,21 @@ enum Command {
         config: Option<PathBuf>,
         file: PathBuf,
     },
+    /// Print security events, oldest first: through the running server, or from the stopped
+    /// server's storage.
+    Audit {
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Only the events of this address.
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// Only events of the last DURATION ("24h", "7d").
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore FILE into the storage of a stopped server (the old database is kept aside).
     Restore {
         #[arg(long, short, value_name = "PATH")]
@@ -62,6 +77,12 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(config).await,
             Command::Backup { config, file } => backup(config, file).await,
             Command::Restore { config, file } => restore(config, file),
+            Command::Audit {
+                config,
+                user,
+                since,
+                json,
+            } => audit(config, user, since, json).await,
         }
     });
     match result {
@@ -97,6 +118,50 @@ async fn backup(config: Option<PathBuf>, file: PathBuf) -> anyhow::Result<()> {
         summary["entries"],
         summary["trees"]
     );
+    Ok(())
+}
+
+async fn audit(
+    config: Option<PathBuf>,
+    user: Option<String>,
+    since: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let since = since.map_or(0, |d| {
+        now() - i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+    });
+    let user = user.map(|u| u.to_lowercase());
+    let request = serde_json::json!({ "command": "audit", "since": since, "email": user });
+    let events: Vec<keyhold::store::AuditRecord> =
+        match keyhold::admin::call(&config.admin_socket(), &request).await? {
+            Some(answer) if answer["ok"] == true => {
+                serde_json::from_value(answer["events"].clone())?
+            }
+            Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
+            None => {
+                use keyhold::store::AuditStore;
+                let store = keyhold::store::Store::open(&config.db_path())?;
+                store.audit_since(since, user.as_deref(), usize::MAX)?
+            }
+        };
+    for e in events {
+        if json {
+            println!("{}", serde_json::to_string(&e)?);
+        } else {
+            println!(
+                "{}  {:<22} {:<20} {:<30} {:<16} {}",
+                keyhold::auth::iso(e.at),
+                e.event,
+                e.outcome,
+                e.email.as_deref().unwrap_or("-"),
+                e.ip.as_deref().unwrap_or("-"),
+                e.user_id
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
     Ok(())
 }
 

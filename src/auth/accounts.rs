@@ -3,8 +3,9 @@
 use minijinja::context;
 use uuid::Uuid;
 
+use super::audit::{Event, Subject};
 use super::secrets::random_token;
-use super::{Auth, Caller, StepUpReason, iso, passwords, seconds};
+use super::{Auth, Caller, Origin, StepUpReason, iso, passwords, seconds};
 use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, username_from};
 use crate::error::{Error, Result};
 use crate::mail::Template;
@@ -26,7 +27,7 @@ pub struct Registered {
 impl Auth {
     /// Creates an account from the contract's JSON document, and mails a verification code.
     /// An address that already has an account gets the same answer, and its owner a notice.
-    pub async fn register(&self, data: &str) -> Result<Registered> {
+    pub async fn register(&self, data: &str, origin: &Origin) -> Result<Registered> {
         if !self.config.registration.open {
             return Err(Error::RegistrationClosed);
         }
@@ -81,7 +82,17 @@ impl Auth {
                 .create_user(&user, &hash, &code_record, &welcome, &notice)?;
             match outcome {
                 CreateOutcome::Created => break,
-                CreateOutcome::EmailTaken { .. } => {
+                CreateOutcome::EmailTaken { existing } => {
+                    self.audit(
+                        Event::Registered,
+                        Subject {
+                            user_id: Some(existing),
+                            email: Some(&user.email),
+                            ip: origin.ip,
+                            device: None,
+                        },
+                        "address_taken",
+                    );
                     self.store.flush().await?;
                     self.mail_queued();
                     return Ok(Registered {
@@ -106,6 +117,16 @@ impl Auth {
         }
         self.store.flush().await?;
         self.mail_queued();
+        self.audit(
+            Event::Registered,
+            Subject {
+                user_id: Some(user.id),
+                email: Some(&user.email),
+                ip: origin.ip,
+                device: None,
+            },
+            "ok",
+        );
         Ok(Registered {
             user_id: Some(user.id),
             verification_code: self.config.testing.expose_codes.then_some(code),
@@ -128,7 +149,15 @@ impl Auth {
     pub async fn verify_email(&self, code: &str) -> Result<()> {
         let hash = self.secrets.keyed_hash(EMAIL_CODE, code.trim());
         match self.store.verify_email(&hash, self.now())? {
-            VerifyOutcome::Verified { .. } => {
+            VerifyOutcome::Verified { user_id } => {
+                self.audit(
+                    Event::Verified,
+                    Subject {
+                        user_id: Some(user_id),
+                        ..Subject::default()
+                    },
+                    "ok",
+                );
                 self.store.flush().await?;
                 Ok(())
             }

@@ -2,6 +2,7 @@
 //! GraphQL or HTTP; resolvers call one function here and map its error.
 
 pub mod accounts;
+pub mod audit;
 pub mod limits;
 pub mod password_change;
 pub mod passwords;
@@ -103,12 +104,28 @@ impl Auth {
 
     /// Counts one event of `limit` for the client's IP (`RATE_LIMITED` when over).
     pub fn limit_ip(&self, limit: limits::Limit, ip: Option<IpAddr>) -> crate::error::Result<()> {
-        self.limits.hit_ip(limit, ip, self.now())
+        let hit = self.limits.hit_ip(limit, ip, self.now());
+        if hit.is_err() {
+            let who = audit::Subject {
+                ip,
+                ..audit::Subject::default()
+            };
+            self.audit(audit::Event::RateLimited, who, &format!("{limit:?}"));
+        }
+        hit
     }
 
     /// Counts one event of `limit` for an address.
     pub fn limit_address(&self, limit: limits::Limit, email: &str) -> crate::error::Result<()> {
-        self.limits.hit(limit, email, self.now())
+        let hit = self.limits.hit(limit, email, self.now());
+        if hit.is_err() {
+            let who = audit::Subject {
+                email: Some(email),
+                ..audit::Subject::default()
+            };
+            self.audit(audit::Event::RateLimited, who, &format!("{limit:?}"));
+        }
+        hit
     }
 
     /// `ACTIVE`, `UNVERIFIED` or `DISABLED`.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use minijinja::context;
 use uuid::Uuid;
 
+use super::audit::{Event, Subject};
 use super::secrets::random_token;
 use super::sessions::SignedIn;
 use super::two_factor::PendingSignIn;
@@ -153,6 +154,14 @@ impl Auth {
         self.store.flush().await?;
         self.mail_queued();
         self.forget_sessions(&ended);
+        self.audit(
+            Event::PasswordChanged,
+            Subject {
+                user_id: Some(user.id),
+                ..Subject::default()
+            },
+            "ok",
+        );
         kept.map(|(session, refresh)| self.hand_out(user, session, refresh, now))
             .transpose()
     }
@@ -243,6 +252,14 @@ impl Auth {
         self.store.flush().await?;
         self.mail_queued();
         self.forget_sessions(&ended);
+        self.audit(
+            Event::PasswordReset,
+            Subject {
+                user_id: Some(user.id),
+                ..Subject::default()
+            },
+            "ok",
+        );
         Ok(())
     }
 }

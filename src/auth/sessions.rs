@@ -3,6 +3,7 @@
 
 use uuid::Uuid;
 
+use super::audit::{Event, Subject};
 use super::limits::Limit;
 use super::secrets::random_token;
 use super::two_factor::LoginOutcome;
@@ -75,12 +76,26 @@ impl Auth {
         let device_id = device_text("deviceInfo.deviceId", device.device_id)?;
         let name = device_text("deviceInfo.name", device.name)?;
         let now = self.now();
-        self.limits.hit_ip(Limit::LoginPerIp, origin.ip, now)?;
-        // Checked before the password: a right password does not skip the wait.
-        self.limits.check_account(email.as_str(), now)?;
+        let requested_device = device_id.clone();
+        let who = Subject {
+            user_id: None,
+            email: Some(email.as_str()),
+            ip: origin.ip,
+            device: requested_device.as_deref(),
+        };
+        // The account's wait is checked before the password: a right one does not skip it.
+        let allowed = self
+            .limits
+            .hit_ip(Limit::LoginPerIp, origin.ip, now)
+            .and_then(|()| self.limits.check_account(email.as_str(), now));
+        if let Err(e) = allowed {
+            self.audit(Event::RateLimited, who, "login");
+            return Err(e);
+        }
         if password.chars().count() > super::passwords::MAX_LENGTH {
             // Never hash unbounded input; no stored password can be this long.
             self.limits.record_failure(email.as_str(), now);
+            self.audit(Event::SignInFailed, who, "INVALID_CREDENTIALS");
             return Err(Error::InvalidCredentials);
         }
         let user = self.store.user_by_email(email.as_str())?;
@@ -94,13 +109,20 @@ impl Auth {
         let Some(mut user) = user.filter(|_| verified.matches) else {
             // Unknown addresses count too, so the limit says nothing about which exist.
             self.limits.record_failure(email.as_str(), now);
+            self.audit(Event::SignInFailed, who, "INVALID_CREDENTIALS");
             return Err(Error::InvalidCredentials);
+        };
+        let who = Subject {
+            user_id: Some(user.id),
+            ..who
         };
         self.limits.record_success(email.as_str());
         if user.state == AccountState::Disabled {
+            self.audit(Event::SignInFailed, who, "ACCOUNT_DISABLED");
             return Err(Error::AccountDisabled);
         }
         if !user.email_verified && self.config.registration.require_email_verification {
+            self.audit(Event::SignInFailed, who, "EMAIL_NOT_VERIFIED");
             return Err(Error::EmailNotVerified);
         }
         if verified.needs_rehash {
@@ -114,9 +136,17 @@ impl Auth {
             let pending = self
                 .challenge_sign_in(user, device_id, name, origin)
                 .await?;
+            self.audit(Event::TwoFactorCodeSent, who, "sign_in");
             return Ok(LoginOutcome::SecondFactor(Box::new(pending)));
         }
-        let signed_in = self.open_session(user, device_id, name, origin).await?;
+        let who = Subject {
+            device: Some(&device_id),
+            ..who
+        };
+        self.audit(Event::SignedIn, who, "ok");
+        let signed_in = self
+            .open_session(user, device_id.clone(), name, origin)
+            .await?;
         Ok(LoginOutcome::SignedIn(Box::new(signed_in)))
     }
 
@@ -187,6 +217,14 @@ impl Auth {
                 session_id,
                 user_id,
             } => {
+                self.audit(
+                    Event::RefreshTokenReuse,
+                    Subject {
+                        user_id: Some(user_id),
+                        ..Subject::default()
+                    },
+                    "session_ended",
+                );
                 self.forget_sessions(&[session_id]);
                 self.store.flush().await?;
                 tracing::warn!(
@@ -256,6 +294,17 @@ impl Auth {
             }
         };
         let ids: Vec<Uuid> = ended.iter().map(|s| s.id).collect();
+        for session in &ended {
+            self.audit(
+                Event::LoggedOut,
+                Subject {
+                    user_id: Some(caller.user_id),
+                    device: Some(&session.device_id),
+                    ..Subject::default()
+                },
+                "ok",
+            );
+        }
         self.store.end_sessions(&ids)?;
         self.store.flush().await?;
         self.forget_sessions(&ids);

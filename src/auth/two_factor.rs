@@ -7,6 +7,7 @@ use minijinja::context;
 use totp_rs::{Builder, Secret, Totp};
 use uuid::Uuid;
 
+use super::audit::{Event, Subject};
 use super::secrets::random_bytes;
 use super::sessions::SignedIn;
 use super::{Auth, Caller, Origin, iso, seconds};
@@ -326,7 +327,27 @@ impl Auth {
         email: &Email,
     ) -> Result<SignedIn> {
         let (current, mut user) = self.sign_in_challenge(challenge_id, email)?;
-        let matched = self.attempt(&current, &user, code).await?;
+        let ip = match &current.record.purpose {
+            ChallengePurpose::SignIn { ip_address, .. } => {
+                ip_address.as_deref().and_then(|ip| ip.parse().ok())
+            }
+            _ => None,
+        };
+        let who = Subject {
+            user_id: Some(user.id),
+            email: Some(email.as_str()),
+            ip,
+            device: None,
+        };
+        let matched = match self.attempt(&current, &user, code).await {
+            Ok(matched) => matched,
+            Err(e) => {
+                self.audit(Event::TwoFactorRefused, who, e.code());
+                return Err(e);
+            }
+        };
+        self.audit(Event::TwoFactorAccepted, who.clone(), "ok");
+        self.audit(Event::SignedIn, who, "ok");
         Self::consume(&mut user, &matched);
         let ChallengePurpose::SignIn {
             device_id,
@@ -535,6 +556,14 @@ impl Auth {
         user.pending_totp = None;
         self.store.put_user(&user)?;
         self.store.flush().await?;
+        self.audit(
+            Event::TwoFactorEnabled,
+            Subject {
+                user_id: Some(user.id),
+                ..Subject::default()
+            },
+            "ok",
+        );
         Ok(Enabled::On {
             recovery_codes: Some(codes),
         })
@@ -555,6 +584,14 @@ impl Auth {
         self.check_password(&user, password).await?;
         self.use_step_up(&mut user, StepUpReason::DisableTwoFactor, code.as_deref())
             .await?;
+        self.audit(
+            Event::TwoFactorDisabled,
+            Subject {
+                user_id: Some(user.id),
+                ..Subject::default()
+            },
+            "ok",
+        );
         user.two_factor = None;
         user.pending_totp = None;
         self.store.put_user(&user)?;
@@ -589,6 +626,14 @@ impl Auth {
         self.store.put_step_up(&challenge, reason.as_str(), &mail)?;
         self.store.flush().await?;
         self.mail_queued();
+        self.audit(
+            Event::TwoFactorCodeSent,
+            Subject {
+                user_id: Some(user.id),
+                ..Subject::default()
+            },
+            reason.as_str(),
+        );
         Ok(CodeSent {
             challenge_id: challenge.id,
             expires_at: challenge.expires_at,

@@ -38,7 +38,10 @@ impl AccountMutation {
         let auth = auth(ctx);
         auth.limit_ip(Limit::RegisterPerIp, meta(ctx).client_ip)
             .gql()?;
-        let registered = auth.register(&input.data).await.gql()?;
+        let registered = auth
+            .register(&input.data, &meta(ctx).origin())
+            .await
+            .gql()?;
         let id = registered.user_id.map(RId);
         Ok(Some(RegisterUserResult {
             status: Some(201),

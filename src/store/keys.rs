@@ -23,6 +23,7 @@
 //! | `challenges_by_user` | user id (16) ‖ challenge id (16) | empty: every challenge of a user, to end them all at once |
 //! | `reset_codes` | HMAC-SHA256 of the reset code (32 bytes) | `ResetCodeRecord` |
 //! | `reset_by_user` | user id (16 bytes) | keyed hash of the user's one live reset code (32 bytes) |
+//! | `audit` | time (`u64` BE, Unix seconds) ‖ id (`u64` BE) | `AuditRecord`: one security event |
 //! | `mail_queue` | message id (`u64` BE, in order of queueing) | `MailQueueRecord` (the message sealed) |
 //! | `expiry` | expiry time (`u64` BE, Unix seconds) ‖ kind (1 byte) ‖ the record's key | empty: what falls due when, for the sweeper |
 //!
@@ -61,6 +62,7 @@ pub const RESET_BY_USER: &str = "reset_by_user";
 
 pub const EXPIRY: &str = "expiry";
 pub const MAIL_QUEUE: &str = "mail_queue";
+pub const AUDIT: &str = "audit";
 
 /// What an `expiry` entry points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! in Keyhold lives under this module.
 
 mod accounts;
+pub mod audit;
 pub mod backup;
 mod challenges;
 mod expiry;
@@ -15,6 +16,7 @@ mod sled_store;
 use std::path::PathBuf;
 
 pub use accounts::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
+pub use audit::{AuditRecord, AuditStore};
 pub use challenges::{ChallengeStore, Versioned};
 pub use expiry::SweepReport;
 pub use mail_queue::MailQueueStore;

@@ -28,6 +28,7 @@ pub struct Store {
     pub(super) reset_by_user: sled::Tree,
     pub(super) expiry: sled::Tree,
     pub(super) mail_queue: sled::Tree,
+    pub(super) audit: sled::Tree,
     /// Writers hold it shared; a backup holds it alone, so that it copies one consistent
     /// state of every tree.
     gate: Arc<RwLock<()>>,
@@ -95,6 +96,7 @@ impl Store {
             reset_by_user: db.open_tree(keys::RESET_BY_USER)?,
             expiry: db.open_tree(keys::EXPIRY)?,
             mail_queue: db.open_tree(keys::MAIL_QUEUE)?,
+            audit: db.open_tree(keys::AUDIT)?,
             gate: Arc::new(RwLock::new(())),
             db,
             path: path.to_path_buf(),

@@ -4,6 +4,7 @@ mod helpers;
 mod smtp_sink;
 
 mod accounts;
+mod audit;
 mod backups;
 mod contract;
 mod expiry;

@@ -338,6 +338,29 @@ async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one()
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("backup written"));
+    let output = keyhold(dir.path())
+        .args([
+            "audit",
+            "--config",
+            "config.toml",
+            "--user",
+            "before@example.com",
+            "--since",
+            "1h",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("registered") && printed.contains("before@example.com"),
+        "{printed}"
+    );
 
     call(&client, addr, None, register, doc("after@example.com")).await;
     let output = keyhold(dir.path())

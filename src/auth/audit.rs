@@ -1,0 +1,76 @@
+//! Writing security events to the audit log. Best effort: a failure to record is logged,
+//! and never fails the operation it describes. Never a secret: ids, addresses, IPs, devices.
+
+use std::net::IpAddr;
+
+use uuid::Uuid;
+
+use super::Auth;
+use crate::store::{AuditRecord, AuditStore};
+
+/// The events Keyhold records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Registered,
+    Verified,
+    SignedIn,
+    SignInFailed,
+    TwoFactorCodeSent,
+    TwoFactorAccepted,
+    TwoFactorRefused,
+    TwoFactorEnabled,
+    TwoFactorDisabled,
+    PasswordChanged,
+    PasswordReset,
+    LoggedOut,
+    RefreshTokenReuse,
+    RateLimited,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Registered => "registered",
+            Event::Verified => "verified",
+            Event::SignedIn => "signed_in",
+            Event::SignInFailed => "sign_in_failed",
+            Event::TwoFactorCodeSent => "two_factor_code_sent",
+            Event::TwoFactorAccepted => "two_factor_accepted",
+            Event::TwoFactorRefused => "two_factor_refused",
+            Event::TwoFactorEnabled => "two_factor_enabled",
+            Event::TwoFactorDisabled => "two_factor_disabled",
+            Event::PasswordChanged => "password_changed",
+            Event::PasswordReset => "password_reset",
+            Event::LoggedOut => "logged_out",
+            Event::RefreshTokenReuse => "refresh_token_reuse",
+            Event::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Who and where, as far as known.
+#[derive(Debug, Default, Clone)]
+pub struct Subject<'a> {
+    pub user_id: Option<Uuid>,
+    pub email: Option<&'a str>,
+    pub ip: Option<IpAddr>,
+    pub device: Option<&'a str>,
+}
+
+impl Auth {
+    /// Records `event` about `who` with `outcome` (`ok`, or the refusal's code).
+    pub(crate) fn audit(&self, event: Event, who: Subject<'_>, outcome: &str) {
+        let record = AuditRecord {
+            at: self.now(),
+            event: event.as_str().to_string(),
+            user_id: who.user_id,
+            email: who.email.map(str::to_string),
+            ip: who.ip.map(|ip| ip.to_string()),
+            device: who.device.map(str::to_string),
+            outcome: outcome.to_string(),
+        };
+        if let Err(e) = self.store.append_audit(&record) {
+            tracing::error!(error = %e, event = event.as_str(), "cannot write the audit log");
+        }
+    }
+}
