@@ -280,6 +280,14 @@ async fn graphql_post(req: &Request, body: Body, Data(state): Data<&Arc<HttpStat
             );
         }
     }
+    tracing::debug!(
+        operations = match &batch {
+            BatchRequest::Single(_) => 1,
+            BatchRequest::Batch(many) => many.len(),
+        },
+        bytes = bytes.len(),
+        "GraphQL request"
+    );
     let mut response = state
         .schema
         .execute_batch(batch.data(request_meta(req, &state.auth.config.server.trusted_proxies)))

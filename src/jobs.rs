@@ -169,6 +169,11 @@ async fn send_due(auth: &Auth, stats: &MailStats, stop: &watch::Receiver<bool>) 
 }
 
 async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i64) {
+    tracing::debug!(
+        id = queued.id,
+        attempts = queued.record.attempts,
+        "sending queued mail"
+    );
     let Some(mail) = auth.open_mail(&queued) else {
         tracing::error!(id = queued.id, "a queued message cannot be opened; dropped");
         stats.dropped.fetch_add(1, Ordering::Relaxed);

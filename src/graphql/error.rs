@@ -56,6 +56,7 @@ fn label(error: &mut ServerError) {
     }
     if is_request_error(error) {
         let field = quoted_after(&error.message, "argument \"")
+            .or_else(|| word_after(&error.message, "Variable "))
             .or_else(|| quoted_after(&error.message, "variable \"$"))
             .or_else(|| quoted_after(&error.message, "Variable \"$"))
             .unwrap_or_else(|| "query".to_string());
@@ -79,6 +80,17 @@ fn is_request_error(error: &ServerError) -> bool {
         || error.message.starts_with("Invalid value for argument")
         || error.message.starts_with("Failed to parse")
         || error.message.starts_with("Expected input type")
+        || error.message.starts_with("Variable ")
+}
+
+fn word_after(message: &str, marker: &str) -> Option<String> {
+    let rest = message.strip_prefix(marker)?;
+    let word: String = rest
+        .trim_start_matches('$')
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    (!word.is_empty()).then_some(word)
 }
 
 fn quoted_after(message: &str, marker: &str) -> Option<String> {

@@ -29,18 +29,31 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// One process-wide subscriber at debug level for Keyhold and the crates it drives, writing
+/// into a buffer. Process-wide because a thread-local one misses events whose callsites other
+/// tests' threads registered first.
+fn capture() -> Captured {
+    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURED
+        .get_or_init(|| {
+            let captured = Captured::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(
+                    "info,keyhold=debug,poem=debug,async_graphql=debug,mail_send=debug",
+                )
+                .with_writer(captured.clone())
+                .with_ansi(false)
+                .without_time()
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+            captured
+        })
+        .clone()
+}
+
 #[tokio::test]
 async fn no_secret_reaches_the_logs_at_debug_level() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("debug")
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .without_time()
-        .finish();
-    // The test's runtime runs on this thread, server included: its logs come here.
-    let _guard = tracing::subscriber::set_default(subscriber);
-
+    let captured = capture();
     let password = "Tr0ub4dor&3-secret-pass";
     let new_password = "c0rrect-h0rse-NEW-secret";
     let app = TestApp::spawn_with(|c| c.testing.expose_codes = true).await;
@@ -146,6 +159,10 @@ async fn no_secret_reaches_the_logs_at_debug_level() {
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("DEBUG"), "debug logs were captured");
+    assert!(
+        logs.contains("Keyhold listening"),
+        "the server's logs were captured"
+    );
     assert!(
         logs.contains("mail sent over SMTP"),
         "the flows were logged"
