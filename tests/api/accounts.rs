@@ -257,16 +257,13 @@ async fn a_hash_made_with_old_parameters_is_replaced_at_the_next_sign_in() {
     config.passwords.argon2_memory_kib = 128;
     config.passwords.argon2_iterations = 2;
     let app = keyhold::Application::build(config).await.unwrap();
-    let client = crate::helpers::https_client(app.certificate_pem(), app.addr());
-    let body: Value = client
-        .post(format!("{}/graphql", app.base_url()))
-        .json(&json!({ "query": crate::helpers::LOGIN, "variables": { "email": "ida@example.com", "password": PASSWORD } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = crate::helpers::graphql_on(
+        &app,
+        None,
+        crate::helpers::LOGIN,
+        json!({ "email": "ida@example.com", "password": PASSWORD }),
+    )
+    .await;
     assert_eq!(body["data"]["login"]["status"], 200, "{body}");
     app.shutdown().await.unwrap();
     assert!(stored(&dir).contains("m=128,t=2,p=1"), "{}", stored(&dir));

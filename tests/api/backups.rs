@@ -3,21 +3,16 @@ use std::time::Duration;
 use keyhold::Application;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestApp, https_client, test_config};
+use crate::helpers::{PASSWORD, TestApp, graphql_on, test_config};
 
-async fn register(client: &reqwest::Client, app: &Application, email: &str) -> Value {
-    client
-        .post(format!("{}/graphql", app.base_url()))
-        .json(&json!({
-            "query": "mutation($d: String!) { register(input: { data: $d }) { status userId } }",
-            "variables": { "d": json!({ "email": email, "password": PASSWORD }).to_string() }
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+async fn register(app: &Application, email: &str) -> Value {
+    graphql_on(
+        app,
+        None,
+        "mutation($d: String!) { register(input: { data: $d }) { status userId } }",
+        json!({ "d": json!({ "email": email, "password": PASSWORD }).to_string() }),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -50,31 +45,25 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     let config = test_config(kept.path().join("data"), smtp_port);
     keyhold::backup::restore(&config, &file, 0).unwrap();
     let app = Application::build(config).await.unwrap();
-    let client = https_client(app.certificate_pem(), app.addr());
-    let body = register(&client, &app, "late@example.com").await;
+    let body = register(&app, "late@example.com").await;
     assert!(
         body["data"]["register"]["userId"].is_string(),
         "the later account is gone: {body}"
     );
-    let body = register(&client, &app, "ada@example.com").await;
+    let body = register(&app, "ada@example.com").await;
     assert!(
         body["data"]["register"]["userId"].is_null(),
         "the earlier one is back"
     );
     // The key file came back too: the session's access token still verifies and its
     // refresh token (stored only as a keyed hash) still works.
-    let body: Value = client
-        .post(format!("{}/graphql", app.base_url()))
-        .json(&json!({
-            "query": "mutation($r: String!) { newToken(refreshToken: $r) { status } }",
-            "variables": { "r": login["refreshToken"] }
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = graphql_on(
+        &app,
+        None,
+        "mutation($r: String!) { newToken(refreshToken: $r) { status } }",
+        json!({ "r": login["refreshToken"] }),
+    )
+    .await;
     assert_eq!(body["data"]["newToken"]["status"], 200, "{body}");
     app.shutdown().await.unwrap();
 }

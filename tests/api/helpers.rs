@@ -46,6 +46,25 @@ pub fn https_client(certificate_pem: &str, addr: SocketAddr) -> reqwest::Client 
         .unwrap()
 }
 
+/// Runs one operation against a bare `Application` (one started without `TestApp`, e.g.
+/// after a restart), optionally with a bearer token.
+pub async fn graphql_on(
+    app: &Application,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Value {
+    let mut request = https_client(app.certificate_pem(), app.addr())
+        .post(format!("{}/graphql", app.base_url()))
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    response.json().await.unwrap()
+}
+
 impl TestApp {
     pub async fn spawn() -> TestApp {
         Self::spawn_with(|_| {}).await

@@ -5,7 +5,7 @@ use keyhold::store::MailQueueStore;
 use keyhold::{Application, Clock};
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, TestApp, https_client, test_config};
+use crate::helpers::{PASSWORD, TestApp, graphql_on, test_config};
 use crate::smtp_sink::{SinkTls, SmtpSink};
 
 /// A loopback port with nothing listening on it (yet).
@@ -70,17 +70,14 @@ async fn queued_mail_survives_a_restart_and_goes_out_after_it() {
     let first = Application::build_with_clock(test_config(storage.clone(), port), Clock::shifted())
         .await
         .unwrap();
-    let client = https_client(first.certificate_pem(), first.addr());
-    let response = client
-        .post(format!("{}/graphql", first.base_url()))
-        .json(&json!({
-            "query": "mutation($d: String!) { register(input: { data: $d }) { status } }",
-            "variables": { "d": json!({ "email": "cy@example.com", "password": PASSWORD }).to_string() }
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    let body = graphql_on(
+        &first,
+        None,
+        "mutation($d: String!) { register(input: { data: $d }) { status } }",
+        json!({ "d": json!({ "email": "cy@example.com", "password": PASSWORD }).to_string() }),
+    )
+    .await;
+    assert_eq!(body["data"]["register"]["status"], 201, "{body}");
     first.shutdown().await.unwrap();
 
     let sink = SmtpSink::start_on(SinkTls::None, port).await;

@@ -341,17 +341,8 @@ async fn the_signing_key_survives_a_restart() {
 
     let config = crate::helpers::test_config(kept.path().join("data"), 1);
     let app = keyhold::Application::build(config).await.unwrap();
-    let client = crate::helpers::https_client(app.certificate_pem(), app.addr());
-    let body: Value = client
-        .post(format!("{}/graphql", app.base_url()))
-        .bearer_auth(login["token"].as_str().unwrap())
-        .json(&json!({ "query": PROFILE }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body =
+        crate::helpers::graphql_on(&app, login["token"].as_str(), PROFILE, Value::Null).await;
     assert_eq!(
         body["data"]["userProfile"]["email"], "ivy@example.com",
         "{body}"
