@@ -106,6 +106,20 @@ impl Error {
         }
     }
 
+    /// `RATE_LIMITED`, to retry in `seconds` (0 when negative).
+    pub fn rate_limited(seconds: i64) -> Error {
+        Error::RateLimited {
+            retry_after: Duration::from_secs(u64::try_from(seconds).unwrap_or(0)),
+        }
+    }
+
+    /// `TOO_MANY_ATTEMPTS`, to retry in `seconds` (0 when negative).
+    pub fn too_many_attempts(seconds: i64) -> Error {
+        Error::TooManyAttempts {
+            retry_after: Duration::from_secs(u64::try_from(seconds).unwrap_or(0)),
+        }
+    }
+
     pub fn internal(cause: impl Into<anyhow::Error>) -> Error {
         Error::Internal(cause.into())
     }

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -57,10 +56,9 @@ impl std::fmt::Debug for Limits {
     }
 }
 
+/// Never "retry in 0 s": that would invite an immediate retry.
 fn rate_limited(seconds: i64) -> Error {
-    Error::RateLimited {
-        retry_after: Duration::from_secs(u64::try_from(seconds.max(1)).unwrap_or(1)),
-    }
+    Error::rate_limited(seconds.max(1))
 }
 
 impl Limits {

@@ -406,9 +406,7 @@ impl Auth {
         };
         let mail = self.code_mail(&user.email, Some(&code), purpose, next.expires_at)?;
         if !self.store.swap_challenge(current, Some(&next), &mail)? {
-            return Err(Error::RateLimited {
-                retry_after: std::time::Duration::from_secs(1),
-            });
+            return Err(Error::rate_limited(1));
         }
         self.store.flush().await?;
         self.mail_queued();
@@ -424,11 +422,7 @@ impl Auth {
     /// sign-in starts a new one.
     fn check_alive(&self, c: &ChallengeRecord, now: i64) -> Result<()> {
         if c.attempts >= self.config.two_factor.max_attempts {
-            return Err(Error::TooManyAttempts {
-                retry_after: std::time::Duration::from_secs(
-                    u64::try_from(c.expires_at - now).unwrap_or(0),
-                ),
-            });
+            return Err(Error::too_many_attempts(c.expires_at - now));
         }
         Ok(())
     }
@@ -437,16 +431,10 @@ impl Auth {
         let cooldown = seconds(self.config.two_factor.resend_cooldown);
         let wait = c.last_sent_at + cooldown - now;
         if wait > 0 {
-            return Err(Error::RateLimited {
-                retry_after: std::time::Duration::from_secs(u64::try_from(wait).unwrap_or(0)),
-            });
+            return Err(Error::rate_limited(wait));
         }
         if c.resends >= self.config.two_factor.max_resends {
-            return Err(Error::RateLimited {
-                retry_after: std::time::Duration::from_secs(
-                    u64::try_from(c.expires_at - now).unwrap_or(0),
-                ),
-            });
+            return Err(Error::rate_limited(c.expires_at - now));
         }
         Ok(())
     }
@@ -608,9 +596,7 @@ impl Auth {
                 + seconds(self.config.two_factor.resend_cooldown)
                 - now;
             if wait > 0 && previous.record.expires_at > now {
-                return Err(Error::RateLimited {
-                    retry_after: std::time::Duration::from_secs(u64::try_from(wait).unwrap_or(0)),
-                });
+                return Err(Error::rate_limited(wait));
             }
         }
         let purpose = ChallengePurpose::StepUp {
