@@ -177,15 +177,22 @@ pub fn routes(state: Arc<HttpState>) -> BoxEndpoint<'static, Response> {
 
 fn request_meta(req: &Request, trusted: &[IpAddr]) -> RequestMeta {
     let peer = req.remote_addr().as_socket_addr().map(|a| a.ip());
-    let forwarded = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
+    // Only a trusted proxy's header is read, so only then is it gathered.
+    let client = peer.map(|peer| {
+        if !trusted.contains(&peer) {
+            return peer;
+        }
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        client_ip(peer, &forwarded, trusted)
+    });
     RequestMeta::new(
-        peer.map(|peer| client_ip(peer, &forwarded, trusted)),
+        client,
         req.header(header::USER_AGENT).map(str::to_string),
         req.header(header::AUTHORIZATION),
     )
