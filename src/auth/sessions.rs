@@ -243,6 +243,8 @@ impl Auth {
         if user.state == AccountState::Disabled {
             return Err(Error::AccountDisabled);
         }
+        // The client drops the old token once it has the new one: the rotation must be durable.
+        self.store.flush().await?;
         self.hand_out(user, session, fresh, now)
     }
 

@@ -272,7 +272,19 @@ async fn acknowledged_writes_survive_a_sigkill() {
         .as_str()
         .unwrap()
         .to_string();
-    // Registered but never verified, right before the kill.
+    let tablet = call(
+        &client,
+        addr,
+        None,
+        "mutation { login(credentials: { email: \"kit@example.com\", password: \"new horse battery staple\", deviceInfo: { deviceId: \"tablet\" } }) { refreshToken } }",
+        Value::Null,
+    )
+    .await;
+    let refresh = tablet["data"]["login"]["refreshToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("tablet signs in: {tablet}"))
+        .to_string();
+    // Registered but never verified, near the end.
     let body = call(
         &client,
         addr,
@@ -283,6 +295,19 @@ async fn acknowledged_writes_survive_a_sigkill() {
     .await;
     assert!(body["data"]["register"]["userId"].is_string());
 
+    // Rotated last: nothing after it flushes for it.
+    let rotated = call(
+        &client,
+        addr,
+        None,
+        "mutation($t: String!) { newToken(refreshToken: $t) { refreshToken } }",
+        json!({ "t": refresh }),
+    )
+    .await;
+    let rotated = rotated["data"]["newToken"]["refreshToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("rotated: {rotated}"))
+        .to_string();
     signal(&child, "-KILL");
     child.wait().await.unwrap();
 
@@ -295,6 +320,18 @@ async fn acknowledged_writes_survive_a_sigkill() {
     assert_eq!(
         body["errors"][0]["extensions"]["code"], "INVALID_TOKEN",
         "the logout held: {body}"
+    );
+    let body = call(
+        &client,
+        addr,
+        None,
+        "mutation($t: String!) { newToken(refreshToken: $t) { refreshToken } }",
+        json!({ "t": rotated }),
+    )
+    .await;
+    assert!(
+        body["data"]["newToken"]["refreshToken"].is_string(),
+        "the refresh-token rotation held: {body}"
     );
     let body = call(
         &client,
