@@ -223,26 +223,16 @@ async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i6
 mod tests {
     use super::*;
     use crate::store::records::{
-        AccountState, ChallengePurpose, ChallengeRecord, EmailCodeRecord, ProfileRecord,
-        ResetCodeRecord, SecondFactor, SessionRecord, UserRecord,
+        ChallengePurpose, ChallengeRecord, EmailCodeRecord, ResetCodeRecord, SecondFactor,
+        SessionRecord, UserRecord,
     };
     use crate::store::{ChallengeStore, PasswordStore, SessionStore, UserStore};
     use uuid::Uuid;
 
     fn user() -> UserRecord {
         UserRecord {
-            id: Uuid::new_v4(),
-            email: "ada@example.com".into(),
             email_verified: true,
-            username: "ada".into(),
-            password_hash: "$argon2id$stub".into(),
-            state: AccountState::Active,
-            profile: ProfileRecord::default(),
-            created_at: 0,
-            last_login_at: None,
-            current_login_at: None,
-            two_factor: None,
-            pending_totp: None,
+            ..UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 0)
         }
     }
 

@@ -9,7 +9,7 @@ use super::{Auth, Caller, Origin, StepUpReason, iso, passwords, seconds};
 use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, username_from};
 use crate::error::{Error, Result};
 use crate::mail::Template;
-use crate::store::records::{AccountState, EmailCodeRecord, ProfileRecord, QueuedMail, UserRecord};
+use crate::store::records::{EmailCodeRecord, QueuedMail, UserRecord};
 use crate::store::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
 
 /// Purpose tag of e-mail verification codes in the keyed hash.
@@ -46,20 +46,7 @@ impl Auth {
         // Hashed before the address is looked up, so a known address answers no faster.
         let password_hash = self.passwords.hash(doc.password.clone()).await?;
         let now = self.now();
-        let mut user = UserRecord {
-            id: Uuid::new_v4(),
-            email: doc.email.as_str().to_string(),
-            email_verified: false,
-            username,
-            password_hash,
-            state: AccountState::Active,
-            profile: ProfileRecord::default(),
-            created_at: now,
-            last_login_at: None,
-            current_login_at: None,
-            two_factor: None,
-            pending_totp: None,
-        };
+        let mut user = UserRecord::new(doc.email.as_str(), &username, password_hash, now);
         apply_profile(&mut user, &doc.profile);
         let code = random_token::<16>();
         let code_record = EmailCodeRecord {

@@ -14,7 +14,7 @@ use crate::store::records::{AccountState, SessionRecord, UserRecord};
 use crate::store::{RotateOutcome, SessionStore, UserStore};
 
 /// Purpose tag of refresh tokens in the keyed hash.
-pub(crate) const REFRESH_TOKEN: &str = "refresh-token";
+pub const REFRESH_TOKEN: &str = "refresh-token";
 /// The longest client-chosen device id and device name.
 const MAX_DEVICE_TEXT: usize = 128;
 

@@ -52,6 +52,9 @@ pub trait UserStore {
         on_created: &[QueuedMail],
         on_taken: &[QueuedMail],
     ) -> Result<CreateOutcome, StoreError>;
+    /// Adds an account as it is, with its address and username indexes and no verification
+    /// code: for accounts made by an operator or imported. Changes nothing on a clash.
+    fn insert_user(&self, user: &UserRecord) -> Result<CreateOutcome, StoreError>;
     /// Replaces the account, moving its indexes when the address or username changed, and
     /// stores a new verification code if one is given. Changes nothing on a clash.
     fn update_user(
@@ -129,6 +132,29 @@ impl UserStore for Store {
                     queue_in(queue, on_created)?;
                     Ok(CreateOutcome::Created)
                 }),
+        )
+    }
+
+    fn insert_user(&self, user: &UserRecord) -> Result<CreateOutcome, StoreError> {
+        let _writing = self.writing();
+        let record = encode(user);
+        tx_result(
+            (&self.users, &self.users_by_email, &self.users_by_username).transaction(
+                |(users, by_email, by_username)| {
+                    if let Some(existing) = by_email.get(user.email.as_bytes())? {
+                        let existing = uuid_from(USERS_BY_EMAIL, &existing).map_err(Tx::Abort)?;
+                        return Ok(CreateOutcome::EmailTaken { existing });
+                    }
+                    let name = username_key(&user.username);
+                    if by_username.get(&name)?.is_some() {
+                        return Ok(CreateOutcome::UsernameTaken);
+                    }
+                    users.insert(user.id.as_bytes(), record.as_slice())?;
+                    by_email.insert(user.email.as_bytes(), user.id.as_bytes())?;
+                    by_username.insert(name, user.id.as_bytes())?;
+                    Ok(CreateOutcome::Created)
+                },
+            ),
         )
     }
 
@@ -217,5 +243,37 @@ impl UserStore for Store {
                 Ok(VerifyOutcome::Verified { user_id: user.id })
             }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inserted_account_is_found_by_address_and_refuses_a_clash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let ada = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
+        assert_eq!(store.insert_user(&ada).unwrap(), CreateOutcome::Created);
+        assert_eq!(
+            store.user_by_email("ada@example.com").unwrap().unwrap().id,
+            ada.id
+        );
+        assert!(store.username_taken("ADA").unwrap());
+        let same_address = UserRecord::new("ada@example.com", "other", "x".into(), 2);
+        assert_eq!(
+            store.insert_user(&same_address).unwrap(),
+            CreateOutcome::EmailTaken { existing: ada.id }
+        );
+        let same_name = UserRecord::new("bo@example.com", "Ada", "x".into(), 2);
+        assert_eq!(
+            store.insert_user(&same_name).unwrap(),
+            CreateOutcome::UsernameTaken
+        );
+        assert!(
+            store.user(same_name.id).unwrap().is_none(),
+            "nothing written"
+        );
     }
 }

@@ -90,6 +90,26 @@ pub struct UserRecord {
     pub pending_totp: Option<PendingTotpRecord>,
 }
 
+impl UserRecord {
+    /// A new active account with no profile, no sign-in yet and no second factor.
+    pub fn new(email: &str, username: &str, password_hash: String, created_at: i64) -> UserRecord {
+        UserRecord {
+            id: Uuid::new_v4(),
+            email: email.to_string(),
+            email_verified: false,
+            username: username.to_string(),
+            password_hash,
+            state: AccountState::Active,
+            profile: ProfileRecord::default(),
+            created_at,
+            last_login_at: None,
+            current_login_at: None,
+            two_factor: None,
+            pending_totp: None,
+        }
+    }
+}
+
 /// The second factor a user signs in with.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
