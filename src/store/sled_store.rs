@@ -2,6 +2,7 @@ use std::fs::DirBuilder;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -32,7 +33,20 @@ pub struct Store {
     /// Writers hold it shared; a backup holds it alone, so that it copies one consistent
     /// state of every tree.
     gate: Arc<RwLock<()>>,
+    flusher: Arc<Flusher>,
     path: PathBuf,
+}
+
+/// Group commit: one fsync covers every write made before it started, so callers that
+/// arrive while a flush runs share the next one instead of each paying for their own.
+#[derive(Default)]
+struct Flusher {
+    /// Flush requests so far; each caller takes the next number after its writes.
+    requested: AtomicU64,
+    /// The highest request number a finished flush has covered.
+    covered: AtomicU64,
+    /// Held while a flush runs.
+    running: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -98,6 +112,7 @@ impl Store {
             mail_queue: db.open_tree(keys::MAIL_QUEUE)?,
             audit: db.open_tree(keys::AUDIT)?,
             gate: Arc::new(RwLock::new(())),
+            flusher: Arc::new(Flusher::default()),
             db,
             path: path.to_path_buf(),
         };
@@ -161,9 +176,29 @@ impl Store {
         self.gate.write()
     }
 
-    /// Writes everything buffered to disk.
+    /// Writes everything written so far to disk, durably, before it returns.
+    ///
+    /// sled's own `flush_async` can hang forever when several callers await it at once
+    /// (spacejam/sled#1308, open in 0.34.7), so the blocking `flush` runs on a blocking
+    /// thread, one at a time, and callers that queued meanwhile share the next one.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let flusher = &self.flusher;
+        let ticket = flusher.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _running = flusher.running.lock().await;
+        if flusher.covered.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every request numbered up to here was made after its writes.
+        let covers = flusher.requested.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| {
+                StoreError::Sled(sled::Error::Io(std::io::Error::other(format!(
+                    "the flush thread failed: {e}"
+                ))))
+            })??;
+        flusher.covered.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
 
@@ -208,6 +243,31 @@ mod tests {
         drop(store);
         let again = Store::open(&path).unwrap();
         assert_eq!(again.format_version().unwrap(), FORMAT_VERSION);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_writers_flushing_at_once_all_finish_and_their_writes_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        let writers: Vec<_> = (0..200u32)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.meta.insert(i.to_be_bytes(), &[1]).unwrap();
+                    store.flush().await.unwrap();
+                })
+            })
+            .collect();
+        let all = futures_util::future::join_all(writers);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(60), all).await;
+        for writer in done.expect("no flush hangs") {
+            writer.unwrap();
+        }
+        assert!(store.flusher.covered.load(Ordering::SeqCst) >= 1);
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        assert!((0..200u32).all(|i| again.meta.contains_key(i.to_be_bytes()).unwrap()));
     }
 
     #[test]
