@@ -4,9 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier, Version,
-};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher as _, Version};
 use tokio::sync::Semaphore;
 
 use super::secrets::random_bytes;
@@ -62,17 +60,30 @@ pub struct Verified {
     pub needs_rehash: bool,
 }
 
-/// argon2id with the configured parameters, run on blocking threads: at most
-/// `max_concurrent_hashes` at once, at most `max_queued_hashes` waiting; beyond that the
-/// caller gets `RATE_LIMITED` at once instead of an unbounded wait.
+/// argon2id with the configured parameters, run on `max_concurrent_hashes` threads of its
+/// own; at most `max_queued_hashes` wait; beyond that the caller gets `RATE_LIMITED` at once
+/// instead of an unbounded wait.
+///
+/// The threads run at a lower scheduling priority (nice 10), so that a burst of sign-ins
+/// uses every idle cycle but never delays token checks and refreshes on the async runtime.
+/// Each keeps its argon2 memory between hashes (allocating and faulting in 19 MiB per
+/// sign-in cost a fifth of the CPU time) and gives it back after a minute without work.
 pub struct PasswordHasher {
     params: Params,
-    running: Arc<Semaphore>,
+    jobs: std::sync::mpsc::Sender<Job>,
     admitted: Arc<Semaphore>,
     capacity: usize,
     /// Verified for unknown addresses, so that they take as long as known ones.
     dummy_hash: String,
 }
+
+/// Work for a hashing thread, given the thread's argon2 memory.
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// The nice value of the hashing threads (0 is normal, 19 the lowest priority).
+const HASHING_NICE: i32 = 10;
+/// A hashing thread with no work for this long frees its argon2 memory.
+const IDLE_RELEASE: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for PasswordHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,9 +107,18 @@ impl PasswordHasher {
         });
         let dummy_hash = hash_with(&params, &super::secrets::random_token::<16>())
             .map_err(|e| ConfigError::key("passwords.argon2_memory_kib", e))?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(parking_lot::Mutex::new(queue));
+        for i in 0..concurrent.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("keyhold-argon2-{i}"))
+                .spawn(move || hashing_thread(&queue))
+                .map_err(|e| ConfigError::key("passwords.max_concurrent_hashes", e))?;
+        }
         Ok(PasswordHasher {
             params,
-            running: Arc::new(Semaphore::new(concurrent)),
+            jobs,
             admitted: Arc::new(Semaphore::new(concurrent + config.max_queued_hashes)),
             capacity: concurrent + config.max_queued_hashes,
             dummy_hash,
@@ -112,34 +132,39 @@ impl PasswordHasher {
 
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Params) -> T + Send + 'static,
+        work: impl FnOnce(&Params, &mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T> {
         let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {
             return Err(Error::RateLimited {
                 retry_after: Duration::from_secs(1),
             });
         };
-        let running = self
-            .running
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(Error::internal)?;
         let params = self.params.clone();
-        tokio::task::spawn_blocking(move || {
-            let out = work(&params);
-            drop((running, admitted));
-            out
-        })
-        .await
-        .map_err(Error::internal)
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |memory| {
+            let out = work(&params, memory);
+            drop(admitted);
+            let _ = done.send(out);
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::internal(anyhow::anyhow!("the hashing threads have stopped")))?;
+        result
+            .await
+            .map_err(|_| Error::internal(anyhow::anyhow!("a hashing thread panicked")))
     }
 
     /// A PHC string of `password` under the configured parameters.
     pub async fn hash(&self, password: String) -> Result<String> {
-        self.run(move |params| hash_with(params, &password))
+        self.run(move |params, _| hash_with(params, &password))
             .await?
             .map_err(Error::internal)
+    }
+
+    /// A PHC string of `password`, hashed on the calling thread outside the pool: for tools
+    /// that make accounts in bulk (imports, benchmarks), never for requests.
+    pub fn hash_now(&self, password: &str) -> Result<String> {
+        hash_with(&self.params, password).map_err(Error::internal)
     }
 
     /// Checks `password` against `phc`, or against a dummy hash when there is no account,
@@ -148,11 +173,9 @@ impl PasswordHasher {
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy_hash.clone());
         let verified = self
-            .run(move |params| {
+            .run(move |params, memory| {
                 let parsed = PasswordHash::new(&phc).map_err(|e| e.to_string())?;
-                let matches = Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok();
+                let matches = verify_with(memory, password.as_bytes(), &parsed)?;
                 let same_params = parsed.algorithm.as_str() == "argon2id"
                     && Params::try_from(&parsed).is_ok_and(|p| {
                         p.m_cost() == params.m_cost()
@@ -171,6 +194,62 @@ impl PasswordHasher {
             ..verified
         })
     }
+}
+
+/// A hashing thread: lower priority, one job at a time, its argon2 memory kept between jobs.
+fn hashing_thread(queue: &parking_lot::Mutex<std::sync::mpsc::Receiver<Job>>) {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), HASHING_NICE) {
+        tracing::debug!(error = %e, "cannot lower the priority of a hashing thread");
+    }
+    let mut memory: Vec<Block> = Vec::new();
+    loop {
+        let Some(receiver) = queue.try_lock_for(IDLE_RELEASE) else {
+            memory = Vec::new();
+            continue;
+        };
+        match receiver.recv_timeout(IDLE_RELEASE) {
+            Ok(job) => {
+                drop(receiver);
+                let ran =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut memory)));
+                if ran.is_err() {
+                    // The caller sees the failure; this thread goes on serving.
+                    memory = Vec::new();
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => memory = Vec::new(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Whether `password` matches `phc`, computed in `memory` (grown to the hash's size and kept).
+fn verify_with(
+    memory: &mut Vec<Block>,
+    password: &[u8],
+    phc: &PasswordHash,
+) -> std::result::Result<bool, String> {
+    let (Some(salt), Some(expected)) = (&phc.salt, &phc.hash) else {
+        return Err("no salt or no hash".into());
+    };
+    let params = Params::try_from(phc).map_err(|e| e.to_string())?;
+    let algorithm = Algorithm::try_from(phc.algorithm.as_str()).map_err(|e| e.to_string())?;
+    let version = phc
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::new());
+    }
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks])
+        .map_err(|e| e.to_string())?;
+    Ok(argon2::password_hash::phc::Output::new(&out).is_ok_and(|computed| computed == *expected))
 }
 
 fn hash_with(
@@ -244,6 +323,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hashing_runs_on_lower_priority_threads_that_keep_their_memory() {
+        let hasher = PasswordHasher::new(&cheap()).unwrap();
+        let phc = hasher.hash("correct horse".into()).await.unwrap();
+        assert!(
+            hasher
+                .verify("correct horse".into(), Some(phc))
+                .await
+                .unwrap()
+                .matches
+        );
+        let (nice, kept) = hasher
+            .run(|_, memory| {
+                let me = rustix::thread::gettid();
+                (
+                    rustix::process::getpriority_process(Some(me)).unwrap(),
+                    memory.len(),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(nice, HASHING_NICE);
+        assert!(kept == 0 || kept == 64, "the 64 KiB of argon2 memory: {kept} blocks");
+    }
+
+    #[tokio::test]
     async fn a_hash_with_other_parameters_asks_for_a_rehash() {
         let old = PasswordHasher::new(&cheap()).unwrap();
         let phc = old.hash("correct horse".into()).await.unwrap();
@@ -278,7 +382,7 @@ mod tests {
             let hasher = hasher.clone();
             tokio::spawn(async move {
                 hasher
-                    .run(move |_| {
+                    .run(move |_, _| {
                         let _ = rx.recv();
                     })
                     .await
