@@ -1,0 +1,873 @@
+//! The end-to-end load benchmark: a real Keyhold process over HTTPS on loopback, measured
+//! against the limit of the machine. See BENCHMARKS.md. Run:
+//!
+//! ```text
+//! cargo bench --bench load                                    # 100,000 users, 16 clients, 10 s
+//! cargo bench --bench load -- --users 1000 --seconds 3        # a quick look
+//! cargo bench --bench load -- --seed-only --storage DIR       # seed DIR for a server of your own,
+//! cargo bench --bench load -- --storage DIR --url https://localhost:8443 --pid PID   # then load it
+//! ```
+//!
+//! It seeds users and one device session each straight into the store, starts
+//! `keyhold serve` as its own process (so the server's CPU time and memory are read from
+//! `/proc/<pid>` apart from the load generator's), measures the raw argon2id capacity of the
+//! machine, then drives keep-alive HTTPS load from concurrent clients, one connection each.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use keyhold::Config;
+use keyhold::auth::sessions::REFRESH_TOKEN;
+use keyhold::auth::{PasswordHasher, Secrets, secrets::random_token};
+use keyhold::store::records::{SessionRecord, UserRecord};
+use keyhold::store::{SessionStore, Store, UserStore};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use uuid::Uuid;
+
+/// The password of every seeded user.
+const PASSWORD: &str = "load-benchmark passphrase 7";
+/// The refresh tokens of the first seeded sessions, for the clients (one per line).
+const TOKENS_FILE: &str = "bench-tokens.txt";
+/// How many seeded refresh tokens are kept for the clients.
+const KEPT_TOKENS: usize = 1024;
+const LOGIN: &str = "mutation($email: EmailAddress!, $password: String!) { login(credentials: { email: $email, password: $password, deviceInfo: { deviceId: \"bench\" } }) { token } }";
+const NEW_TOKEN: &str =
+    "mutation($t: String!) { newToken(refreshToken: $t) { token refreshToken } }";
+const PROFILE: &str = "{ userProfile { id email username } }";
+/// Clients that refresh tokens (and are timed) during the sign-in storm.
+const STORM_REFRESHERS: usize = 4;
+
+#[derive(Parser, Debug)]
+#[command(about = "Keyhold's end-to-end load benchmark (see BENCHMARKS.md)")]
+struct Args {
+    /// Users to seed, each with one device session.
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Concurrent clients (one keep-alive HTTPS connection each).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent sign-ins in the `storm` scenario.
+    #[arg(long, default_value_t = 64)]
+    storm: usize,
+    /// Scenarios to run (comma separated): floor,login,newToken,userProfile,storm.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Keep the storage here (and reuse it when already seeded) instead of a temporary folder.
+    #[arg(long)]
+    storage: Option<PathBuf>,
+    /// Seed `--storage` and stop.
+    #[arg(long, requires = "storage")]
+    seed_only: bool,
+    /// Load a running Keyhold whose storage is `--storage` (seeded by `--seed-only`),
+    /// instead of starting one; its certificate is read from `--storage`/tls/cert.pem.
+    #[arg(long, requires = "storage")]
+    url: Option<String>,
+    /// The process id of the server given by `--url`, to read its CPU time and memory.
+    #[arg(long, requires = "url")]
+    pid: Option<u32>,
+    /// Passed by `cargo bench` to every benchmark target.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let root = args
+        .storage
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    let config = bench_config(&root);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "Keyhold load benchmark: {} users, {} clients, {} s per scenario, {cores} cores",
+        args.users, args.clients, args.seconds
+    );
+
+    let seeded = seed(&config, args.users).await?;
+    if args.seed_only {
+        println!("seeded {} users in {}", args.users, root.display());
+        return Ok(());
+    }
+
+    // The limit: raw argon2id, same crate and parameters, every core, nothing else running.
+    let capacity = argon2_capacity(&config, &seeded.password_hash, cores).await?;
+    println!(
+        "raw argon2id capacity: {capacity:.1} hashes/s on {cores} cores (m={} KiB, t={}, p={})",
+        config.passwords.argon2_memory_kib,
+        config.passwords.argon2_iterations,
+        config.passwords.argon2_parallelism
+    );
+
+    let server = match &args.url {
+        Some(url) => Server::external(url, &root, args.pid)?,
+        None => Server::start(&root).await?,
+    };
+    if let Some(ready) = server.ready_after {
+        println!("start-up to ready: {} ms", ready.as_millis());
+    }
+    let store_bytes = folder_size(&config.db_path());
+    println!(
+        "store on disk: {:.1} MiB, {:.0} bytes per user",
+        store_bytes as f64 / 1048576.0,
+        store_bytes as f64 / args.users.max(1) as f64
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = server.rss();
+    if let Some(rss) = idle {
+        println!("idle RSS: {:.1} MiB", rss.current as f64 / 1048576.0);
+    }
+
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let pool = args.clients.max(args.storm + STORM_REFRESHERS);
+    let clients = connect(&server, pool).await?;
+    let mut tokens = seeded.tokens.into_iter();
+    let mut take_tokens = |n: usize| -> anyhow::Result<Vec<String>> {
+        let taken: Vec<String> = tokens.by_ref().take(n).collect();
+        if taken.len() < n {
+            bail!("not enough seeded sessions: seed more users");
+        }
+        Ok(taken)
+    };
+    let duration = Duration::from_secs(args.seconds);
+    let mut rows = Vec::new();
+    let users = args.users;
+    let c = args.clients;
+
+    if wanted("floor") {
+        let plans = (0..c).map(|_| Plan::Floor).collect();
+        rows.push(measure(&server, "floor", &clients[..c], plans, duration).await?);
+    }
+    if wanted("login") {
+        let plans = (0..c)
+            .map(|k| Plan::Login {
+                next: k,
+                step: c,
+                users,
+            })
+            .collect();
+        rows.push(measure(&server, "login", &clients[..c], plans, duration).await?);
+    }
+    if wanted("newToken") {
+        let plans = take_tokens(c)?.into_iter().map(Plan::Refresh).collect();
+        rows.push(measure(&server, "newToken", &clients[..c], plans, duration).await?);
+    }
+    if wanted("userProfile") {
+        let mut plans = Vec::new();
+        for (client, refresh) in clients[..c].iter().zip(take_tokens(c)?) {
+            let body = client
+                .call(None, NEW_TOKEN, json!({ "t": refresh }))
+                .await?;
+            let token = body["data"]["newToken"]["token"]
+                .as_str()
+                .context("newToken for userProfile")?;
+            plans.push(Plan::Profile(token.to_string()));
+        }
+        rows.push(measure(&server, "userProfile", &clients[..c], plans, duration).await?);
+    }
+    let mut storm_logins = None;
+    if wanted("storm") {
+        let refreshers = take_tokens(STORM_REFRESHERS)?;
+        let mut plans: Vec<Plan> = refreshers.into_iter().map(Plan::Refresh).collect();
+        plans.extend((0..args.storm).map(|k| Plan::Login {
+            next: users / 2 + k,
+            step: args.storm,
+            users,
+        }));
+        let storm_clients = &clients[..STORM_REFRESHERS + args.storm];
+        let (row, logins) = measure_storm(&server, storm_clients, plans, duration).await?;
+        storm_logins = Some(logins);
+        rows.push(row);
+    }
+    server.stop().await;
+
+    print_report(&Report {
+        rows: &rows,
+        capacity,
+        cores,
+        idle_rss: idle.map(|r| r.current),
+        ready_after: server.ready_after,
+        store_bytes,
+        users: args.users,
+        storm_logins,
+    });
+    Ok(())
+}
+
+/// The server's configuration: defaults (argon2 included), but no rate limits, since every
+/// request comes from one address, and mail to the outbox.
+fn bench_config(root: &Path) -> Config {
+    let mut config = Config::default();
+    config.storage.path = root.join("data");
+    config.limits.enabled = false;
+    config
+}
+
+fn config_toml(root: &Path) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[limits]\nenabled = false\n",
+        root.join("data").display()
+    )
+}
+
+struct Seeded {
+    password_hash: String,
+    tokens: Vec<String>,
+}
+
+/// Writes `users` verified accounts with one device session each straight into the store,
+/// unless it holds them already. Every account shares one password hash.
+async fn seed(config: &Config, users: usize) -> anyhow::Result<Seeded> {
+    let marker = config.storage.path.join(format!("bench-seeded-{users}"));
+    let tokens_file = config.storage.path.join(TOKENS_FILE);
+    let store = Store::open(&config.db_path())?;
+    if marker.exists() {
+        let tokens = std::fs::read_to_string(&tokens_file)?
+            .lines()
+            .map(String::from)
+            .collect();
+        let user = store
+            .user_by_email(&email(0))?
+            .context("the seeded users are gone")?;
+        return Ok(Seeded {
+            password_hash: user.password_hash,
+            tokens,
+        });
+    }
+    let started = Instant::now();
+    let password_hash = PasswordHasher::new(&config.passwords)?.hash_now(PASSWORD)?;
+    let secrets = Arc::new(Secrets::load_or_create(&config.keys_dir())?);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let refresh_ttl = i64::try_from(config.tokens.refresh_ttl.as_secs())?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut workers = Vec::new();
+    for t in 0..threads {
+        let (store, secrets, hash) = (store.clone(), secrets.clone(), password_hash.clone());
+        workers.push(std::thread::spawn(
+            move || -> anyhow::Result<Vec<(usize, String)>> {
+                let mut kept = Vec::new();
+                for i in (t..users).step_by(threads) {
+                    let user = UserRecord {
+                        email_verified: true,
+                        ..UserRecord::new(&email(i), &format!("user{i}"), hash.clone(), now)
+                    };
+                    store.insert_user(&user)?;
+                    let token = random_token::<32>();
+                    let session = SessionRecord {
+                        id: Uuid::new_v4(),
+                        user_id: user.id,
+                        device_id: "seed".into(),
+                        name: Some("seeded".into()),
+                        ip_address: Some("127.0.0.1".into()),
+                        user_agent: Some("keyhold-bench".into()),
+                        created_at: now,
+                        last_seen_at: now,
+                        refresh_hash: secrets.keyed_hash(REFRESH_TOKEN, &token),
+                        refresh_expires_at: now + refresh_ttl,
+                    };
+                    store.start_session(&user, &session)?;
+                    if i < KEPT_TOKENS {
+                        kept.push((i, token));
+                    }
+                }
+                Ok(kept)
+            },
+        ));
+    }
+    let mut kept = Vec::new();
+    for worker in workers {
+        kept.extend(
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a seeding thread panicked"))??,
+        );
+    }
+    store.flush().await?;
+    drop(store);
+    kept.sort();
+    let tokens: Vec<String> = kept.into_iter().map(|(_, t)| t).collect();
+    std::fs::write(&tokens_file, tokens.join("\n"))?;
+    std::fs::write(&marker, "")?;
+    println!(
+        "seeded {users} users and sessions in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Seeded {
+        password_hash,
+        tokens,
+    })
+}
+
+fn email(i: usize) -> String {
+    format!("user{i}@bench.keyhold.invalid")
+}
+
+/// argon2id verifications per second with one thread per core, as the server verifies.
+async fn argon2_capacity(config: &Config, phc: &str, cores: usize) -> anyhow::Result<f64> {
+    let params = config.passwords.clone();
+    let phc = phc.to_string();
+    tokio::task::spawn_blocking(move || {
+        use argon2::{Argon2, PasswordHash, PasswordVerifier};
+        let parsed = PasswordHash::new(&phc).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let _ = params;
+        let until = Instant::now() + Duration::from_secs(5);
+        let started = Instant::now();
+        let counts: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..cores)
+                .map(|_| {
+                    let parsed = parsed.clone();
+                    scope.spawn(move || {
+                        let mut n = 0;
+                        while Instant::now() < until {
+                            let ok = Argon2::default()
+                                .verify_password(PASSWORD.as_bytes(), &parsed)
+                                .is_ok();
+                            assert!(ok, "the seeded hash verifies");
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        let total: usize = counts.iter().sum();
+        Ok(total as f64 / started.elapsed().as_secs_f64())
+    })
+    .await?
+}
+
+/// The server under load: a child process this benchmark started, or one given by URL.
+struct Server {
+    url: String,
+    certificate: String,
+    addr: std::net::SocketAddr,
+    pid: Option<u32>,
+    child: Option<tokio::process::Child>,
+    ready_after: Option<Duration>,
+}
+
+#[derive(Clone, Copy)]
+struct Rss {
+    current: u64,
+    peak: u64,
+}
+
+impl Server {
+    async fn start(root: &Path) -> anyhow::Result<Server> {
+        let config_file = root.join("bench-config.toml");
+        std::fs::write(&config_file, config_toml(root))?;
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyhold"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_file)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start keyhold serve")?;
+        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let mut seen = Vec::new();
+        let addr = loop {
+            let Some(line) = lines.next_line().await? else {
+                bail!("the server stopped before listening:\n{}", seen.join("\n"));
+            };
+            if let Some(at) = line.find("address=") {
+                let rest = &line[at + "address=".len()..];
+                let end = rest.find(' ').unwrap_or(rest.len());
+                if line.contains("Keyhold listening") {
+                    break rest[..end].parse::<std::net::SocketAddr>()?;
+                }
+            }
+            seen.push(line);
+        };
+        // Keep reading the log so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let certificate = std::fs::read_to_string(root.join("data/tls/cert.pem"))?;
+        let url = format!("https://localhost:{}", addr.port());
+        let probe = http_client(&certificate, addr)?;
+        loop {
+            let ready = probe.get(format!("{url}/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the server was not ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ready_after = started.elapsed();
+        Ok(Server {
+            url,
+            certificate,
+            addr,
+            pid: child.id(),
+            child: Some(child),
+            ready_after: Some(ready_after),
+        })
+    }
+
+    fn external(url: &str, root: &Path, pid: Option<u32>) -> anyhow::Result<Server> {
+        let parsed = url::Url::parse(url)?;
+        let host = parsed.host_str().context("a host in --url")?;
+        let port = parsed.port_or_known_default().context("a port in --url")?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+            .next()
+            .context("resolve --url")?;
+        Ok(Server {
+            url: format!("https://localhost:{port}"),
+            certificate: std::fs::read_to_string(root.join("data/tls/cert.pem"))?,
+            addr,
+            pid,
+            child: None,
+            ready_after: None,
+        })
+    }
+
+    /// User plus system CPU time of the server so far.
+    fn cpu(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
+        // Fields after the command name, which is in parentheses: state is field 3, utime 14.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // USER_HZ is 100 on Linux.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
+    fn rss(&self) -> Option<Rss> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        let kib = |key: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(key))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        };
+        Some(Rss {
+            current: kib("VmRSS:")? * 1024,
+            peak: kib("VmHWM:")? * 1024,
+        })
+    }
+
+    /// Starts a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM).
+    fn reset_peak(&self) {
+        if let Some(pid) = self.pid {
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
+    }
+
+    async fn stop(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            let _ = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+    }
+}
+
+fn http_client(certificate: &str, addr: std::net::SocketAddr) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(certificate.as_bytes())?])
+        .resolve("localhost", addr)
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(60))
+        .build()?)
+}
+
+/// One client: its own keep-alive connection.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        bearer: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .post(format!("{}/graphql", self.url))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let body: Value = request.send().await?.json().await?;
+        if let Some(errors) = body.get("errors") {
+            bail!("{errors}");
+        }
+        Ok(body)
+    }
+}
+
+/// Opens `n` connections (one request each, so the TLS handshakes are not measured).
+async fn connect(server: &Server, n: usize) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let client = Client {
+            http: http_client(&server.certificate, server.addr)?,
+            url: server.url.clone(),
+        };
+        client.call(None, "{ __typename }", Value::Null).await?;
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// What one client does, request after request.
+enum Plan {
+    Floor,
+    /// Signs in as user `next`, then `next + step`, … (wrapping at `users`).
+    Login {
+        next: usize,
+        step: usize,
+        users: usize,
+    },
+    /// Exchanges its refresh token for a new pair, again and again.
+    Refresh(String),
+    /// Reads the profile with this access token.
+    Profile(String),
+}
+
+impl Plan {
+    fn is_login(&self) -> bool {
+        matches!(self, Plan::Login { .. })
+    }
+
+    async fn step(&mut self, client: &Client) -> anyhow::Result<()> {
+        match self {
+            Plan::Floor => {
+                client.call(None, "{ __typename }", Value::Null).await?;
+            }
+            Plan::Login { next, step, users } => {
+                let vars = json!({ "email": email(*next % *users), "password": PASSWORD });
+                *next += *step;
+                let body = client.call(None, LOGIN, vars).await?;
+                body["data"]["login"]["token"].as_str().context("a token")?;
+            }
+            Plan::Refresh(token) => {
+                let body = client.call(None, NEW_TOKEN, json!({ "t": token })).await?;
+                *token = body["data"]["newToken"]["refreshToken"]
+                    .as_str()
+                    .context("a refresh token")?
+                    .to_string();
+            }
+            Plan::Profile(token) => {
+                let body = client.call(Some(token), PROFILE, Value::Null).await?;
+                body["data"]["userProfile"]["id"]
+                    .as_str()
+                    .context("a profile")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Sample {
+    latencies: Vec<Duration>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Sample {
+    fn merge(&mut self, other: Sample) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+    }
+}
+
+async fn drive(client: Client, mut plan: Plan, until: Instant) -> (bool, Sample) {
+    let mut sample = Sample::default();
+    while Instant::now() < until {
+        let started = Instant::now();
+        match plan.step(&client).await {
+            Ok(()) => sample.latencies.push(started.elapsed()),
+            Err(e) => {
+                sample.errors += 1;
+                sample.first_error.get_or_insert_with(|| e.to_string());
+                if matches!(plan, Plan::Refresh(_)) {
+                    // The chain is broken; nothing more to measure on this client.
+                    break;
+                }
+            }
+        }
+    }
+    (plan.is_login(), sample)
+}
+
+/// Runs every client's plan for `duration`; returns the samples of logins and of the rest.
+async fn load(clients: &[Client], plans: Vec<Plan>, duration: Duration) -> (Sample, Sample) {
+    let until = Instant::now() + duration;
+    let tasks: Vec<_> = clients
+        .iter()
+        .cloned()
+        .zip(plans)
+        .map(|(client, plan)| tokio::spawn(drive(client, plan, until)))
+        .collect();
+    let (mut logins, mut others) = (Sample::default(), Sample::default());
+    for task in tasks {
+        match task.await {
+            Ok((true, s)) => logins.merge(s),
+            Ok((false, s)) => others.merge(s),
+            Err(e) => {
+                others.errors += 1;
+                others.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    (logins, others)
+}
+
+struct Row {
+    name: String,
+    clients: usize,
+    seconds: f64,
+    sample: Sample,
+    cpu: Option<Duration>,
+    peak_rss: Option<u64>,
+}
+
+impl Row {
+    fn requests(&self) -> usize {
+        self.sample.latencies.len()
+    }
+
+    fn throughput(&self) -> f64 {
+        self.requests() as f64 / self.seconds
+    }
+
+    fn cpu_per_request_us(&self) -> Option<f64> {
+        let n = self.requests() + self.sample.errors;
+        self.cpu
+            .filter(|_| n > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / n as f64)
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let mut sorted = self.sample.latencies.clone();
+        sorted.sort();
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+        sorted[at].as_secs_f64() * 1e3
+    }
+}
+
+async fn measure(
+    server: &Server,
+    name: &str,
+    clients: &[Client],
+    plans: Vec<Plan>,
+    duration: Duration,
+) -> anyhow::Result<Row> {
+    server.reset_peak();
+    let cpu_before = server.cpu();
+    let started = Instant::now();
+    let (logins, mut others) = load(clients, plans, duration).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = server
+        .cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    others.merge(logins);
+    if let Some(e) = &others.first_error {
+        eprintln!("{name}: {} errors, the first: {e}", others.errors);
+    }
+    let row = Row {
+        name: name.to_string(),
+        clients: clients.len(),
+        seconds,
+        sample: others,
+        cpu,
+        peak_rss: server.rss().map(|r| r.peak),
+    };
+    println!("  {name}: {:.1} requests/s", row.throughput());
+    Ok(row)
+}
+
+/// The storm: sign-ins and refreshes at once; the row is the refreshes, and the sign-in
+/// rate is returned beside it.
+async fn measure_storm(
+    server: &Server,
+    clients: &[Client],
+    plans: Vec<Plan>,
+    duration: Duration,
+) -> anyhow::Result<(Row, f64)> {
+    server.reset_peak();
+    let started = Instant::now();
+    let (logins, refreshes) = load(clients, plans, duration).await;
+    let seconds = started.elapsed().as_secs_f64();
+    for (what, s) in [("storm sign-ins", &logins), ("storm newToken", &refreshes)] {
+        if let Some(e) = &s.first_error {
+            eprintln!("{what}: {} errors, the first: {e}", s.errors);
+        }
+    }
+    let login_rate = logins.latencies.len() as f64 / seconds;
+    let row = Row {
+        name: format!(
+            "storm: newToken during {} sign-ins",
+            clients.len() - STORM_REFRESHERS
+        ),
+        clients: STORM_REFRESHERS,
+        seconds,
+        sample: refreshes,
+        cpu: None,
+        peak_rss: server.rss().map(|r| r.peak),
+    };
+    println!(
+        "  storm: {login_rate:.1} sign-ins/s, newToken {:.1}/s",
+        row.throughput()
+    );
+    Ok((row, login_rate))
+}
+
+struct Report<'a> {
+    rows: &'a [Row],
+    capacity: f64,
+    cores: usize,
+    idle_rss: Option<u64>,
+    ready_after: Option<Duration>,
+    store_bytes: u64,
+    users: usize,
+    storm_logins: Option<f64>,
+}
+
+fn print_report(report: &Report<'_>) {
+    let floor = report
+        .rows
+        .iter()
+        .find(|r| r.name == "floor")
+        .and_then(Row::cpu_per_request_us);
+    let mib = |b: u64| format!("{:.1}", b as f64 / 1048576.0);
+    println!();
+    println!(
+        "| scenario | clients | requests/s | p50 ms | p99 ms | max ms | errors | server CPU µs/request | × floor | peak RSS MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in report.rows {
+        let cpu = row.cpu_per_request_us();
+        let ratio = cpu.zip(floor).map(|(c, f)| c / f);
+        println!(
+            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            row.name,
+            row.clients,
+            row.throughput(),
+            row.percentile(0.50),
+            row.percentile(0.99),
+            row.percentile(1.0),
+            row.sample.errors,
+            cpu.map_or("-".into(), |c| format!("{c:.0}")),
+            ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            row.peak_rss.map_or("-".into(), mib),
+        );
+    }
+    println!();
+    let find = |name: &str| report.rows.iter().find(|r| r.name == name);
+    let mut targets: Vec<(String, Option<bool>)> = Vec::new();
+    if let Some(login) = find("login") {
+        let ratio = login.throughput() / report.capacity;
+        targets.push((
+            format!(
+                "sign-ins {:.1}/s = {ratio:.3} × raw argon2id capacity {:.1}/s (≥ 0.9)",
+                login.throughput(),
+                report.capacity
+            ),
+            Some(ratio >= 0.9),
+        ));
+    }
+    for (name, limit) in [("userProfile", 2.0), ("newToken", 3.0)] {
+        if let Some(row) = find(name) {
+            let ratio = row.cpu_per_request_us().zip(floor).map(|(c, f)| c / f);
+            targets.push((
+                format!(
+                    "{name} CPU = {} × floor (≤ {limit})",
+                    ratio.map_or("?".into(), |r| format!("{r:.2}"))
+                ),
+                ratio.map(|r| r <= limit),
+            ));
+        }
+    }
+    if let Some(storm) = report.rows.iter().find(|r| r.name.starts_with("storm")) {
+        let p99 = storm.percentile(0.99);
+        targets.push((
+            format!(
+                "newToken p99 during the storm {p99:.2} ms (≤ 25 ms), sign-ins meanwhile {:.1}/s",
+                report.storm_logins.unwrap_or(0.0)
+            ),
+            Some(p99 <= 25.0),
+        ));
+    }
+    if let Some(rss) = report.idle_rss {
+        targets.push((
+            format!(
+                "idle RSS with {} users {} MiB (≤ 64)",
+                report.users,
+                mib(rss)
+            ),
+            Some(rss <= 64 * 1048576),
+        ));
+    }
+    if let Some(ready) = report.ready_after {
+        targets.push((
+            format!("start-up to ready {} ms (≤ 500)", ready.as_millis()),
+            Some(ready <= Duration::from_millis(500)),
+        ));
+    }
+    targets.push((
+        format!(
+            "store on disk {} MiB, {:.0} bytes per user",
+            mib(report.store_bytes),
+            report.store_bytes as f64 / report.users.max(1) as f64
+        ),
+        None,
+    ));
+    println!("targets ({} cores):", report.cores);
+    for (text, met) in targets {
+        let mark = match met {
+            Some(true) => "met   ",
+            Some(false) => "MISSED",
+            None => "      ",
+        };
+        println!("  {mark} {text}");
+    }
+}
+
+/// Bytes in the files under `path`.
+fn folder_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return std::fs::metadata(path).map_or(0, |m| m.len());
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                folder_size(&p)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
