@@ -120,6 +120,10 @@ impl Store {
                     if session.refresh_expires_at <= now {
                         self.end_sessions(&[session.id])?;
                         report.sessions += 1;
+                    } else {
+                        // Refreshed since it was indexed: a rotation moves the expiry without
+                        // writing the index, so the index follows it here.
+                        self.index_expiry(ExpiryKind::Session, id, session.refresh_expires_at)?;
                     }
                 }
             }

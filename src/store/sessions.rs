@@ -127,14 +127,9 @@ impl SessionStore for Store {
         now: i64,
     ) -> Result<RotateOutcome, StoreError> {
         let _writing = self.writing();
-        if let Some(record) = self.refresh_tokens.get(old)? {
-            let record: RefreshRecord = decode(REFRESH_TOKENS, &record)?;
+        if self.refresh_tokens.contains_key(old)? {
+            // The session keeps its older expiry entry: the sweeper moves it when it is due.
             self.index_expiry(ExpiryKind::RefreshToken, new, new_expires_at)?;
-            self.index_expiry(
-                ExpiryKind::Session,
-                record.session_id.as_bytes(),
-                new_expires_at,
-            )?;
         }
         tx_result(
             (&self.sessions, &self.sessions_by_user, &self.refresh_tokens).transaction(
