@@ -30,8 +30,6 @@ use uuid::Uuid;
 
 /// The password of every seeded user.
 const PASSWORD: &str = "load-benchmark passphrase 7";
-/// The refresh tokens of the first seeded sessions, for the clients (one per line).
-const TOKENS_FILE: &str = "bench-tokens.txt";
 /// How many seeded refresh tokens are kept for the clients.
 const KEPT_TOKENS: usize = 1024;
 const LOGIN: &str = "mutation($email: EmailAddress!, $password: String!) { login(credentials: { email: $email, password: $password, deviceInfo: { deviceId: \"bench\" } }) { token } }";
@@ -66,7 +64,7 @@ struct Args {
     #[arg(long, requires = "storage")]
     seed_only: bool,
     /// Load a running Keyhold whose storage is `--storage` (seeded by `--seed-only`),
-    /// instead of starting one; its certificate is read from `--storage`/tls/cert.pem.
+    /// instead of starting one; its certificate is read from `--storage`/data/tls/cert.pem.
     #[arg(long, requires = "storage")]
     url: Option<String>,
     /// The process id of the server given by `--url`, to read its CPU time and memory.
@@ -96,7 +94,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.users, args.clients, args.seconds
     );
 
-    let seeded = seed(&config, args.users).await?;
+    let seeded = if args.url.is_some() {
+        Seeded {
+            password_hash: PasswordHasher::new(&config.passwords)?.hash_now(PASSWORD)?,
+            tokens: Vec::new(),
+        }
+    } else {
+        seed(&config, args.users).await?
+    };
     if args.seed_only {
         println!("seeded {} users in {}", args.users, root.display());
         return Ok(());
@@ -133,7 +138,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let pool = args.clients.max(args.storm + STORM_REFRESHERS);
     let clients = connect(&server, pool).await?;
-    let mut tokens = seeded.tokens.into_iter();
+    let tokens = if args.url.is_some() {
+        sign_in_sessions(&server, 2 * args.clients + STORM_REFRESHERS).await?
+    } else {
+        seeded.tokens
+    };
+    let mut tokens = tokens.into_iter();
     let mut take_tokens = |n: usize| -> anyhow::Result<Vec<String>> {
         let taken: Vec<String> = tokens.by_ref().take(n).collect();
         if taken.len() < n {
@@ -227,78 +237,85 @@ struct Seeded {
     tokens: Vec<String>,
 }
 
-/// Writes `users` verified accounts with one device session each straight into the store,
-/// unless it holds them already. Every account shares one password hash.
+/// Writes `users` verified accounts with one device session each straight into the store.
+/// Every account shares one password hash. A store seeded before keeps its accounts and
+/// gets fresh sessions for the first users, whose refresh tokens the clients use.
 async fn seed(config: &Config, users: usize) -> anyhow::Result<Seeded> {
     let marker = config.storage.path.join(format!("bench-seeded-{users}"));
-    let tokens_file = config.storage.path.join(TOKENS_FILE);
     let store = Store::open(&config.db_path())?;
+    let secrets = Arc::new(Secrets::load_or_create(&config.keys_dir())?);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let refresh_ttl = i64::try_from(config.tokens.refresh_ttl.as_secs())?;
+    let session_for = |user: &UserRecord| -> anyhow::Result<String> {
+        let token = random_token::<32>();
+        let session = SessionRecord {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            device_id: "seed".into(),
+            name: Some("seeded".into()),
+            ip_address: Some("127.0.0.1".into()),
+            user_agent: Some("keyhold-bench".into()),
+            created_at: now,
+            last_seen_at: now,
+            refresh_hash: secrets.keyed_hash(REFRESH_TOKEN, &token),
+            refresh_expires_at: now + refresh_ttl,
+        };
+        store.start_session(user, &session)?;
+        Ok(token)
+    };
     if marker.exists() {
-        let tokens = std::fs::read_to_string(&tokens_file)?
-            .lines()
-            .map(String::from)
-            .collect();
-        let user = store
-            .user_by_email(&email(0))?
-            .context("the seeded users are gone")?;
+        let mut tokens = Vec::new();
+        let mut password_hash = String::new();
+        for i in 0..KEPT_TOKENS.min(users) {
+            let user = store
+                .user_by_email(&email(i))?
+                .context("a seeded user is gone")?;
+            tokens.push(session_for(&user)?);
+            password_hash = user.password_hash;
+        }
+        store.flush().await?;
         return Ok(Seeded {
-            password_hash: user.password_hash,
+            password_hash,
             tokens,
         });
     }
     let started = Instant::now();
     let password_hash = PasswordHasher::new(&config.passwords)?.hash_now(PASSWORD)?;
-    let secrets = Arc::new(Secrets::load_or_create(&config.keys_dir())?);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let refresh_ttl = i64::try_from(config.tokens.refresh_ttl.as_secs())?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut workers = Vec::new();
-    for t in 0..threads {
-        let (store, secrets, hash) = (store.clone(), secrets.clone(), password_hash.clone());
-        workers.push(std::thread::spawn(
-            move || -> anyhow::Result<Vec<(usize, String)>> {
-                let mut kept = Vec::new();
-                for i in (t..users).step_by(threads) {
-                    let user = UserRecord {
-                        email_verified: true,
-                        ..UserRecord::new(&email(i), &format!("user{i}"), hash.clone(), now)
-                    };
-                    store.insert_user(&user)?;
-                    let token = random_token::<32>();
-                    let session = SessionRecord {
-                        id: Uuid::new_v4(),
-                        user_id: user.id,
-                        device_id: "seed".into(),
-                        name: Some("seeded".into()),
-                        ip_address: Some("127.0.0.1".into()),
-                        user_agent: Some("keyhold-bench".into()),
-                        created_at: now,
-                        last_seen_at: now,
-                        refresh_hash: secrets.keyed_hash(REFRESH_TOKEN, &token),
-                        refresh_expires_at: now + refresh_ttl,
-                    };
-                    store.start_session(&user, &session)?;
-                    if i < KEPT_TOKENS {
-                        kept.push((i, token));
+    let kept: Vec<(usize, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (store, hash, session_for) = (&store, &password_hash, &session_for);
+                scope.spawn(move || -> anyhow::Result<Vec<(usize, String)>> {
+                    let mut kept = Vec::new();
+                    for i in (t..users).step_by(threads) {
+                        let user = UserRecord {
+                            email_verified: true,
+                            ..UserRecord::new(&email(i), &format!("user{i}"), hash.clone(), now)
+                        };
+                        store.insert_user(&user)?;
+                        let token = session_for(&user)?;
+                        if i < KEPT_TOKENS {
+                            kept.push((i, token));
+                        }
                     }
-                }
-                Ok(kept)
-            },
-        ));
-    }
-    let mut kept = Vec::new();
-    for worker in workers {
-        kept.extend(
-            worker
-                .join()
-                .map_err(|_| anyhow::anyhow!("a seeding thread panicked"))??,
-        );
-    }
+                    Ok(kept)
+                })
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for worker in workers {
+            kept.extend(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a seeding thread panicked"))??,
+            );
+        }
+        Ok::<_, anyhow::Error>(kept)
+    })?;
     store.flush().await?;
-    drop(store);
+    let mut kept = kept;
     kept.sort();
-    let tokens: Vec<String> = kept.into_iter().map(|(_, t)| t).collect();
-    std::fs::write(&tokens_file, tokens.join("\n"))?;
     std::fs::write(&marker, "")?;
     println!(
         "seeded {users} users and sessions in {:.1} s",
@@ -306,8 +323,31 @@ async fn seed(config: &Config, users: usize) -> anyhow::Result<Seeded> {
     );
     Ok(Seeded {
         password_hash,
-        tokens,
+        tokens: kept.into_iter().map(|(_, t)| t).collect(),
     })
+}
+
+/// For a server of its own (`--url`): the store is its; device sessions come from signing in.
+async fn sign_in_sessions(server: &Server, n: usize) -> anyhow::Result<Vec<String>> {
+    let client = Client {
+        http: http_client(&server.certificate, server.addr)?,
+        url: server.url.clone(),
+    };
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        let body = client
+            .call(
+                None,
+                "mutation($email: EmailAddress!, $password: String!, $device: String) { login(credentials: { email: $email, password: $password, deviceInfo: { deviceId: $device } }) { refreshToken } }",
+                json!({ "email": email(i), "password": PASSWORD, "device": format!("bench-{i}") }),
+            )
+            .await?;
+        let token = body["data"]["login"]["refreshToken"]
+            .as_str()
+            .context("a refresh token from login")?;
+        tokens.push(token.to_string());
+    }
+    Ok(tokens)
 }
 
 fn email(i: usize) -> String {

@@ -1,19 +1,46 @@
-//! Micro-benchmarks. Run: `cargo bench --bench micro`.
+//! Micro-benchmarks of the pieces a request is made of. Run: `cargo bench --bench micro`
+//! (one group: `cargo bench --bench micro -- jwt`). Figures are in BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyhold::auth::Auth;
+use keyhold::auth::sessions::REFRESH_TOKEN;
+use keyhold::auth::two_factor::six_digits;
+use keyhold::auth::{Auth, PasswordHasher, Secrets, Tokens, secrets::random_token};
+use keyhold::config::PasswordsConfig;
 use keyhold::mail::{LogTransport, Mailer, Templates};
-use keyhold::store::Store;
+use keyhold::store::records::{
+    ChallengePurpose, ChallengeRecord, SecondFactor, SessionRecord, UserRecord,
+};
+use keyhold::store::{ChallengeStore, RotateOutcome, SessionStore, Store, UserStore};
 use keyhold::{Clock, Config};
+use serde_json::json;
+use uuid::Uuid;
 
-/// `{ __typename }` through the schema alone: the GraphQL floor, without TLS or HTTP.
-fn graphql_floor(c: &mut Criterion) {
+const PASSWORD: &str = "micro-benchmark passphrase";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A store, its secrets and a full `Auth` over a temporary folder.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    config: Config,
+    auth: Arc<Auth>,
+}
+
+fn fixture(passwords: PasswordsConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.storage.path = dir.path().to_path_buf();
+    config.passwords = passwords;
+    config.limits.enabled = false;
     let clock = Clock::system();
     let mailer = Mailer::new(
         &config.mail.from,
@@ -23,15 +50,179 @@ fn graphql_floor(c: &mut Criterion) {
     );
     let store = Store::open(&config.db_path()).unwrap();
     let auth = Arc::new(Auth::new(Arc::new(config.clone()), store, clock, mailer).unwrap());
-    let schema = keyhold::graphql::build_schema(&config.graphql, auth);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    c.bench_function("graphql_typename_through_schema", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { black_box(schema.execute("{ __typename }").await) })
+    Fixture {
+        _dir: dir,
+        config,
+        auth,
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A verified user with `hash` as password hash.
+fn user(store: &Store, hash: String) -> UserRecord {
+    let user = UserRecord {
+        email_verified: true,
+        ..UserRecord::new("ada@example.com", "ada", hash, now())
+    };
+    store.insert_user(&user).unwrap();
+    user
+}
+
+/// argon2id verification at the default parameters, on one of Keyhold's hashing threads.
+fn argon2(c: &mut Criterion) {
+    let rt = runtime();
+    let hasher = PasswordHasher::new(&PasswordsConfig::default()).unwrap();
+    let phc = hasher.hash_now(PASSWORD).unwrap();
+    let mut group = c.benchmark_group("argon2id");
+    group.sample_size(20);
+    group.bench_function("verify_default_parameters", |b| {
+        b.to_async(&rt).iter(|| async {
+            let verified = hasher
+                .verify(PASSWORD.into(), Some(phc.clone()))
+                .await
+                .unwrap();
+            assert!(black_box(verified).matches);
+        })
+    });
+    group.finish();
+}
+
+/// Access tokens: Ed25519 signing, a first check, and the check of a token seen before.
+fn jwt(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let tokens = Tokens::load_or_create(&store, &Config::default().tokens, now()).unwrap();
+    let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut group = c.benchmark_group("jwt");
+    group.bench_function("sign", |b| {
+        b.iter(|| black_box(tokens.issue(user, session, now()).unwrap()))
+    });
+    group.bench_function("verify_first_use", |b| {
+        b.iter_batched(
+            || tokens.issue(user, session, now()).unwrap().0,
+            |token| black_box(tokens.verify(&token, now()).unwrap()),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let (token, _) = tokens.issue(user, session, now()).unwrap();
+    group.bench_function("verify_seen_before", |b| {
+        b.iter(|| black_box(tokens.verify(&token, now()).unwrap()))
+    });
+    group.finish();
+}
+
+/// One refresh-token rotation in the store (without the flush to disk).
+fn refresh_rotation(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let secrets = Secrets::load_or_create(&dir.path().join("keys")).unwrap();
+    let user = user(&store, "$argon2id$stub".into());
+    let first = random_token::<32>();
+    let session = SessionRecord {
+        id: Uuid::new_v4(),
+        user_id: user.id,
+        device_id: "bench".into(),
+        name: None,
+        ip_address: None,
+        user_agent: None,
+        created_at: now(),
+        last_seen_at: now(),
+        refresh_hash: secrets.keyed_hash(REFRESH_TOKEN, &first),
+        refresh_expires_at: now() + 3600,
+    };
+    store.start_session(&user, &session).unwrap();
+    let mut current = secrets.keyed_hash(REFRESH_TOKEN, &first);
+    c.bench_function("store/refresh_rotation", |b| {
+        b.iter(|| {
+            let fresh = random_token::<32>();
+            let next = secrets.keyed_hash(REFRESH_TOKEN, &fresh);
+            let outcome = store
+                .rotate_refresh(&current, &next, now() + 3600, now())
+                .unwrap();
+            assert!(matches!(outcome, RotateOutcome::Rotated(_)));
+            current = next;
+        })
     });
 }
 
-criterion_group!(benches, graphql_floor);
+/// A mailed 6-digit code: made, hashed and stored; then read back, checked and used up.
+fn code_issue_and_check(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let secrets = Secrets::load_or_create(&dir.path().join("keys")).unwrap();
+    let user = user(&store, "$argon2id$stub".into());
+    c.bench_function("store/code_issue_and_check", |b| {
+        b.iter(|| {
+            let code = six_digits();
+            let challenge = ChallengeRecord {
+                id: Uuid::new_v4(),
+                user_id: user.id,
+                purpose: ChallengePurpose::StepUp {
+                    reason: "GENERIC".into(),
+                },
+                method: SecondFactor::Email,
+                code_hash: Some(secrets.keyed_hash("two-factor-code", &code)),
+                attempts: 0,
+                resends: 0,
+                last_sent_at: now(),
+                expires_at: now() + 600,
+            };
+            store.put_challenge(&challenge, &[]).unwrap();
+            let current = store.challenge(challenge.id).unwrap().unwrap();
+            let typed = secrets.keyed_hash("two-factor-code", &code);
+            assert_eq!(current.record.code_hash, Some(typed));
+            assert!(store.swap_challenge(&current, None, &[]).unwrap());
+        })
+    });
+}
+
+/// GraphQL through the schema alone (no TLS, no HTTP): the floor, a sign-in with hashing
+/// made negligible (argon2 at 8 KiB, one pass), a refresh and a profile read.
+fn graphql(c: &mut Criterion) {
+    let rt = runtime();
+    let cheap = PasswordsConfig {
+        argon2_memory_kib: 8,
+        argon2_iterations: 1,
+        ..PasswordsConfig::default()
+    };
+    let f = fixture(cheap.clone());
+    let hash = PasswordHasher::new(&cheap)
+        .unwrap()
+        .hash_now(PASSWORD)
+        .unwrap();
+    user(&f.auth.store, hash);
+    let schema = keyhold::graphql::build_schema(&f.config.graphql, f.auth.clone());
+    let login = || {
+        async_graphql::Request::new(
+            "mutation($e: EmailAddress!, $p: String!) { login(credentials: { email: $e, password: $p, deviceInfo: { deviceId: \"bench\" } }) { token refreshToken } }",
+        )
+        .variables(async_graphql::Variables::from_json(
+            json!({ "e": "ada@example.com", "p": PASSWORD }),
+        ))
+    };
+    let mut group = c.benchmark_group("graphql");
+    group.bench_function("typename", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(schema.execute("{ __typename }").await) })
+    });
+    group.bench_function("login_hashing_excluded", |b| {
+        b.to_async(&rt).iter(|| async {
+            let response = schema.execute(login()).await;
+            assert!(response.errors.is_empty(), "{:?}", response.errors);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    argon2,
+    jwt,
+    refresh_rotation,
+    code_issue_and_check,
+    graphql
+);
 criterion_main!(benches);

@@ -344,7 +344,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(nice, HASHING_NICE);
-        assert!(kept == 0 || kept == 64, "the 64 KiB of argon2 memory: {kept} blocks");
+        assert!(
+            kept == 0 || kept == 64,
+            "the 64 KiB of argon2 memory: {kept} blocks"
+        );
     }
 
     #[tokio::test]
