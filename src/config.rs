@@ -431,6 +431,13 @@ impl Config {
                 ));
             }
         }
+        argon2::Params::new(
+            self.passwords.argon2_memory_kib,
+            self.passwords.argon2_iterations,
+            self.passwords.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| ConfigError::key("passwords.argon2_memory_kib", e))?;
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::key("storage.path", "must not be empty"));
         }

@@ -1,4 +1,4 @@
-//! The command line: `keyhold serve [--config PATH]`.
+//! The command line: `keyhold serve`, and the tools an operator runs beside it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the GraphQL schema (SDL) the server serves.
+    Schema,
+    /// Check a configuration without starting: every key, the TLS files, the mail templates.
+    CheckConfig {
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Start an installation in DIR (default: here): a commented config.toml with every
+    /// default, and a self-signed certificate under DIR/data/tls.
+    Init {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Restore FILE into the storage of a stopped server (the old database is kept aside).
     Restore {
         #[arg(long, short, value_name = "PATH")]
@@ -77,6 +90,12 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(config).await,
             Command::Backup { config, file } => backup(config, file).await,
             Command::Restore { config, file } => restore(config, file),
+            Command::Schema => {
+                println!("{}", keyhold::graphql::sdl());
+                Ok(())
+            }
+            Command::CheckConfig { config } => check_config(config),
+            Command::Init { dir } => init(&dir),
             Command::Audit {
                 config,
                 user,
@@ -175,6 +194,60 @@ fn restore(config: Option<PathBuf>, file: PathBuf) -> anyhow::Result<()> {
         summary.trees,
         config.db_path().display()
     );
+    Ok(())
+}
+
+fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(path.as_deref())?;
+    if config.tls.cert_file.is_some() {
+        keyhold::tls::install_crypto_provider();
+        keyhold::tls::TlsMaterial::load(&config)?;
+    }
+    keyhold::mail::Templates::load(config.mail.templates_dir.as_deref())?;
+    let source = path.map_or_else(
+        || {
+            if std::path::Path::new("config.toml").exists() {
+                "./config.toml".to_string()
+            } else {
+                "the defaults".to_string()
+            }
+        },
+        |p| p.display().to_string(),
+    );
+    println!("configuration OK ({source})");
+    println!("  listen          {}", config.server.listen);
+    println!("  public_url      {}", config.server.public_url);
+    println!("  storage.path    {}", config.storage.path.display());
+    println!(
+        "  tls             {}",
+        config.tls.cert_file.as_ref().map_or_else(
+            || format!("self-signed, in {}", config.generated_tls_dir().display()),
+            |c| c.display().to_string()
+        )
+    );
+    println!("  mail.transport  {:?}", config.mail.transport);
+    Ok(())
+}
+
+/// The shipped `config.toml`: every key with its default and a comment.
+const SHIPPED_CONFIG: &str = include_str!("../config.toml");
+
+fn init(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("config.toml");
+    if file.exists() {
+        anyhow::bail!("{} exists already: nothing was changed", file.display());
+    }
+    let mut config = Config::from_toml_str(SHIPPED_CONFIG)?;
+    // storage.path is read relative to where `keyhold serve` starts: DIR.
+    let relative = config.storage.path.clone();
+    config.storage.path = dir.join(relative.strip_prefix(".").unwrap_or(&relative));
+    keyhold::tls::install_crypto_provider();
+    let tls = keyhold::tls::TlsMaterial::load(&config)?;
+    std::fs::write(&file, SHIPPED_CONFIG)?;
+    println!("wrote {}", file.display());
+    println!("certificate {}", tls.cert_path.display());
+    println!("start it with: cd {} && keyhold serve", dir.display());
     Ok(())
 }
 

@@ -36,8 +36,33 @@ fn contract() -> String {
 
 #[test]
 fn every_part_of_the_contract_schema_is_served_with_the_same_type() {
+    let missing = gaps(&keyhold::graphql::sdl());
+    assert!(
+        missing.is_empty(),
+        "not served as the contract says: {missing:#?}"
+    );
+}
+
+#[test]
+fn keyhold_schema_prints_the_served_sdl_and_it_meets_the_contract() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(printed.trim_end(), keyhold::graphql::sdl().trim_end());
+    let missing = gaps(&printed);
+    assert!(
+        missing.is_empty(),
+        "not served as the contract says: {missing:#?}"
+    );
+}
+
+/// What of the contract `served` lacks or types differently.
+fn gaps(served: &str) -> Vec<String> {
     let contract = contract();
-    let ours = types_of(&keyhold::graphql::sdl());
+    let ours = types_of(served);
     let mut missing = Vec::new();
     for (name, wanted) in types_of(&contract) {
         let Some(served) = ours.get(&name) else {
@@ -110,8 +135,5 @@ fn every_part_of_the_contract_schema_is_served_with_the_same_type() {
         }
     }
     missing.sort();
-    assert!(
-        missing.is_empty(),
-        "not served as the contract says: {missing:#?}"
-    );
+    missing
 }

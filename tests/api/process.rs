@@ -446,3 +446,95 @@ async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one()
     signal(&child, "-TERM");
     child.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn init_writes_a_commented_config_and_a_certificate_that_serve_and_check_config_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = keyhold(dir.path())
+        .args(["init", "site"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let site = dir.path().join("site");
+    let written = std::fs::read_to_string(site.join("config.toml")).unwrap();
+    assert!(written.starts_with("# Keyhold configuration"), "commented");
+    let certificate = std::fs::read_to_string(site.join("data/tls/cert.pem")).unwrap();
+    assert!(certificate.contains("BEGIN CERTIFICATE"));
+
+    let checked = keyhold(&site).arg("check-config").output().await.unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("configuration OK"));
+
+    let again = keyhold(dir.path())
+        .args(["init", "site"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing config.toml is never overwritten"
+    );
+    assert_eq!(
+        std::fs::read_to_string(site.join("config.toml")).unwrap(),
+        written
+    );
+
+    // serve uses the certificate init made.
+    std::fs::write(
+        site.join("config.toml"),
+        written.replace("listen = \"127.0.0.1:8443\"", "listen = \"127.0.0.1:0\""),
+    )
+    .unwrap();
+    let (mut child, addr, _stderr, _log) = start_server(&site, &[]).await;
+    let body = call(
+        &https_client(&certificate, addr),
+        addr,
+        None,
+        "{ __typename }",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(body["data"]["__typename"], "RootQueryType");
+    signal(&child, "-TERM");
+    child.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn check_config_names_the_bad_key_and_the_unreadable_file_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (config, named) in [
+        (
+            "[passwords]\nargon2_memory_kib = 1\n",
+            "passwords.argon2_memory_kib",
+        ),
+        ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        (
+            "[tls]\ncert_file = \"nowhere.pem\"\nkey_file = \"nowhere.key\"\n",
+            "nowhere.pem",
+        ),
+    ] {
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let output = keyhold(dir.path())
+            .args(["check-config", "--config", "config.toml"])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{config}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(named), "{config}: {stderr}");
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing was started or made"
+    );
+}
