@@ -101,6 +101,12 @@ async fn handle(request: &Value, auth: &Arc<Auth>) -> anyhow::Result<Value> {
             let events = auth.store.audit_since(since, email.as_deref(), limit)?;
             Ok(json!({ "ok": true, "events": events }))
         }
+        Some("rotate-keys") => {
+            let (auth, now) = (auth.clone(), auth.clock.unix_seconds());
+            let kid =
+                tokio::task::spawn_blocking(move || auth.tokens.rotate(&auth.store, now)).await??;
+            Ok(json!({ "ok": true, "kid": kid }))
+        }
         Some("ping") => Ok(json!({ "ok": true })),
         other => anyhow::bail!("unknown command {other:?}"),
     }

@@ -97,10 +97,8 @@ impl Application {
         let (stop, mut stopped) = watch::channel(false);
         let sweep_stats = Arc::new(SweepStats::default());
         let sweeper = tokio::spawn(run_sweeper(
-            auth.store.clone(),
-            auth.clock.clone(),
+            auth.clone(),
             config.storage.sweep_interval,
-            auth.limits.clone(),
             config.audit.retention,
             sweep_stats.clone(),
             stop.subscribe(),
@@ -182,6 +180,11 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.auth.store
+    }
+
+    /// The use cases and everything they share: store, clock, tokens, mailer.
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
     }
 
     pub fn mailer(&self) -> &Mailer {

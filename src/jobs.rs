@@ -8,8 +8,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::auth::Auth;
-use crate::auth::limits::Limits;
-use crate::clock::Clock;
 use crate::store::records::QueuedMail;
 use crate::store::{AuditStore, MailQueueStore, Store, StoreError, SweepReport};
 
@@ -39,14 +37,13 @@ pub struct SweepStats {
 /// The sweeper: a pass every `interval`, each batch on a blocking thread with a yield
 /// between, until `stop` turns true. A failed pass is logged and the loop goes on.
 pub async fn run_sweeper(
-    store: Store,
-    clock: Clock,
+    auth: Arc<Auth>,
     interval: Duration,
-    limits: Arc<Limits>,
     audit_retention: Duration,
     stats: Arc<SweepStats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (store, clock, limits) = (auth.store.clone(), auth.clock.clone(), auth.limits.clone());
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -62,7 +59,14 @@ pub async fn run_sweeper(
                 tracing::error!(error = %e, "cannot prune the audit log");
                 0
             });
-        let pruned = limits.prune(now) + old_events;
+        let old_keys = auth
+            .tokens
+            .drop_retired_keys(&store, now)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot remove retired signing keys");
+                0
+            });
+        let pruned = limits.prune(now) + old_events + old_keys;
         stats
             .removed
             .fetch_add(u64::try_from(pruned).unwrap_or(0), Ordering::Relaxed);

@@ -47,6 +47,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Access-token signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print the GraphQL schema (SDL) the server serves.
     Schema,
     /// Check a configuration without starting: every key, the TLS files, the mail templates.
@@ -65,6 +70,16 @@ enum Command {
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new signing key current. The old one stays in the JWKS until every token it
+    /// signed has expired (tokens.access_ttl); then the sweeper removes it.
+    Rotate {
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -90,6 +105,9 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(config).await,
             Command::Backup { config, file } => backup(config, file).await,
             Command::Restore { config, file } => restore(config, file),
+            Command::Keys {
+                command: KeysCommand::Rotate { config },
+            } => rotate_keys(config).await,
             Command::Schema => {
                 println!("{}", keyhold::graphql::sdl());
                 Ok(())
@@ -193,6 +211,25 @@ fn restore(config: Option<PathBuf>, file: PathBuf) -> anyhow::Result<()> {
         summary.entries,
         summary.trees,
         config.db_path().display()
+    );
+    Ok(())
+}
+
+async fn rotate_keys(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let request = serde_json::json!({ "command": "rotate-keys" });
+    let kid = match keyhold::admin::call(&config.admin_socket(), &request).await? {
+        Some(answer) if answer["ok"] == true => answer["kid"].as_str().unwrap_or("?").to_string(),
+        Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
+        None => {
+            let store = keyhold::store::Store::open(&config.db_path())?;
+            let tokens = keyhold::auth::Tokens::load_or_create(&store, &config.tokens, now())?;
+            tokens.rotate(&store, now())?
+        }
+    };
+    println!(
+        "signing key {kid} is current; the previous one verifies its tokens for {} more",
+        humantime::format_duration(config.tokens.access_ttl)
     );
     Ok(())
 }

@@ -10,7 +10,7 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -43,8 +43,8 @@ struct SigningKey {
 
 /// Signs and verifies access tokens.
 pub struct Tokens {
-    /// Newest first; the first signs.
-    keys: Vec<SigningKey>,
+    /// The current key first (it signs), then retired ones, newest first.
+    keys: RwLock<Vec<SigningKey>>,
     issuer: String,
     audience: String,
     access_ttl: i64,
@@ -61,7 +61,7 @@ const VERIFIED_CACHE: usize = 16_384;
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kids: Vec<_> = self.keys.iter().map(|k| k.kid.as_str()).collect();
+        let kids: Vec<_> = self.keys.read().iter().map(|k| k.kid.clone()).collect();
         f.debug_struct("Tokens")
             .field("kids", &kids)
             .finish_non_exhaustive()
@@ -75,18 +75,13 @@ impl Tokens {
         config: &TokensConfig,
         now: i64,
     ) -> anyhow::Result<Tokens> {
-        let mut records = store.signing_keys()?;
-        if records.is_empty() {
+        let records = store.signing_keys()?;
+        if !records.iter().any(|r| r.retired_at.is_none()) {
             let record = new_signing_key(now)?;
             store.add_signing_key(&record)?;
             tracing::info!(kid = %record.kid, "generated the first access-token signing key");
-            records.push(record);
         }
-        records.sort_by_key(|r| std::cmp::Reverse(r.created_at));
-        let keys = records
-            .iter()
-            .map(signing_key)
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let keys = load_keys(store)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
@@ -96,7 +91,7 @@ impl Tokens {
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         Ok(Tokens {
-            keys,
+            keys: RwLock::new(keys),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             access_ttl: i64::try_from(config.access_ttl.as_secs()).unwrap_or(i64::MAX),
@@ -107,8 +102,8 @@ impl Tokens {
 
     /// A signed access token for this user and device session, and when it expires.
     pub fn issue(&self, user_id: Uuid, session_id: Uuid, now: i64) -> Result<(String, i64)> {
-        let key = self
-            .keys
+        let keys = self.keys.read();
+        let key = keys
             .first()
             .ok_or_else(|| Error::internal(anyhow::anyhow!("no signing key")))?;
         let exp = now.saturating_add(self.access_ttl);
@@ -167,8 +162,8 @@ impl Tokens {
             return Err(Error::InvalidToken);
         }
         let kid = header.kid.ok_or(Error::InvalidToken)?;
-        let key = self
-            .keys
+        let keys = self.keys.read();
+        let key = keys
             .iter()
             .find(|k| k.kid == kid)
             .ok_or(Error::InvalidToken)?;
@@ -181,6 +176,7 @@ impl Tokens {
     pub fn jwks(&self) -> serde_json::Value {
         let keys: Vec<_> = self
             .keys
+            .read()
             .iter()
             .map(|k| {
                 serde_json::json!({
@@ -197,6 +193,58 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// Makes a new key current. The one it replaces keeps verifying the tokens it signed
+    /// until they expire (`tokens.access_ttl`); then `drop_retired_keys` removes it. Returns
+    /// the new key's id.
+    pub fn rotate(&self, store: &Store, now: i64) -> anyhow::Result<String> {
+        let mut keys = self.keys.write();
+        let fresh = new_signing_key(now)?;
+        for mut record in store.signing_keys()? {
+            if record.retired_at.is_none() {
+                record.retired_at = Some(now);
+                store.add_signing_key(&record)?;
+            }
+        }
+        store.add_signing_key(&fresh)?;
+        *keys = load_keys(store)?;
+        tracing::info!(kid = %fresh.kid, "rotated the access-token signing key");
+        Ok(fresh.kid)
+    }
+
+    /// Removes retired keys whose every token has expired. Returns how many.
+    pub fn drop_retired_keys(&self, store: &Store, now: i64) -> anyhow::Result<usize> {
+        let mut keys = self.keys.write();
+        let mut dropped = 0;
+        for record in store.signing_keys()? {
+            if record
+                .retired_at
+                .is_some_and(|at| at.saturating_add(self.access_ttl) <= now)
+            {
+                store.remove_signing_key(&record.kid)?;
+                tracing::info!(kid = %record.kid, "removed a retired signing key: every token it signed has expired");
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            *keys = load_keys(store)?;
+        }
+        Ok(dropped)
+    }
+
+    /// The ids of the keys in the JWKS, the current one first.
+    pub fn kids(&self) -> Vec<String> {
+        self.keys.read().iter().map(|k| k.kid.clone()).collect()
+    }
+}
+
+/// The stored keys, the current one first, then the retired ones, newest first.
+fn load_keys(store: &Store) -> anyhow::Result<Vec<SigningKey>> {
+    let mut records = store.signing_keys()?;
+    records.sort_by_key(|r| (r.retired_at.is_some(), std::cmp::Reverse(r.created_at)));
+    records.iter().map(signing_key).collect()
+}
+
 fn new_signing_key(now: i64) -> anyhow::Result<SigningKeyRecord> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
@@ -206,6 +254,7 @@ fn new_signing_key(now: i64) -> anyhow::Result<SigningKeyRecord> {
         kid: thumbprint(&URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())),
         pkcs8: STANDARD.encode(pkcs8.as_ref()),
         created_at: now,
+        retired_at: None,
     })
 }
 

@@ -240,6 +240,10 @@ pub struct SigningKeyRecord {
     /// PKCS#8 document, base64.
     pub pkcs8: String,
     pub created_at: i64,
+    /// When a newer key took over signing. A retired key still verifies the tokens it
+    /// signed until they have all expired; then the sweeper removes it.
+    #[serde(default)]
+    pub retired_at: Option<i64>,
 }
 
 impl std::fmt::Debug for SigningKeyRecord {
@@ -247,6 +251,7 @@ impl std::fmt::Debug for SigningKeyRecord {
         f.debug_struct("SigningKeyRecord")
             .field("kid", &self.kid)
             .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
             .finish_non_exhaustive()
     }
 }

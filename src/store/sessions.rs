@@ -50,7 +50,9 @@ pub trait SessionStore {
 /// The keys that sign access tokens.
 pub trait SigningKeyStore {
     fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+    /// Adds or replaces a key record, durably.
     fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError>;
+    fn remove_signing_key(&self, kid: &str) -> Result<(), StoreError>;
 }
 
 impl SessionStore for Store {
@@ -208,6 +210,13 @@ impl SigningKeyStore for Store {
     fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
         let _writing = self.writing();
         self.signing_keys.insert(key.kid.as_bytes(), encode(key))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn remove_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+        let _writing = self.writing();
+        self.signing_keys.remove(kid.as_bytes())?;
         self.db.flush()?;
         Ok(())
     }

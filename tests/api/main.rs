@@ -15,6 +15,7 @@ mod limits;
 mod logs;
 mod mail;
 mod mail_queue;
+mod operations;
 mod passwords;
 mod process;
 mod properties;

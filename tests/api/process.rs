@@ -538,3 +538,44 @@ async fn check_config_names_the_bad_key_and_the_unreadable_file_without_starting
         "nothing was started or made"
     );
 }
+
+#[tokio::test]
+async fn keys_rotate_works_on_a_stopped_server_and_the_next_start_serves_every_live_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let output = keyhold(dir.path())
+            .args(["keys", "rotate", "--config", "config.toml"])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("is current"));
+    }
+    let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
+    let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
+    let jwks: Value = https_client(&certificate, addr)
+        .get(format!(
+            "https://localhost:{}/.well-known/jwks.json",
+            addr.port()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The first key (made by the first rotate's load) and two rotations: all within their
+    // tokens' lifetime, so all are served.
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 3, "{jwks}");
+    signal(&child, "-TERM");
+    child.wait().await.unwrap();
+}

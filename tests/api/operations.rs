@@ -1,0 +1,93 @@
+//! Operating a running server: signing-key rotation, metrics, the admin command line.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, error_code};
+
+const PASSWORD: &str = "correct horse battery staple";
+const PROFILE: &str = "{ userProfile { email } }";
+
+async fn jwks_kids(app: &TestApp) -> Vec<String> {
+    let jwks: Value = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+#[tokio::test]
+async fn a_rotated_key_verifies_its_tokens_until_they_expire_then_leaves_the_jwks() {
+    let app = TestApp::spawn().await;
+    app.verified_user("ada@example.com", PASSWORD).await;
+    let before = app
+        .signed_in("ada@example.com", PASSWORD, Some("phone"))
+        .await;
+    let old_token = before["token"].as_str().unwrap().to_string();
+    let old_kid = kid_of(&old_token);
+    assert_eq!(jwks_kids(&app).await, vec![old_kid.clone()]);
+
+    // Through the admin socket, as `keyhold keys rotate` does while the server runs.
+    let answer = keyhold::admin::call(
+        &app.app.config().admin_socket(),
+        &json!({ "command": "rotate-keys" }),
+    )
+    .await
+    .unwrap()
+    .expect("the server answers");
+    assert_eq!(answer["ok"], true, "{answer}");
+    let new_kid = answer["kid"].as_str().unwrap().to_string();
+    assert_ne!(new_kid, old_kid);
+    assert_eq!(
+        jwks_kids(&app).await,
+        vec![new_kid.clone(), old_kid.clone()]
+    );
+
+    let after = app
+        .signed_in("ada@example.com", PASSWORD, Some("laptop"))
+        .await;
+    assert_eq!(
+        kid_of(after["token"].as_str().unwrap()),
+        new_kid,
+        "the new key signs"
+    );
+    let body = app.graphql_as(&old_token, PROFILE, Value::Null).await;
+    assert_eq!(
+        body["data"]["userProfile"]["email"], "ada@example.com",
+        "{body}"
+    );
+
+    // Just before the old token expires, the sweeper keeps the old key, and the token works.
+    let ttl = app.app.config().tokens.access_ttl;
+    app.clock.advance(ttl - std::time::Duration::from_secs(2));
+    let auth = app.app.auth();
+    let now = app.clock.unix_seconds();
+    assert_eq!(auth.tokens.drop_retired_keys(&auth.store, now).unwrap(), 0);
+    let body = app.graphql_as(&old_token, PROFILE, Value::Null).await;
+    assert_eq!(
+        body["data"]["userProfile"]["email"], "ada@example.com",
+        "{body}"
+    );
+
+    // Once every token it signed has expired, the sweeper drops it.
+    app.clock.advance(std::time::Duration::from_secs(5));
+    let now = app.clock.unix_seconds();
+    assert_eq!(auth.tokens.drop_retired_keys(&auth.store, now).unwrap(), 1);
+    assert_eq!(jwks_kids(&app).await, vec![new_kid]);
+    let body = app.graphql_as(&old_token, PROFILE, Value::Null).await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN");
+    app.stop().await;
+}
