@@ -63,12 +63,16 @@ impl Application {
             clock.clone(),
             mailer,
         )?);
+        let sweep_stats = Arc::new(SweepStats::default());
+        let mail_stats = Arc::new(MailStats::default());
         let state = Arc::new(HttpState {
             schema: build_schema(&config.graphql, auth.clone()),
             auth: auth.clone(),
             graphql: config.graphql.clone(),
             store,
             clock,
+            mail_stats: mail_stats.clone(),
+            sweep_stats: sweep_stats.clone(),
         });
 
         let certificate = RustlsCertificate::new()
@@ -95,7 +99,6 @@ impl Application {
         );
 
         let (stop, mut stopped) = watch::channel(false);
-        let sweep_stats = Arc::new(SweepStats::default());
         let sweeper = tokio::spawn(run_sweeper(
             auth.clone(),
             config.storage.sweep_interval,
@@ -124,7 +127,6 @@ impl Application {
         }
         // The mail worker stops last, after everything that may still queue mail.
         let (stop_mail, mail_stopped) = watch::channel(false);
-        let mail_stats = Arc::new(MailStats::default());
         let mail_worker = tokio::spawn(run_mail_worker(
             auth.clone(),
             mail_stats.clone(),

@@ -45,7 +45,17 @@ pub struct Config {
     pub graphql: GraphqlConfig,
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
     pub testing: TestingConfig,
+}
+
+/// `GET /metrics` (Prometheus text format).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// When set, a scrape must send `Authorization: Bearer <token>`.
+    #[serde(deserialize_with = "lenient_secret")]
+    pub token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

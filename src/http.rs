@@ -124,6 +124,8 @@ pub struct HttpState {
     pub graphql: GraphqlConfig,
     pub store: Store,
     pub clock: Clock,
+    pub mail_stats: Arc<crate::jobs::MailStats>,
+    pub sweep_stats: Arc<crate::jobs::SweepStats>,
 }
 
 /// Every route Keyhold serves, with the security headers, the request time limit and,
@@ -137,6 +139,7 @@ pub fn routes(state: Arc<HttpState>) -> BoxEndpoint<'static, Response> {
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/.well-known/jwks.json", get(jwks))
+        .at("/metrics", get(metrics))
         .data(state)
         .with(
             SetHeader::new()
@@ -392,6 +395,84 @@ async fn jwks(Data(state): Data<&Arc<HttpState>>) -> Response {
         header::HeaderValue::from_static("public, max-age=300"),
     );
     response
+}
+
+/// `GET /metrics`: Prometheus text format; with `metrics.token`, for its bearer only.
+#[handler]
+async fn metrics(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Response {
+    use secrecy::ExposeSecret;
+    use std::sync::atomic::Ordering;
+    if let Some(token) = &state.auth.config.metrics.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let expected = token.expose_secret().as_bytes();
+        if aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), expected).is_err() {
+            let mut refused = json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({ "error": "metrics.token is set: send Authorization: Bearer <token>" }),
+            );
+            refused.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return refused;
+        }
+    }
+    let auth = state.auth.clone();
+    let (mail, sweep) = (state.mail_stats.clone(), state.sweep_stats.clone());
+    // Counting the sessions walks a tree: off the async threads.
+    let rendered = tokio::task::spawn_blocking(move || {
+        use crate::store::MailQueueStore;
+        let m = &auth.metrics;
+        m.gauge(
+            "keyhold_password_hashes_in_use",
+            &[],
+            auth.passwords.in_use() as f64,
+        );
+        m.gauge(
+            "keyhold_mail_queue_depth",
+            &[],
+            auth.store.mail_queue_len() as f64,
+        );
+        m.gauge(
+            "keyhold_device_sessions",
+            &[],
+            auth.store.session_count() as f64,
+        );
+        m.set_counter("keyhold_mail_sent_total", mail.sent.load(Ordering::Relaxed));
+        m.set_counter(
+            "keyhold_mail_retries_total",
+            mail.retried.load(Ordering::Relaxed),
+        );
+        m.set_counter(
+            "keyhold_mail_dropped_total",
+            mail.dropped.load(Ordering::Relaxed),
+        );
+        m.set_counter(
+            "keyhold_sweeper_removed_total",
+            sweep.removed.load(Ordering::Relaxed),
+        );
+        m.render()
+    })
+    .await;
+    match rendered {
+        Ok(text) => Response::builder()
+            .status(StatusCode::OK)
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(text),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the metrics");
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({ "error": "the metrics could not be rendered" }),
+            )
+        }
+    }
 }
 
 /// `GET /healthz`: the process is up.

@@ -60,6 +60,7 @@ pub struct Subject<'a> {
 impl Auth {
     /// Records `event` about `who` with `outcome` (`ok`, or the refusal's code).
     pub(crate) fn audit(&self, event: Event, who: Subject<'_>, outcome: &str) {
+        self.count_event(event, outcome);
         let record = AuditRecord {
             at: self.now(),
             event: event.as_str().to_string(),
@@ -71,6 +72,33 @@ impl Auth {
         };
         if let Err(e) = self.store.append_audit(&record) {
             tracing::error!(error = %e, event = event.as_str(), "cannot write the audit log");
+        }
+    }
+
+    /// The metrics of an audited event: every event by name and outcome, and the outcomes
+    /// an operator watches on their own.
+    fn count_event(&self, event: Event, outcome: &str) {
+        let m = &self.metrics;
+        m.count(
+            "keyhold_auth_events_total",
+            &[("event", event.as_str()), ("outcome", outcome)],
+        );
+        match event {
+            Event::SignedIn => m.count("keyhold_sign_ins_total", &[("outcome", "ok")]),
+            Event::SignInFailed => m.count("keyhold_sign_ins_total", &[("outcome", "failed")]),
+            Event::TwoFactorCodeSent => {
+                if outcome == "sign_in" {
+                    m.count(
+                        "keyhold_sign_ins_total",
+                        &[("outcome", "second_factor_pending")],
+                    );
+                }
+                m.count("keyhold_codes_total", &[("result", "sent")]);
+            }
+            Event::TwoFactorAccepted => m.count("keyhold_codes_total", &[("result", "accepted")]),
+            Event::TwoFactorRefused => m.count("keyhold_codes_total", &[("result", "refused")]),
+            Event::RateLimited => m.count("keyhold_rate_limited_total", &[("limit", outcome)]),
+            _ => {}
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Auth {
     pub mail_ready: Arc<Notify>,
     /// Abuse limits, shared with the sweeper that prunes them.
     pub limits: Arc<limits::Limits>,
+    /// What `GET /metrics` reports.
+    pub metrics: crate::metrics::Metrics,
     /// When each session was last used, kept in memory so that a request does not write.
     last_seen: Mutex<HashMap<Uuid, i64>>,
 }
@@ -94,6 +96,7 @@ impl Auth {
             tasks: TaskTracker::new(),
             mail_ready: Arc::new(Notify::new()),
             limits,
+            metrics: crate::metrics::Metrics::new(),
             last_seen: Mutex::new(HashMap::new()),
         })
     }

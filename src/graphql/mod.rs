@@ -4,6 +4,7 @@
 pub mod account;
 pub mod context;
 pub mod error;
+mod metrics;
 pub mod password;
 pub mod scalars;
 pub mod session;
@@ -45,6 +46,7 @@ pub fn build_schema(config: &GraphqlConfig, auth: Arc<Auth>) -> KeyholdSchema {
     )
     .limit_depth(config.max_depth)
     .limit_complexity(config.max_complexity)
+    .extension(metrics::RequestMetrics { auth: auth.clone() })
     .data(auth);
     if !config.introspection {
         builder = builder.disable_introspection();

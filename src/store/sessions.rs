@@ -196,6 +196,13 @@ impl SessionStore for Store {
     }
 }
 
+impl Store {
+    /// How many device sessions exist (walks the tree).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
 impl SigningKeyStore for Store {
     fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.signing_keys

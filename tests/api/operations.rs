@@ -91,3 +91,114 @@ async fn a_rotated_key_verifies_its_tokens_until_they_expire_then_leaves_the_jwk
     assert_eq!(error_code(&body), "INVALID_TOKEN");
     app.stop().await;
 }
+
+async fn scrape(app: &TestApp, token: Option<&str>) -> (u16, String) {
+    let mut request = app.client.get(app.url("/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The value of the sample whose line starts with `series` (name and labels).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_count_requests_outcomes_and_state_in_prometheus_format() {
+    let app = TestApp::spawn().await;
+    app.verified_user("ada@example.com", PASSWORD).await;
+    let signed = app
+        .signed_in("ada@example.com", PASSWORD, Some("phone"))
+        .await;
+    let wrong = app
+        .login("ada@example.com", "not the password at all", None)
+        .await;
+    assert_eq!(error_code(&wrong), "INVALID_CREDENTIALS");
+    let token = signed["token"].as_str().unwrap();
+    app.graphql_as(token, PROFILE, Value::Null).await;
+    app.graphql("{ __typename }", Value::Null).await;
+
+    let (status, text) = scrape(&app, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&text, "keyhold_sign_ins_total{outcome=\"ok\"}"), 1.0);
+    assert_eq!(
+        sample(&text, "keyhold_sign_ins_total{outcome=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "keyhold_graphql_requests_total{operation=\"login\",outcome=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "keyhold_graphql_requests_total{operation=\"login\",outcome=\"error\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "keyhold_graphql_requests_total{operation=\"userProfile\",outcome=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "keyhold_graphql_requests_total{operation=\"introspection\",outcome=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "keyhold_graphql_request_duration_seconds_count{operation=\"login\"}"
+        ),
+        2.0
+    );
+    assert!(text.contains(
+        "keyhold_graphql_request_duration_seconds_bucket{operation=\"login\",le=\"0.005\"}"
+    ));
+    assert_eq!(sample(&text, "keyhold_device_sessions"), 1.0);
+    assert_eq!(sample(&text, "keyhold_password_hashes_in_use"), 0.0);
+    assert!(sample(&text, "keyhold_mail_queue_depth") >= 0.0);
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "keyhold_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+    assert!(text.contains("# HELP keyhold_sign_ins_total"));
+    assert!(!text.contains(token), "never a token");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_token_guards_the_scrape() {
+    let app = TestApp::spawn_with(|c| {
+        c.metrics.token = Some("scrape-secret-0123456789".to_string().into());
+    })
+    .await;
+    assert_eq!(scrape(&app, None).await.0, 401);
+    assert_eq!(scrape(&app, Some("wrong")).await.0, 401);
+    let (status, text) = scrape(&app, Some("scrape-secret-0123456789")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("keyhold_build_info"));
+    app.stop().await;
+}
