@@ -107,6 +107,10 @@ async fn handle(request: &Value, auth: &Arc<Auth>) -> anyhow::Result<Value> {
                 tokio::task::spawn_blocking(move || auth.tokens.rotate(&auth.store, now)).await??;
             Ok(json!({ "ok": true, "kid": kid }))
         }
+        Some("user") => {
+            let result = user_command(auth, request).await?;
+            Ok(json!({ "ok": true, "result": result }))
+        }
         Some("ping") => Ok(json!({ "ok": true })),
         other => anyhow::bail!("unknown command {other:?}"),
     }
@@ -135,4 +139,27 @@ pub async fn call(path: &Path, request: &Value) -> anyhow::Result<Option<Value>>
     Ok(Some(
         serde_json::from_str(&line).context("the server's answer")?,
     ))
+}
+
+/// `keyhold user ACTION`, run against `auth`: by the server for the admin socket, or by the
+/// command line itself on a stopped server's storage. `request` has `action`, and `email`
+/// (the account, or for `list` a part of the addresses to show).
+pub async fn user_command(auth: &Auth, request: &Value) -> anyhow::Result<Value> {
+    let email = request["email"].as_str();
+    let account = || email.context("this command needs the account's e-mail address");
+    let value = match request["action"].as_str() {
+        Some("list") => serde_json::to_value(auth.list_users(email)?)?,
+        Some("show") => serde_json::to_value(auth.show_user(account()?)?)?,
+        Some("create") => serde_json::to_value(auth.invite_user(account()?).await?)?,
+        Some("disable") => serde_json::to_value(auth.set_disabled(account()?, true).await?)?,
+        Some("enable") => serde_json::to_value(auth.set_disabled(account()?, false).await?)?,
+        Some("delete") => {
+            auth.delete_user(account()?).await?;
+            json!({ "deleted": account()? })
+        }
+        Some("reset-2fa") => serde_json::to_value(auth.reset_two_factor(account()?).await?)?,
+        Some("logout-all") => json!({ "ended": auth.logout_everywhere(account()?).await? }),
+        other => anyhow::bail!("unknown user action {other:?}"),
+    };
+    Ok(value)
 }

@@ -47,6 +47,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Accounts: list, show, create (mails an invitation), disable, enable, delete, reset-2fa,
+    /// logout-all. Through the running server, or on the stopped server's storage.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Access-token signing keys.
     Keys {
         #[command(subcommand)]
@@ -71,6 +77,84 @@ enum Command {
         config: Option<PathBuf>,
         file: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct UserOptions {
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Every account, or those whose address contains --email.
+    List {
+        #[arg(long, value_name = "PART")]
+        email: Option<String>,
+        #[command(flatten)]
+        options: UserOptions,
+    },
+    /// One account and its signed-in devices.
+    Show {
+        email: String,
+        #[command(flatten)]
+        options: UserOptions,
+    },
+    /// Make an account and mail it a link to choose its password.
+    Create {
+        email: String,
+        #[command(flatten)]
+        options: UserOptions,
+    },
+    /// Refuse its sign-ins (ACCOUNT_DISABLED) and end every device session.
+    Disable {
+        email: String,
+        #[command(flatten)]
+        options: UserOptions,
+    },
+    /// Allow its sign-ins again.
+    Enable {
+        email: String,
+        #[command(flatten)]
+        options: UserOptions,
+    },
+    /// Remove the account and end its device sessions.
+    Delete {
+        email: String,
+        #[command(flatten)]
+        options: UserOptions,
+    },
+    /// Turn two-factor sign-in off (a lost phone).
+    #[command(name = "reset-2fa")]
+    Reset2fa {
+        email: String,
+        #[command(flatten)]
+        options: UserOptions,
+    },
+    /// End every device session of the account.
+    LogoutAll {
+        email: String,
+        #[command(flatten)]
+        options: UserOptions,
+    },
+}
+
+impl UserCommand {
+    fn parts(self) -> (&'static str, Option<String>, UserOptions) {
+        match self {
+            UserCommand::List { email, options } => ("list", email, options),
+            UserCommand::Show { email, options } => ("show", Some(email), options),
+            UserCommand::Create { email, options } => ("create", Some(email), options),
+            UserCommand::Disable { email, options } => ("disable", Some(email), options),
+            UserCommand::Enable { email, options } => ("enable", Some(email), options),
+            UserCommand::Delete { email, options } => ("delete", Some(email), options),
+            UserCommand::Reset2fa { email, options } => ("reset-2fa", Some(email), options),
+            UserCommand::LogoutAll { email, options } => ("logout-all", Some(email), options),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -105,6 +189,7 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(config).await,
             Command::Backup { config, file } => backup(config, file).await,
             Command::Restore { config, file } => restore(config, file),
+            Command::User { command } => user(command).await,
             Command::Keys {
                 command: KeysCommand::Rotate { config },
             } => rotate_keys(config).await,
@@ -213,6 +298,94 @@ fn restore(config: Option<PathBuf>, file: PathBuf) -> anyhow::Result<()> {
         config.db_path().display()
     );
     Ok(())
+}
+
+async fn user(command: UserCommand) -> anyhow::Result<()> {
+    let (action, email, options) = command.parts();
+    let config = Config::load(options.config.as_deref())?;
+    let request = serde_json::json!({ "command": "user", "action": action, "email": email });
+    let result = match keyhold::admin::call(&config.admin_socket(), &request).await? {
+        Some(answer) if answer["ok"] == true => answer["result"].clone(),
+        Some(answer) => anyhow::bail!("{}", answer["error"].as_str().unwrap_or("refused")),
+        None => {
+            // The server is stopped: work on its storage directly. Mail is queued and goes
+            // out when the server next starts.
+            let clock = keyhold::Clock::system();
+            let store = keyhold::store::Store::open(&config.db_path())?;
+            let mailer = keyhold::mail::Mailer::from_config(&config, clock.clone())?;
+            let auth = keyhold::auth::Auth::new(std::sync::Arc::new(config), store, clock, mailer)?;
+            let result = keyhold::admin::user_command(&auth, &request).await?;
+            auth.store.flush().await?;
+            result
+        }
+    };
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    print_user_result(action, &result);
+    Ok(())
+}
+
+fn print_user_result(action: &str, result: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let row = |u: &serde_json::Value| {
+        format!(
+            "{:<36}  {:<32} {:<20} {:<8} {:<9} {:<5} {:>7}  {}",
+            text(&u["id"]),
+            text(&u["email"]),
+            text(&u["username"]),
+            if u["email_verified"] == true {
+                "yes"
+            } else {
+                "no"
+            },
+            text(&u["state"]),
+            text(&u["two_factor"]),
+            u["device_sessions"],
+            text(&u["last_login_at"]),
+        )
+    };
+    let header = format!(
+        "{:<36}  {:<32} {:<20} {:<8} {:<9} {:<5} {:>7}  {}",
+        "ID", "EMAIL", "USERNAME", "VERIFIED", "STATE", "2FA", "DEVICES", "LAST SIGN-IN"
+    );
+    match action {
+        "list" => {
+            println!("{header}");
+            for u in result.as_array().into_iter().flatten() {
+                println!("{}", row(u));
+            }
+        }
+        "show" => {
+            println!("{header}");
+            println!("{}", row(result));
+            println!();
+            println!(
+                "{:<24} {:<24} {:<16} {:<25} LAST SEEN",
+                "DEVICE", "NAME", "IP", "SIGNED IN"
+            );
+            for d in result["devices"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<24} {:<16} {:<25} {}",
+                    text(&d["device_id"]),
+                    text(&d["name"]),
+                    text(&d["ip_address"]),
+                    text(&d["created_at"]),
+                    text(&d["last_seen_at"]),
+                );
+            }
+        }
+        "delete" => println!("deleted {}", text(&result["deleted"])),
+        "logout-all" => println!("ended {} device sessions", result["ended"]),
+        _ => {
+            if action == "create" {
+                println!("invitation mailed to {}", text(&result["email"]));
+            }
+            println!("{header}");
+            println!("{}", row(result));
+        }
+    }
 }
 
 async fn rotate_keys(config: Option<PathBuf>) -> anyhow::Result<()> {

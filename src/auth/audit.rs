@@ -25,6 +25,10 @@ pub enum Event {
     LoggedOut,
     RefreshTokenReuse,
     RateLimited,
+    /// By an operator (`keyhold user …`).
+    AccountDisabled,
+    AccountEnabled,
+    AccountDeleted,
 }
 
 impl Event {
@@ -44,6 +48,9 @@ impl Event {
             Event::LoggedOut => "logged_out",
             Event::RefreshTokenReuse => "refresh_token_reuse",
             Event::RateLimited => "rate_limited",
+            Event::AccountDisabled => "account_disabled",
+            Event::AccountEnabled => "account_enabled",
+            Event::AccountDeleted => "account_deleted",
         }
     }
 }

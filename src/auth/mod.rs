@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod limits;
+pub mod operators;
 pub mod password_change;
 pub mod passwords;
 pub mod secrets;

@@ -204,15 +204,28 @@ impl Auth {
         let Some(user) = self.store.user_by_email(email.as_str())? else {
             return Ok(());
         };
+        let ttl = self.config.passwords.reset_ttl;
+        self.mail_reset_code(&user, Template::PasswordReset, ttl)
+            .await
+    }
+
+    /// Stores a fresh reset code for `user` (replacing the one before) and mails it with
+    /// `template` (`PasswordReset`, or `Invite` for an account an operator made).
+    pub(crate) async fn mail_reset_code(
+        &self,
+        user: &crate::store::records::UserRecord,
+        template: Template,
+        ttl: std::time::Duration,
+    ) -> Result<()> {
         let code = random_token::<16>();
         let record = ResetCodeRecord {
             user_id: user.id,
             email: user.email.clone(),
-            expires_at: self.now() + seconds(self.config.passwords.reset_ttl),
+            expires_at: self.now() + seconds(ttl),
         };
         let mail = [self.queue_mail(
             &user.email,
-            Template::PasswordReset,
+            template,
             context! {
                 link => self.link("reset-password", &code),
                 code => code.clone(),

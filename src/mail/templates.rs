@@ -21,16 +21,19 @@ pub enum Template {
     PasswordChanged,
     /// `new_email`, `when`: sent to the old address after an address change.
     EmailChanged,
+    /// `link`, `code`, `expires_at`: an account made by an operator (`keyhold user create`).
+    Invite,
 }
 
 impl Template {
-    pub const ALL: [Template; 6] = [
+    pub const ALL: [Template; 7] = [
         Template::VerifyEmail,
         Template::AccountExists,
         Template::TwoFactorCode,
         Template::PasswordReset,
         Template::PasswordChanged,
         Template::EmailChanged,
+        Template::Invite,
     ];
 
     /// The file stem: `NAME.txt` and `NAME.html` in `mail.templates_dir` replace the built-ins.
@@ -42,6 +45,7 @@ impl Template {
             Template::PasswordReset => "password_reset",
             Template::PasswordChanged => "password_changed",
             Template::EmailChanged => "email_changed",
+            Template::Invite => "invite",
         }
     }
 
@@ -70,6 +74,10 @@ impl Template {
             Template::EmailChanged => (
                 include_str!("templates/email_changed.txt"),
                 include_str!("templates/email_changed.html"),
+            ),
+            Template::Invite => (
+                include_str!("templates/invite.txt"),
+                include_str!("templates/invite.html"),
             ),
         }
     }

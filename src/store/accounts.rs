@@ -66,6 +66,11 @@ pub trait UserStore {
     ) -> Result<UpdateOutcome, StoreError>;
     /// Writes the account as it is (its indexes unchanged).
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    /// Every account, in id order.
+    fn all_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    /// Removes the account and its address and username indexes. Its device sessions are
+    /// ended first by the caller; codes left behind no longer find an account and expire.
+    fn delete_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
     /// Marks the address of the code verified and uses the code up.
     fn verify_email(&self, code_hash: &[u8; 32], now: i64) -> Result<VerifyOutcome, StoreError>;
 }
@@ -206,6 +211,37 @@ impl UserStore for Store {
                     queue_in(queue, mail)?;
                     Ok(UpdateOutcome::Updated)
                 }),
+        )
+    }
+
+    fn all_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        self.users
+            .iter()
+            .values()
+            .map(|bytes| decode(USERS, &bytes?))
+            .collect()
+    }
+
+    fn delete_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
+        let _writing = self.writing();
+        tx_result(
+            (&self.users, &self.users_by_email, &self.users_by_username).transaction(
+                |(users, by_email, by_username)| {
+                    if users.remove(user.id.as_bytes())?.is_none() {
+                        return Ok(false);
+                    }
+                    if by_email.get(user.email.as_bytes())?.as_deref()
+                        == Some(user.id.as_bytes().as_slice())
+                    {
+                        by_email.remove(user.email.as_bytes())?;
+                    }
+                    let name = username_key(&user.username);
+                    if by_username.get(&name)?.as_deref() == Some(user.id.as_bytes().as_slice()) {
+                        by_username.remove(name)?;
+                    }
+                    Ok(true)
+                },
+            ),
         )
     }
 

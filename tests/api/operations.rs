@@ -202,3 +202,157 @@ async fn metrics_token_guards_the_scrape() {
     assert!(text.contains("keyhold_build_info"));
     app.stop().await;
 }
+
+/// `keyhold user ACTION [EMAIL]` through the admin socket, as the command line sends it.
+async fn user_admin(app: &TestApp, action: &str, email: Option<&str>) -> Value {
+    let answer = keyhold::admin::call(
+        &app.app.config().admin_socket(),
+        &json!({ "command": "user", "action": action, "email": email }),
+    )
+    .await
+    .unwrap()
+    .expect("the server answers");
+    assert_eq!(answer["ok"], true, "{action}: {answer}");
+    answer["result"].clone()
+}
+
+const NEW_TOKEN: &str = "mutation($t: String!) { newToken(refreshToken: $t) { token } }";
+const ENABLE_2FA: &str =
+    "mutation($password: String) { enable2Fa(password: $password) { status } }";
+
+#[tokio::test]
+async fn operators_list_show_disable_enable_reset_2fa_and_log_out_accounts_while_it_runs() {
+    let app = TestApp::spawn().await;
+    app.verified_user("ada@example.com", PASSWORD).await;
+    app.verified_user("bo@example.com", PASSWORD).await;
+    let phone = app
+        .signed_in("ada@example.com", PASSWORD, Some("phone"))
+        .await;
+    app.signed_in("ada@example.com", PASSWORD, Some("laptop"))
+        .await;
+
+    let all = user_admin(&app, "list", None).await;
+    let emails: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["ada@example.com", "bo@example.com"]);
+    assert_eq!(all[0]["device_sessions"], 2);
+    assert_eq!(
+        user_admin(&app, "list", Some("bo@"))
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let shown = user_admin(&app, "show", Some("ada@example.com")).await;
+    assert_eq!(shown["state"], "active");
+    let mut devices: Vec<&str> = shown["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    devices.sort();
+    assert_eq!(devices, ["laptop", "phone"]);
+
+    // Disabled: every session ends at once, and sign-in says why.
+    let disabled = user_admin(&app, "disable", Some("ada@example.com")).await;
+    assert_eq!(disabled["state"], "disabled");
+    let token = phone["token"].as_str().unwrap();
+    assert_eq!(
+        error_code(&app.graphql_as(token, PROFILE, Value::Null).await),
+        "INVALID_TOKEN"
+    );
+    let refreshed = app
+        .graphql(NEW_TOKEN, json!({ "t": phone["refreshToken"] }))
+        .await;
+    assert_eq!(error_code(&refreshed), "INVALID_TOKEN");
+    let refused = app.login("ada@example.com", PASSWORD, None).await;
+    assert_eq!(error_code(&refused), "ACCOUNT_DISABLED");
+    user_admin(&app, "enable", Some("ada@example.com")).await;
+    let again = app
+        .signed_in("ada@example.com", PASSWORD, Some("phone"))
+        .await;
+
+    // A lost phone: 2FA off, so the next sign-in needs the password alone.
+    let token = again["token"].as_str().unwrap();
+    let on = app
+        .graphql_as(token, ENABLE_2FA, json!({ "password": PASSWORD }))
+        .await;
+    assert_eq!(on["data"]["enable2Fa"]["status"], "ENABLED", "{on}");
+    let pending = app.login("ada@example.com", PASSWORD, None).await;
+    assert!(
+        pending["data"]["login"]["token"].is_null(),
+        "a second factor is asked: {pending}"
+    );
+    let reset = user_admin(&app, "reset-2fa", Some("ada@example.com")).await;
+    assert!(reset["two_factor"].is_null());
+    let direct = app
+        .signed_in("ada@example.com", PASSWORD, Some("tablet"))
+        .await;
+    assert!(direct["token"].is_string());
+
+    let ended = user_admin(&app, "logout-all", Some("ada@example.com")).await;
+    assert_eq!(ended["ended"], 2, "phone and tablet");
+    assert_eq!(
+        user_admin(&app, "show", Some("ada@example.com")).await["devices"],
+        json!([])
+    );
+
+    let unknown = keyhold::admin::call(
+        &app.app.config().admin_socket(),
+        &json!({ "command": "user", "action": "disable", "email": "nobody@example.com" }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(unknown["ok"], false);
+    assert!(
+        unknown["error"].as_str().unwrap().contains("no account"),
+        "{unknown}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_invited_user_chooses_a_password_by_the_mailed_link_and_a_deleted_one_is_gone() {
+    let app = TestApp::spawn().await;
+    let made = user_admin(&app, "create", Some("cy@example.com")).await;
+    assert_eq!(made["email"], "cy@example.com");
+    assert_eq!(made["email_verified"], false);
+    let mail = app
+        .mailbox
+        .wait_for_subject("cy@example.com", "choose your password")
+        .await;
+    let body = app
+        .graphql(
+            "mutation($code: String!, $new: String!) { confirmPasswordReset(passwordResetParams: { code: $code, newPassword: $new }) { reset } }",
+            json!({ "code": mail.link_code(), "new": PASSWORD }),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["confirmPasswordReset"]["reset"], true,
+        "{body}"
+    );
+    assert!(app.signed_in("cy@example.com", PASSWORD, None).await["token"].is_string());
+    let again = keyhold::admin::call(
+        &app.app.config().admin_socket(),
+        &json!({ "command": "user", "action": "create", "email": "cy@example.com" }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(again["ok"], false, "an address has one account: {again}");
+
+    user_admin(&app, "delete", Some("cy@example.com")).await;
+    assert_eq!(
+        error_code(&app.login("cy@example.com", PASSWORD, None).await),
+        "INVALID_CREDENTIALS"
+    );
+    assert_eq!(user_admin(&app, "list", None).await, json!([]));
+    app.stop().await;
+}

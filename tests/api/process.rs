@@ -579,3 +579,72 @@ async fn keys_rotate_works_on_a_stopped_server_and_the_next_start_serves_every_l
     signal(&child, "-TERM");
     child.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn keyhold_user_works_on_a_stopped_server_and_through_a_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+    )
+    .unwrap();
+    let run = |args: &'static [&'static str]| {
+        let mut command = keyhold(dir.path());
+        command
+            .arg("user")
+            .args(args)
+            .args(["--config", "config.toml"]);
+        async move {
+            let output = command.output().await.unwrap();
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    // Stopped: straight on the storage; the invitation waits in the mail queue.
+    let created = run(&["create", "dee@example.com"]).await;
+    assert!(
+        created.contains("invitation mailed to dee@example.com"),
+        "{created}"
+    );
+    let table = run(&["list"]).await;
+    assert!(table.starts_with("ID "), "a table with a header: {table}");
+    assert!(
+        table.contains("dee@example.com") && table.contains("active"),
+        "{table}"
+    );
+    run(&["disable", "dee@example.com"]).await;
+
+    // Running: through the admin socket (sled allows one process, so this proves it).
+    let (mut child, _addr, _stderr, _log) = start_server(dir.path(), &[]).await;
+    let shown: Value =
+        serde_json::from_str(&run(&["show", "dee@example.com", "--json"]).await).unwrap();
+    assert_eq!(shown["state"], "disabled");
+    assert_eq!(shown["devices"], json!([]));
+    let listed: Value =
+        serde_json::from_str(&run(&["list", "--email", "dee", "--json"]).await).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let output = keyhold(dir.path())
+        .args([
+            "user",
+            "show",
+            "nobody@example.com",
+            "--config",
+            "config.toml",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no account has this address"));
+    signal(&child, "-TERM");
+    child.wait().await.unwrap();
+    // The queued invitation went out once the server ran (the log transport's outbox).
+    let outbox: Vec<_> = std::fs::read_dir(dir.path().join("data/outbox"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(!outbox.is_empty(), "the invitation was delivered");
+}
