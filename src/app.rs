@@ -43,6 +43,18 @@ impl Application {
 
     /// Starts Keyhold with the given clock, which tests move forward instead of sleeping.
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Application> {
+        config.validate()?;
+        let transport = crate::mail::transport_from_config(&config)?;
+        Self::build_with_transport(config, clock, transport).await
+    }
+
+    /// Starts Keyhold with the given clock, handing mail to `transport` instead of the one
+    /// `mail.transport` names (`keyhold::testing` captures it this way).
+    pub async fn build_with_transport(
+        config: Config,
+        clock: Clock,
+        transport: Arc<dyn crate::mail::Transport>,
+    ) -> anyhow::Result<Application> {
         crate::tls::install_crypto_provider();
         config.validate()?;
         if config.testing.expose_codes {
@@ -56,7 +68,7 @@ impl Application {
             .with_context(|| format!("storage.path {}", config.storage.path.display()))?;
         let store = Store::open(&config.db_path())?;
         let tls = TlsMaterial::load(&config)?;
-        let mailer = Mailer::from_config(&config, clock.clone())?;
+        let mailer = Mailer::with_transport(&config, clock.clone(), transport)?;
         let auth = Arc::new(Auth::new(
             config.clone(),
             store.clone(),
@@ -225,6 +237,20 @@ impl Application {
         self.auth.store.flush().await?;
         tracing::info!("Keyhold stopped; storage flushed");
         Ok(())
+    }
+
+    /// Stops the server without waiting for it: what dropping a test server does. Requests
+    /// in flight are cut short; the store is flushed when its last user lets go of it.
+    pub fn stop_in_background(self) {
+        let _ = self.stop.send(true);
+        let _ = self.stop_mail.send(true);
+        self.server.abort();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.auth.store.clone();
+            runtime.spawn(async move {
+                let _ = store.flush().await;
+            });
+        }
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down cleanly.

@@ -60,6 +60,14 @@ pub trait Transport: Send + Sync {
     async fn deliver(&self, envelope: &Envelope<'_>) -> Result<(), MailError>;
 }
 
+/// The transport `mail.transport` names.
+pub fn transport_from_config(config: &Config) -> Result<Arc<dyn Transport>, ConfigError> {
+    Ok(match config.mail.transport {
+        MailTransportKind::Log => Arc::new(LogTransport::new(config.outbox_dir())),
+        MailTransportKind::Smtp => Arc::new(SmtpTransport::from_config(&config.mail.smtp)?),
+    })
+}
+
 /// Renders templates and hands the messages to the configured transport.
 #[derive(Clone)]
 pub struct Mailer {
@@ -73,10 +81,15 @@ pub struct Mailer {
 impl Mailer {
     /// The mailer `mail.*` describes.
     pub fn from_config(config: &Config, clock: Clock) -> Result<Mailer, ConfigError> {
-        let transport: Arc<dyn Transport> = match config.mail.transport {
-            MailTransportKind::Log => Arc::new(LogTransport::new(config.outbox_dir())),
-            MailTransportKind::Smtp => Arc::new(SmtpTransport::from_config(&config.mail.smtp)?),
-        };
+        Self::with_transport(config, clock, transport_from_config(config)?)
+    }
+
+    /// The mailer `mail.*` describes, but handing messages to `transport`.
+    pub fn with_transport(
+        config: &Config,
+        clock: Clock,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Mailer, ConfigError> {
         let templates = Templates::load(config.mail.templates_dir.as_deref())?;
         Ok(Mailer::new(&config.mail.from, transport, templates, clock))
     }
