@@ -19,6 +19,8 @@ pub mod jobs;
 pub mod mail;
 pub mod metrics;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 
 pub use app::Application;
