@@ -217,8 +217,24 @@ fn graphql(c: &mut Criterion) {
     group.finish();
 }
 
+/// `keyhold::testing`: one in-process server started (port 0, temporary folder, certificate,
+/// keys) and stopped, as a test suite would for each test.
+fn test_server(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("testing");
+    group.sample_size(30);
+    group.bench_function("start_and_stop", |b| {
+        b.to_async(&rt).iter(|| async {
+            let server = keyhold::testing::TestServer::start().await.unwrap();
+            server.shutdown().await.unwrap();
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    test_server,
     argon2,
     jwt,
     refresh_rotation,

@@ -27,3 +27,8 @@ pub use app::Application;
 pub use clock::Clock;
 pub use config::Config;
 pub use error::Error;
+
+/// The README's Rust example compiles (it is the copy-paste start of `keyhold::testing`).
+#[cfg(all(doctest, feature = "testing"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -34,6 +34,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -122,7 +124,9 @@ pub struct TestServer {
 /// An access token and its refresh token, as `login`, `confirm2Fa` and `newToken` give them.
 #[derive(Debug, Clone)]
 pub struct TokenPair {
+    /// The JWT to send as `Authorization: Bearer …`.
     pub access_token: String,
+    /// The opaque token for `newToken`; it works once.
     pub refresh_token: String,
     /// The device session the pair belongs to.
     pub device_id: String,
@@ -393,7 +397,9 @@ fn client_for(certificate_pem: &str, addr: SocketAddr) -> anyhow::Result<reqwest
 /// One message the server sent.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// The recipient's address.
     pub to: String,
+    /// The subject line.
     pub subject: String,
     /// The plain-text body.
     pub text: String,
