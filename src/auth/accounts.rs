@@ -92,13 +92,7 @@ impl Auth {
                 }
                 CreateOutcome::UsernameTaken => {
                     attempt += 1;
-                    if attempt > 8 {
-                        user.username = format!("user-{}", Uuid::new_v4().simple());
-                    } else {
-                        let suffix =
-                            u32::from_be_bytes(super::secrets::random_bytes::<4>()) % 10_000;
-                        user.username = format!("{}-{suffix:04}", username_from(&doc.email));
-                    }
+                    user.username = another_username(&username_from(&doc.email), attempt);
                 }
             }
         }
@@ -261,5 +255,16 @@ fn apply_profile(user: &mut UserRecord, fields: &ProfileFields) {
     }
     if let Some(value) = fields.opt_in_marketing {
         p.opt_in_marketing = value;
+    }
+}
+
+/// A generated username after `attempt` clashes: `base-NNNN` with a random suffix, and past
+/// eight tries one that cannot clash.
+pub(crate) fn another_username(base: &str, attempt: u32) -> String {
+    if attempt > 8 {
+        format!("user-{}", Uuid::new_v4().simple())
+    } else {
+        let suffix = u32::from_be_bytes(super::secrets::random_bytes::<4>()) % 10_000;
+        format!("{base}-{suffix:04}")
     }
 }

@@ -146,12 +146,7 @@ impl Auth {
                 }
                 CreateOutcome::UsernameTaken => {
                     attempt += 1;
-                    let suffix = u32::from_be_bytes(super::secrets::random_bytes::<4>()) % 10_000;
-                    user.username = if attempt > 8 {
-                        format!("user-{}", uuid::Uuid::new_v4().simple())
-                    } else {
-                        format!("{base}-{suffix:04}")
-                    };
+                    user.username = super::accounts::another_username(&base, attempt);
                 }
             }
         }
