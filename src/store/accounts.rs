@@ -75,6 +75,29 @@ pub trait UserStore {
     fn verify_email(&self, code_hash: &[u8; 32], now: i64) -> Result<VerifyOutcome, StoreError>;
 }
 
+/// Inside a transaction: writes the account and its address and username indexes, unless
+/// the address or the username is taken (then nothing).
+fn add_account(
+    users: &sled::transaction::TransactionalTree,
+    by_email: &sled::transaction::TransactionalTree,
+    by_username: &sled::transaction::TransactionalTree,
+    user: &UserRecord,
+    record: &[u8],
+) -> sled::transaction::ConflictableTransactionResult<CreateOutcome, StoreError> {
+    if let Some(existing) = by_email.get(user.email.as_bytes())? {
+        let existing = uuid_from(USERS_BY_EMAIL, &existing).map_err(Tx::Abort)?;
+        return Ok(CreateOutcome::EmailTaken { existing });
+    }
+    let name = username_key(&user.username);
+    if by_username.get(&name)?.is_some() {
+        return Ok(CreateOutcome::UsernameTaken);
+    }
+    users.insert(user.id.as_bytes(), record)?;
+    by_email.insert(user.email.as_bytes(), user.id.as_bytes())?;
+    by_username.insert(name, user.id.as_bytes())?;
+    Ok(CreateOutcome::Created)
+}
+
 fn username_key(username: &str) -> Vec<u8> {
     username.to_lowercase().into_bytes()
 }
@@ -121,21 +144,16 @@ impl UserStore for Store {
                 &self.mail_queue,
             )
                 .transaction(|(users, by_email, by_username, codes, queue)| {
-                    if let Some(existing) = by_email.get(user.email.as_bytes())? {
-                        let existing = uuid_from(USERS_BY_EMAIL, &existing).map_err(Tx::Abort)?;
-                        queue_in(queue, on_taken)?;
-                        return Ok(CreateOutcome::EmailTaken { existing });
+                    let outcome = add_account(users, by_email, by_username, user, &record)?;
+                    match outcome {
+                        CreateOutcome::Created => {
+                            codes.insert(code_hash, code.as_slice())?;
+                            queue_in(queue, on_created)?;
+                        }
+                        CreateOutcome::EmailTaken { .. } => queue_in(queue, on_taken)?,
+                        CreateOutcome::UsernameTaken => {}
                     }
-                    let name = username_key(&user.username);
-                    if by_username.get(&name)?.is_some() {
-                        return Ok(CreateOutcome::UsernameTaken);
-                    }
-                    users.insert(user.id.as_bytes(), record.as_slice())?;
-                    by_email.insert(user.email.as_bytes(), user.id.as_bytes())?;
-                    by_username.insert(name, user.id.as_bytes())?;
-                    codes.insert(code_hash, code.as_slice())?;
-                    queue_in(queue, on_created)?;
-                    Ok(CreateOutcome::Created)
+                    Ok(outcome)
                 }),
         )
     }
@@ -146,18 +164,7 @@ impl UserStore for Store {
         tx_result(
             (&self.users, &self.users_by_email, &self.users_by_username).transaction(
                 |(users, by_email, by_username)| {
-                    if let Some(existing) = by_email.get(user.email.as_bytes())? {
-                        let existing = uuid_from(USERS_BY_EMAIL, &existing).map_err(Tx::Abort)?;
-                        return Ok(CreateOutcome::EmailTaken { existing });
-                    }
-                    let name = username_key(&user.username);
-                    if by_username.get(&name)?.is_some() {
-                        return Ok(CreateOutcome::UsernameTaken);
-                    }
-                    users.insert(user.id.as_bytes(), record.as_slice())?;
-                    by_email.insert(user.email.as_bytes(), user.id.as_bytes())?;
-                    by_username.insert(name, user.id.as_bytes())?;
-                    Ok(CreateOutcome::Created)
+                    add_account(users, by_email, by_username, user, &record)
                 },
             ),
         )
