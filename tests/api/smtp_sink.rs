@@ -42,22 +42,24 @@ impl ReceivedMail {
 
     /// The six-digit code standing alone on a line of the text body.
     pub fn six_digit_code(&self) -> String {
-        self.text()
-            .lines()
-            .map(str::trim)
-            .find(|l| l.len() == 6 && l.chars().all(|c| c.is_ascii_digit()))
+        self.as_message()
+            .six_digit_code()
             .expect("a six-digit code")
-            .to_string()
     }
 
     /// The long code of a `?code=` link in the text body.
     pub fn link_code(&self) -> String {
-        let text = self.text();
-        let start = text.find("code=").expect("a link with a code") + "code=".len();
-        text[start..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect()
+        self.as_message().link_code().expect("a link with a code")
+    }
+
+    /// The same message as `keyhold::testing` captures it, whose helpers read the codes.
+    fn as_message(&self) -> keyhold::testing::Message {
+        keyhold::testing::Message {
+            to: self.rcpt_to.first().cloned().unwrap_or_default(),
+            subject: self.subject(),
+            text: self.text(),
+            html: self.html(),
+        }
     }
 
     pub fn html(&self) -> String {
