@@ -107,6 +107,18 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET /.well-known/jwks.json`.
+    pub async fn jwks(&self) -> Value {
+        self.client
+            .get(self.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Runs one GraphQL operation at `/graphql`.
     pub async fn graphql(&self, query: &str, variables: Value) -> Value {
         let (status, body) = self

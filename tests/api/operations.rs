@@ -8,16 +8,7 @@ const PASSWORD: &str = "correct horse battery staple";
 const PROFILE: &str = "{ userProfile { email } }";
 
 async fn jwks_kids(app: &TestApp) -> Vec<String> {
-    let jwks: Value = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    jwks["keys"]
+    app.jwks().await["keys"]
         .as_array()
         .unwrap()
         .iter()

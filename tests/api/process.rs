@@ -24,6 +24,17 @@ fn keyhold(dir: &Path) -> Command {
     command
 }
 
+/// Runs `keyhold ARGS` in `dir`, expecting success; returns what it printed.
+async fn keyhold_ok(dir: &Path, args: &[&str]) -> String {
+    let output = keyhold(dir).args(args).output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "keyhold {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// Runs `keyhold serve --config config.toml` in `dir`, expecting it to refuse to start.
 async fn refused_start(dir: &Path, config: &str, env: &[(&str, &str)]) -> String {
     std::fs::write(dir.join("config.toml"), config).unwrap();
@@ -364,19 +375,15 @@ async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one()
     let doc = |email: &str| json!({ "data": json!({ "email": email, "password": "correct horse battery staple" }).to_string() });
     call(&client, addr, None, register, doc("before@example.com")).await;
 
-    let output = keyhold(dir.path())
-        .args(["backup", "--config", "config.toml", "saved.backup"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("backup written"));
-    let output = keyhold(dir.path())
-        .args([
+    let printed = keyhold_ok(
+        dir.path(),
+        &["backup", "--config", "config.toml", "saved.backup"],
+    )
+    .await;
+    assert!(printed.contains("backup written"));
+    let printed = keyhold_ok(
+        dir.path(),
+        &[
             "audit",
             "--config",
             "config.toml",
@@ -384,16 +391,9 @@ async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one()
             "before@example.com",
             "--since",
             "1h",
-        ])
-        .output()
-        .await
-        .unwrap();
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        ],
+    )
+    .await;
     assert!(
         printed.contains("registered") && printed.contains("before@example.com"),
         "{printed}"
@@ -409,27 +409,17 @@ async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one()
     signal(&child, "-TERM");
     assert!(child.wait().await.unwrap().success());
 
-    let output = keyhold(dir.path())
-        .args(["restore", "--config", "config.toml", "saved.backup"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    keyhold_ok(
+        dir.path(),
+        &["restore", "--config", "config.toml", "saved.backup"],
+    )
+    .await;
     // Stopped, a backup is taken directly.
-    let output = keyhold(dir.path())
-        .args(["backup", "--config", "config.toml", "offline.backup"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    keyhold_ok(
+        dir.path(),
+        &["backup", "--config", "config.toml", "offline.backup"],
+    )
+    .await;
 
     let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
     let client = https_client(&certificate, addr);
@@ -450,29 +440,15 @@ async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one()
 #[tokio::test]
 async fn init_writes_a_commented_config_and_a_certificate_that_serve_and_check_config_accept() {
     let dir = tempfile::tempdir().unwrap();
-    let output = keyhold(dir.path())
-        .args(["init", "site"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    keyhold_ok(dir.path(), &["init", "site"]).await;
     let site = dir.path().join("site");
     let written = std::fs::read_to_string(site.join("config.toml")).unwrap();
     assert!(written.starts_with("# Keyhold configuration"), "commented");
     let certificate = std::fs::read_to_string(site.join("data/tls/cert.pem")).unwrap();
     assert!(certificate.contains("BEGIN CERTIFICATE"));
 
-    let checked = keyhold(&site).arg("check-config").output().await.unwrap();
-    assert!(
-        checked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    assert!(String::from_utf8_lossy(&checked.stdout).contains("configuration OK"));
+    let checked = keyhold_ok(&site, &["check-config"]).await;
+    assert!(checked.contains("configuration OK"));
 
     let again = keyhold(dir.path())
         .args(["init", "site"])
@@ -548,17 +524,8 @@ async fn keys_rotate_works_on_a_stopped_server_and_the_next_start_serves_every_l
     )
     .unwrap();
     for _ in 0..2 {
-        let output = keyhold(dir.path())
-            .args(["keys", "rotate", "--config", "config.toml"])
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(String::from_utf8_lossy(&output.stdout).contains("is current"));
+        let printed = keyhold_ok(dir.path(), &["keys", "rotate", "--config", "config.toml"]).await;
+        assert!(printed.contains("is current"));
     }
     let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
     let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
@@ -589,20 +556,14 @@ async fn keyhold_user_works_on_a_stopped_server_and_through_a_running_one() {
     )
     .unwrap();
     let run = |args: &'static [&'static str]| {
-        let mut command = keyhold(dir.path());
-        command
-            .arg("user")
-            .args(args)
-            .args(["--config", "config.toml"]);
-        async move {
-            let output = command.output().await.unwrap();
-            assert!(
-                output.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8(output.stdout).unwrap()
-        }
+        let args: Vec<&str> = ["user"]
+            .iter()
+            .chain(args)
+            .chain(&["--config", "config.toml"])
+            .copied()
+            .collect();
+        let dir = dir.path().to_path_buf();
+        async move { keyhold_ok(&dir, &args).await }
     };
     // Stopped: straight on the storage; the invitation waits in the mail queue.
     let created = run(&["create", "dee@example.com"]).await;

@@ -103,15 +103,7 @@ async fn the_access_token_is_an_eddsa_jwt_with_the_contract_claims_and_a_publish
     assert_eq!(claims["exp"], app.clock.now().unix_timestamp() + 900);
     assert!(claims["jti"].is_string());
 
-    let jwks: Value = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = app.jwks().await;
     let key = jwks["keys"]
         .as_array()
         .unwrap()
