@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use keyhold::Config;
-use keyhold::auth::sessions::REFRESH_TOKEN;
-use keyhold::auth::{PasswordHasher, Secrets, secrets::random_token};
+use keyhold::auth::sessions::issue_refresh_token;
+use keyhold::auth::{PasswordHasher, Secrets};
 use keyhold::store::records::{SessionRecord, UserRecord};
 use keyhold::store::{SessionStore, Store, UserStore};
 use serde_json::{Value, json};
@@ -247,9 +247,10 @@ async fn seed(config: &Config, users: usize) -> anyhow::Result<Seeded> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let refresh_ttl = i64::try_from(config.tokens.refresh_ttl.as_secs())?;
     let session_for = |user: &UserRecord| -> anyhow::Result<String> {
-        let token = random_token::<32>();
+        let id = Uuid::new_v4();
+        let (token, refresh_hash) = issue_refresh_token(&secrets, id, 0);
         let session = SessionRecord {
-            id: Uuid::new_v4(),
+            id,
             user_id: user.id,
             device_id: "seed".into(),
             name: Some("seeded".into()),
@@ -257,8 +258,9 @@ async fn seed(config: &Config, users: usize) -> anyhow::Result<Seeded> {
             user_agent: Some("keyhold-bench".into()),
             created_at: now,
             last_seen_at: now,
-            refresh_hash: secrets.keyed_hash(REFRESH_TOKEN, &token),
+            refresh_hash,
             refresh_expires_at: now + refresh_ttl,
+            refresh_generation: 0,
         };
         store.start_session(user, &session)?;
         Ok(token)

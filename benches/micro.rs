@@ -5,9 +5,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyhold::auth::sessions::REFRESH_TOKEN;
+use keyhold::auth::sessions::issue_refresh_token;
 use keyhold::auth::two_factor::six_digits;
-use keyhold::auth::{Auth, PasswordHasher, Secrets, Tokens, secrets::random_token};
+use keyhold::auth::{Auth, PasswordHasher, Secrets, Tokens};
 use keyhold::config::PasswordsConfig;
 use keyhold::mail::{LogTransport, Mailer, Templates};
 use keyhold::store::records::{
@@ -120,9 +120,10 @@ fn refresh_rotation(c: &mut Criterion) {
     let store = Store::open(&dir.path().join("db")).unwrap();
     let secrets = Secrets::load_or_create(&dir.path().join("keys")).unwrap();
     let user = user(&store, "$argon2id$stub".into());
-    let first = random_token::<32>();
+    let id = Uuid::new_v4();
+    let (_, first) = issue_refresh_token(&secrets, id, 0);
     let session = SessionRecord {
-        id: Uuid::new_v4(),
+        id,
         user_id: user.id,
         device_id: "bench".into(),
         name: None,
@@ -130,20 +131,20 @@ fn refresh_rotation(c: &mut Criterion) {
         user_agent: None,
         created_at: now(),
         last_seen_at: now(),
-        refresh_hash: secrets.keyed_hash(REFRESH_TOKEN, &first),
+        refresh_hash: first,
         refresh_expires_at: now() + 3600,
+        refresh_generation: 0,
     };
     store.start_session(&user, &session).unwrap();
-    let mut current = secrets.keyed_hash(REFRESH_TOKEN, &first);
+    let (mut generation, mut current) = (0, first);
     c.bench_function("store/refresh_rotation", |b| {
         b.iter(|| {
-            let fresh = random_token::<32>();
-            let next = secrets.keyed_hash(REFRESH_TOKEN, &fresh);
+            let (_, next) = issue_refresh_token(&secrets, id, generation + 1);
             let outcome = store
-                .rotate_refresh(&current, &next, now() + 3600, now())
+                .rotate_refresh(id, generation, &current, &next, now() + 3600, now())
                 .unwrap();
             assert!(matches!(outcome, RotateOutcome::Rotated(_)));
-            current = next;
+            (generation, current) = (generation + 1, next);
         })
     });
 }

@@ -136,10 +136,14 @@ impl Auth {
         let kept = match keep {
             Some(id) => {
                 let mut session = self.store.session(id)?.ok_or(Error::InvalidToken)?;
-                let refresh_token = random_token::<32>();
-                session.refresh_hash = self
-                    .secrets
-                    .keyed_hash(super::sessions::REFRESH_TOKEN, &refresh_token);
+                // A new generation: the token the device held before is now a reused one.
+                session.refresh_generation += 1;
+                let (refresh_token, refresh_hash) = super::sessions::issue_refresh_token(
+                    &self.secrets,
+                    session.id,
+                    session.refresh_generation,
+                );
+                session.refresh_hash = refresh_hash;
                 session.refresh_expires_at = now + seconds(self.config.tokens.refresh_ttl);
                 session.last_seen_at = now;
                 Some((session, refresh_token))

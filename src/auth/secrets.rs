@@ -98,11 +98,16 @@ impl Secrets {
 
     /// The keyed hash under which a code or token is stored and looked up.
     pub fn keyed_hash(&self, purpose: &str, value: &str) -> [u8; 32] {
+        self.mac(purpose, value.as_bytes())
+    }
+
+    /// HMAC-SHA256 of `bytes` under the key, bound to `purpose`.
+    pub fn mac(&self, purpose: &str, bytes: &[u8]) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.key);
         // The purpose keeps a verification code from ever matching a refresh token.
         ctx.update(purpose.as_bytes());
         ctx.update(&[0]);
-        ctx.update(value.as_bytes());
+        ctx.update(bytes);
         let tag = ctx.sign();
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());

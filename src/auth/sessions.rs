@@ -1,20 +1,31 @@
 //! Sign-in, device sessions and their tokens: login, newToken, logout, sessions, and
 //! checking the access token of every authenticated request.
 
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use uuid::Uuid;
 
 use super::audit::{Event, Subject};
 use super::limits::Limit;
-use super::secrets::random_token;
+use super::secrets::{Secrets, random_bytes};
 use super::two_factor::LoginOutcome;
 use super::{Auth, Caller, Origin, seconds};
 use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::store::records::{AccountState, SessionRecord, UserRecord};
-use crate::store::{RotateOutcome, SessionStore, UserStore};
+use crate::store::{LegacyRefresh, RotateOutcome, SessionStore, UserStore};
 
 /// Purpose tag of refresh tokens in the keyed hash.
 pub const REFRESH_TOKEN: &str = "refresh-token";
+/// Purpose of the MAC inside a refresh token.
+const REFRESH_TOKEN_TAG: &str = "refresh-token-tag";
+/// First byte of a refresh token that names its session (storage format 2 on).
+const REFRESH_TOKEN_VERSION: u8 = 2;
+/// Version, session id, generation, 16 random bytes.
+const REFRESH_TOKEN_BODY: usize = 1 + 16 + 8 + 16;
+/// The body and the first 16 bytes of its MAC.
+const REFRESH_TOKEN_BYTES: usize = REFRESH_TOKEN_BODY + 16;
 /// The longest client-chosen device id and device name.
 const MAX_DEVICE_TEXT: usize = 128;
 
@@ -47,6 +58,50 @@ pub enum LogoutTarget {
     Device(String),
     /// Every device of the caller.
     All,
+}
+
+/// A new refresh token for generation `generation` of device session `session_id`, and the
+/// keyed hash that the session stores for it.
+///
+/// Its bytes, base64url: version ‖ session id ‖ generation (`u64` BE) ‖ 16 random bytes ‖ the
+/// first 16 bytes of an HMAC over all of them. The MAC makes the session and generation
+/// trustworthy, so the session record alone tells the current token (same generation, same
+/// keyed hash) from a rotated one coming back (older generation): one read and one write per
+/// rotation. The random bytes and the stored hash keep a leaked key from minting a current
+/// token without the database too.
+pub fn issue_refresh_token(
+    secrets: &Secrets,
+    session_id: Uuid,
+    generation: u64,
+) -> (String, [u8; 32]) {
+    let mut bytes = Vec::with_capacity(REFRESH_TOKEN_BYTES);
+    bytes.push(REFRESH_TOKEN_VERSION);
+    bytes.extend_from_slice(session_id.as_bytes());
+    bytes.extend_from_slice(&generation.to_be_bytes());
+    bytes.extend_from_slice(&random_bytes::<16>());
+    let tag = secrets.mac(REFRESH_TOKEN_TAG, &bytes);
+    bytes.extend_from_slice(&tag[..16]);
+    let token = URL_SAFE_NO_PAD.encode(&bytes);
+    let hash = secrets.keyed_hash(REFRESH_TOKEN, &token);
+    (token, hash)
+}
+
+/// The session and generation that a refresh token names, if Keyhold made it. `None` for
+/// anything else, including tokens of storage format 1 (32 random bytes).
+fn named_by_refresh_token(secrets: &Secrets, token: &str) -> Option<(Uuid, u64)> {
+    if token.len() != REFRESH_TOKEN_BYTES.div_ceil(3) * 4 {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    if bytes.len() != REFRESH_TOKEN_BYTES || bytes[0] != REFRESH_TOKEN_VERSION {
+        return None;
+    }
+    let (body, tag) = bytes.split_at(REFRESH_TOKEN_BODY);
+    let expected = secrets.mac(REFRESH_TOKEN_TAG, body);
+    verify_slices_are_equal(tag, &expected[..16]).ok()?;
+    let session_id = Uuid::from_slice(&body[1..17]).ok()?;
+    let generation = u64::from_be_bytes(body[17..25].try_into().ok()?);
+    Some((session_id, generation))
 }
 
 fn device_text(field: &str, value: Option<String>) -> Result<Option<String>> {
@@ -162,9 +217,10 @@ impl Auth {
         let now = self.now();
         user.last_login_at = user.current_login_at;
         user.current_login_at = Some(now);
-        let refresh_token = random_token::<32>();
+        let id = Uuid::new_v4();
+        let (refresh_token, refresh_hash) = issue_refresh_token(&self.secrets, id, 0);
         let session = SessionRecord {
-            id: Uuid::new_v4(),
+            id,
             user_id: user.id,
             device_id,
             name,
@@ -172,8 +228,9 @@ impl Auth {
             user_agent: origin.user_agent.clone(),
             created_at: now,
             last_seen_at: now,
-            refresh_hash: self.secrets.keyed_hash(REFRESH_TOKEN, &refresh_token),
+            refresh_hash,
             refresh_expires_at: now + seconds(self.config.tokens.refresh_ttl),
+            refresh_generation: 0,
         };
         if let Some(replaced) = self.store.start_session(&user, &session)? {
             self.forget_sessions(&[replaced.id]);
@@ -207,34 +264,32 @@ impl Auth {
     /// session: whoever presents it may have stolen it.
     pub async fn new_token(&self, refresh_token: &str) -> Result<SignedIn> {
         let now = self.now();
-        let old = self.secrets.keyed_hash(REFRESH_TOKEN, refresh_token.trim());
-        let fresh = random_token::<32>();
-        let new = self.secrets.keyed_hash(REFRESH_TOKEN, &fresh);
+        let presented = refresh_token.trim();
+        let presented_hash = self.secrets.keyed_hash(REFRESH_TOKEN, presented);
+        let (session_id, generation) = match named_by_refresh_token(&self.secrets, presented) {
+            Some(named) => named,
+            // Handed out before storage format 2: found through its hash, once.
+            None => match self.store.legacy_refresh(&presented_hash, now)? {
+                LegacyRefresh::Current {
+                    session_id,
+                    generation,
+                } => (session_id, generation),
+                LegacyRefresh::Refused(outcome) => return Err(self.refused(outcome).await),
+            },
+        };
+        let next = generation.checked_add(1).ok_or(Error::InvalidToken)?;
+        let (fresh, new) = issue_refresh_token(&self.secrets, session_id, next);
         let expires_at = now + seconds(self.config.tokens.refresh_ttl);
-        let session = match self.store.rotate_refresh(&old, &new, expires_at, now)? {
+        let session = match self.store.rotate_refresh(
+            session_id,
+            generation,
+            &presented_hash,
+            &new,
+            expires_at,
+            now,
+        )? {
             RotateOutcome::Rotated(session) => session,
-            RotateOutcome::Reused {
-                session_id,
-                user_id,
-            } => {
-                self.audit(
-                    Event::RefreshTokenReuse,
-                    Subject {
-                        user_id: Some(user_id),
-                        ..Subject::default()
-                    },
-                    "session_ended",
-                );
-                self.forget_sessions(&[session_id]);
-                self.store.flush().await?;
-                tracing::warn!(
-                    user = %user_id,
-                    session = %session_id,
-                    "a rotated refresh token was presented again: the device session is ended"
-                );
-                return Err(Error::InvalidToken);
-            }
-            RotateOutcome::Expired | RotateOutcome::Unknown => return Err(Error::InvalidToken),
+            refused => return Err(self.refused(refused).await),
         };
         let user = self
             .store
@@ -246,6 +301,35 @@ impl Auth {
         // The client drops the old token once it has the new one: the rotation must be durable.
         self.store.flush().await?;
         self.hand_out(user, session, fresh, now)
+    }
+
+    /// The error for a refresh token that did not rotate; a reused one has ended its session,
+    /// which is audited and made durable first.
+    async fn refused(&self, outcome: RotateOutcome) -> Error {
+        if let RotateOutcome::Reused {
+            session_id,
+            user_id,
+        } = outcome
+        {
+            self.audit(
+                Event::RefreshTokenReuse,
+                Subject {
+                    user_id: Some(user_id),
+                    ..Subject::default()
+                },
+                "session_ended",
+            );
+            self.forget_sessions(&[session_id]);
+            if let Err(e) = self.store.flush().await {
+                return e.into();
+            }
+            tracing::warn!(
+                user = %user_id,
+                session = %session_id,
+                "a rotated refresh token was presented again: the device session is ended"
+            );
+        }
+        Error::InvalidToken
     }
 
     /// Who holds `bearer`: the token must verify and its device session must still exist,

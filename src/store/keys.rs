@@ -15,7 +15,7 @@
 //! | `users_by_username` | lower-cased username (UTF-8) | user id (16 bytes) |
 //! | `sessions` | session id (16 bytes) | `SessionRecord` (one signed-in device) |
 //! | `sessions_by_user` | user id (16) ‖ device id (UTF-8) | session id (16 bytes) |
-//! | `refresh_tokens` | HMAC-SHA256 of the refresh token (32 bytes) | `RefreshRecord` |
+//! | `refresh_tokens` | HMAC-SHA256 of a refresh token of format 1 (32 bytes); nothing new is written since format 2 | `RefreshRecord` |
 //! | `email_codes` | HMAC-SHA256 of the verification code (32 bytes) | `EmailCodeRecord` |
 //! | `signing_keys` | key id (`kid`, UTF-8) | `SigningKeyRecord` (Ed25519, PKCS#8) |
 //! | `challenges` | challenge id (16 bytes) | `ChallengeRecord`: a pending sign-in second factor or step-up code |
@@ -27,8 +27,8 @@
 //! | `mail_queue` | message id (`u64` BE, in order of queueing) | `MailQueueRecord` (the message sealed) |
 //! | `expiry` | expiry time (`u64` BE, Unix seconds) ‖ kind (1 byte) ‖ the record's key | empty: what falls due when, for the sweeper |
 //!
-//! Every record that expires (e-mail and reset codes, refresh tokens, device sessions,
-//! challenges) gets an `expiry` entry written *before* the record itself, so no record is
+//! Every record that expires (e-mail and reset codes, refresh tokens of format 1, device
+//! sessions, challenges) gets an `expiry` entry written *before* the record itself, so no record is
 //! ever without one; an entry whose record is gone, or was given a later expiry, is simply
 //! dropped by the sweeper, which always checks the record's own expiry before removing it.
 //!
@@ -119,4 +119,8 @@ pub fn session_by_user_key(user_id: &uuid::Uuid, device_id: &str) -> Vec<u8> {
 
 /// The storage format this binary reads and writes. Raise it only together with a migration
 /// from the previous one, run when the store opens.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: the first.
+/// - 2: a refresh token names its device session and generation under a MAC, so a rotation
+///   rewrites the session record alone; `refresh_tokens` only holds tokens of format 1.
+pub const FORMAT_VERSION: u32 = 2;

@@ -21,7 +21,7 @@ pub use challenges::{ChallengeStore, Versioned};
 pub use expiry::SweepReport;
 pub use mail_queue::MailQueueStore;
 pub use passwords::PasswordStore;
-pub use sessions::{RotateOutcome, SessionStore, SigningKeyStore};
+pub use sessions::{LegacyRefresh, RotateOutcome, SessionStore, SigningKeyStore};
 pub use sled_store::{Store, create_private_dir};
 
 /// Why the store could not do what was asked.

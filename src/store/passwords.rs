@@ -6,9 +6,7 @@ use uuid::Uuid;
 
 use super::keys::{ExpiryKind, RESET_CODES, SESSIONS, session_by_user_key, step_up_key};
 use super::mail_queue::queue_in;
-use super::records::{
-    QueuedMail, RefreshRecord, ResetCodeRecord, SessionRecord, UserRecord, decode, encode,
-};
+use super::records::{QueuedMail, ResetCodeRecord, SessionRecord, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
 pub trait PasswordStore {
@@ -95,26 +93,14 @@ impl PasswordStore for Store {
             .collect::<Result<_, _>>()?;
         if let Some(k) = keep {
             self.index_expiry(ExpiryKind::Session, k.id.as_bytes(), k.refresh_expires_at)?;
-            self.index_expiry(
-                ExpiryKind::RefreshToken,
-                &k.refresh_hash,
-                k.refresh_expires_at,
-            )?;
         }
         let user_bytes = encode(user);
-        let kept = keep.map(|k| {
-            let refresh = RefreshRecord {
-                session_id: k.id,
-                expires_at: k.refresh_expires_at,
-            };
-            (k, encode(k), encode(&refresh))
-        });
-        // Ten trees: more than sled's tuple form takes, so the slice form.
+        let kept = keep.map(|k| (k, encode(k)));
+        // Nine trees: more than sled's tuple form takes, so the slice form.
         let trees = [
             self.users.clone(),
             self.sessions.clone(),
             self.sessions_by_user.clone(),
-            self.refresh_tokens.clone(),
             self.challenges.clone(),
             self.challenges_by_user.clone(),
             self.step_ups_by_user.clone(),
@@ -127,7 +113,6 @@ impl PasswordStore for Store {
                 users,
                 sessions_tree,
                 by_user,
-                refresh_tokens,
                 challenges,
                 challenges_by_user,
                 step_ups,
@@ -153,9 +138,8 @@ impl PasswordStore for Store {
                     by_user.remove(session_by_user_key(&old.user_id, &old.device_id))?;
                 }
             }
-            if let Some((k, session, refresh)) = &kept {
+            if let Some((k, session)) = &kept {
                 sessions_tree.insert(k.id.as_bytes(), session.as_slice())?;
-                refresh_tokens.insert(&k.refresh_hash, refresh.as_slice())?;
             }
             for key in &challenge_keys {
                 challenges.remove(&key[16..])?;

@@ -214,10 +214,16 @@ pub struct SessionRecord {
     /// Keyed hash of the one refresh token that is current for this session.
     pub refresh_hash: [u8; 32],
     pub refresh_expires_at: i64,
+    /// The generation of the current refresh token: 0 at sign-in, one more at each rotation.
+    /// A refresh token names its session and generation, so an older generation coming back
+    /// is a reuse, told from this record alone. Records of storage format 1 read as 0.
+    #[serde(default)]
+    pub refresh_generation: u64,
 }
 
-/// `refresh_tokens`: every refresh token handed out, current or already rotated, until it
-/// expires; a rotated one coming back is a theft signal.
+/// `refresh_tokens` (storage format 1 only): every refresh token handed out before format 2,
+/// current or already rotated, until it expires. Nothing new is written here; tokens of
+/// format 1 still rotate through it, into tokens that name their session.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RefreshRecord {
     pub session_id: Uuid,

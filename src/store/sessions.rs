@@ -1,5 +1,6 @@
 //! Device sessions, their refresh tokens, and the keys that sign access tokens.
 
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError as Tx;
 use uuid::Uuid;
@@ -24,6 +25,15 @@ pub enum RotateOutcome {
     Unknown,
 }
 
+/// What a refresh token of storage format 1 led to.
+#[derive(Debug)]
+pub enum LegacyRefresh {
+    /// It is its session's current token, of this generation.
+    Current { session_id: Uuid, generation: u64 },
+    /// It is not current: `Reused` (the session is ended), `Expired` or `Unknown`.
+    Refused(RotateOutcome),
+}
+
 /// Signed-in devices and their refresh tokens.
 pub trait SessionStore {
     fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
@@ -35,14 +45,23 @@ pub trait SessionStore {
         user: &UserRecord,
         session: &SessionRecord,
     ) -> Result<Option<SessionRecord>, StoreError>;
-    /// Rotates the refresh token with keyed hash `old`, or ends its session on reuse.
+    /// Rotates the refresh token of generation `generation` of session `session_id`, whose
+    /// keyed hash is `presented`, to the token with keyed hash `new` (generation + 1). An
+    /// older generation ends the session. One write: the session record, compared and
+    /// swapped.
     fn rotate_refresh(
         &self,
-        old: &[u8; 32],
+        session_id: Uuid,
+        generation: u64,
+        presented: &[u8; 32],
         new: &[u8; 32],
         new_expires_at: i64,
         now: i64,
     ) -> Result<RotateOutcome, StoreError>;
+    /// Finds the session of a refresh token of storage format 1, by its keyed hash `old`.
+    /// A current one is returned for [`SessionStore::rotate_refresh`]; one that was already
+    /// rotated ends its session.
+    fn legacy_refresh(&self, old: &[u8; 32], now: i64) -> Result<LegacyRefresh, StoreError>;
     /// Ends these sessions. Their refresh tokens die with them.
     fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError>;
 }
@@ -85,26 +104,12 @@ impl SessionStore for Store {
             session.id.as_bytes(),
             session.refresh_expires_at,
         )?;
-        self.index_expiry(
-            ExpiryKind::RefreshToken,
-            &session.refresh_hash,
-            session.refresh_expires_at,
-        )?;
         let user_bytes = encode(user);
         let session_bytes = encode(session);
-        let refresh = encode(&RefreshRecord {
-            session_id: session.id,
-            expires_at: session.refresh_expires_at,
-        });
         let index_key = session_by_user_key(&user.id, &session.device_id);
         tx_result(
-            (
-                &self.users,
-                &self.sessions,
-                &self.sessions_by_user,
-                &self.refresh_tokens,
-            )
-                .transaction(|(users, sessions, by_user, refresh_tokens)| {
+            (&self.users, &self.sessions, &self.sessions_by_user).transaction(
+                |(users, sessions, by_user)| {
                     let mut replaced = None;
                     if let Some(old_id) = by_user.get(&index_key)?
                         && let Some(old) = sessions.remove(old_id)?
@@ -115,65 +120,82 @@ impl SessionStore for Store {
                     users.insert(user.id.as_bytes(), user_bytes.as_slice())?;
                     sessions.insert(session.id.as_bytes(), session_bytes.as_slice())?;
                     by_user.insert(index_key.as_slice(), session.id.as_bytes())?;
-                    refresh_tokens.insert(&session.refresh_hash, refresh.as_slice())?;
                     Ok(replaced)
-                }),
+                },
+            ),
         )
     }
 
     fn rotate_refresh(
         &self,
-        old: &[u8; 32],
+        session_id: Uuid,
+        generation: u64,
+        presented: &[u8; 32],
         new: &[u8; 32],
         new_expires_at: i64,
         now: i64,
     ) -> Result<RotateOutcome, StoreError> {
         let _writing = self.writing();
-        if self.refresh_tokens.contains_key(old)? {
+        let key = session_id.as_bytes();
+        loop {
+            let Some(current) = self.sessions.get(key)? else {
+                return Ok(RotateOutcome::Unknown);
+            };
+            let mut session: SessionRecord = decode(SESSIONS, &current)?;
+            if session.refresh_expires_at <= now {
+                return Ok(RotateOutcome::Expired);
+            }
+            if generation < session.refresh_generation {
+                // An old token came back: whoever holds the pair may be a thief.
+                self.end_sessions(&[session.id])?;
+                return Ok(RotateOutcome::Reused {
+                    session_id: session.id,
+                    user_id: session.user_id,
+                });
+            }
+            if generation > session.refresh_generation
+                || verify_slices_are_equal(presented, &session.refresh_hash).is_err()
+            {
+                return Ok(RotateOutcome::Unknown);
+            }
+            session.refresh_hash = *new;
+            session.refresh_generation = generation + 1;
+            session.refresh_expires_at = new_expires_at;
+            session.last_seen_at = session.last_seen_at.max(now);
             // The session keeps its older expiry entry: the sweeper moves it when it is due.
-            self.index_expiry(ExpiryKind::RefreshToken, new, new_expires_at)?;
+            let swapped =
+                self.sessions
+                    .compare_and_swap(key, Some(current), Some(encode(&session)))?;
+            if swapped.is_ok() {
+                return Ok(RotateOutcome::Rotated(session));
+            }
+            // Changed meanwhile (another rotation, a logout): decide again on what is there.
         }
-        tx_result(
-            (&self.sessions, &self.sessions_by_user, &self.refresh_tokens).transaction(
-                |(sessions, by_user, refresh_tokens)| {
-                    let Some(record) = refresh_tokens.get(old)? else {
-                        return Ok(RotateOutcome::Unknown);
-                    };
-                    let record: RefreshRecord =
-                        decode(REFRESH_TOKENS, &record).map_err(Tx::Abort)?;
-                    if record.expires_at <= now {
-                        return Ok(RotateOutcome::Expired);
-                    }
-                    let Some(session) = sessions.get(record.session_id.as_bytes())? else {
-                        return Ok(RotateOutcome::Unknown);
-                    };
-                    let mut session: SessionRecord =
-                        decode(SESSIONS, &session).map_err(Tx::Abort)?;
-                    if &session.refresh_hash != old {
-                        // An old token came back: whoever holds the pair may be a thief.
-                        sessions.remove(session.id.as_bytes())?;
-                        by_user
-                            .remove(session_by_user_key(&session.user_id, &session.device_id))?;
-                        return Ok(RotateOutcome::Reused {
-                            session_id: session.id,
-                            user_id: session.user_id,
-                        });
-                    }
-                    session.refresh_hash = *new;
-                    session.refresh_expires_at = new_expires_at;
-                    session.last_seen_at = session.last_seen_at.max(now);
-                    sessions.insert(session.id.as_bytes(), encode(&session))?;
-                    refresh_tokens.insert(
-                        new,
-                        encode(&RefreshRecord {
-                            session_id: session.id,
-                            expires_at: new_expires_at,
-                        }),
-                    )?;
-                    Ok(RotateOutcome::Rotated(session))
-                },
-            ),
-        )
+    }
+
+    fn legacy_refresh(&self, old: &[u8; 32], now: i64) -> Result<LegacyRefresh, StoreError> {
+        let Some(record) = self.refresh_tokens.get(old)? else {
+            return Ok(LegacyRefresh::Refused(RotateOutcome::Unknown));
+        };
+        let record: RefreshRecord = decode(REFRESH_TOKENS, &record)?;
+        if record.expires_at <= now {
+            return Ok(LegacyRefresh::Refused(RotateOutcome::Expired));
+        }
+        let Some(session) = self.session(record.session_id)? else {
+            return Ok(LegacyRefresh::Refused(RotateOutcome::Unknown));
+        };
+        if &session.refresh_hash == old {
+            return Ok(LegacyRefresh::Current {
+                session_id: session.id,
+                generation: session.refresh_generation,
+            });
+        }
+        // A token of format 1 that was rotated already.
+        self.end_sessions(&[session.id])?;
+        Ok(LegacyRefresh::Refused(RotateOutcome::Reused {
+            session_id: session.id,
+            user_id: session.user_id,
+        }))
     }
 
     fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError> {
@@ -197,6 +219,20 @@ impl SessionStore for Store {
 }
 
 impl Store {
+    /// Writes a refresh token the way storage format 1 did (its expiry entry, then the
+    /// record), for tests of the migration from that format.
+    #[doc(hidden)]
+    pub fn put_format_1_refresh_token(
+        &self,
+        hash: &[u8; 32],
+        record: &RefreshRecord,
+    ) -> Result<(), StoreError> {
+        let _writing = self.writing();
+        self.index_expiry(ExpiryKind::RefreshToken, hash, record.expires_at)?;
+        self.refresh_tokens.insert(hash, encode(record))?;
+        Ok(())
+    }
+
     /// How many device sessions exist (walks the tree).
     pub fn session_count(&self) -> usize {
         self.sessions.len()

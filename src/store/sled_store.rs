@@ -142,7 +142,17 @@ impl Store {
                         supported: FORMAT_VERSION,
                     });
                 }
-                // Format 1 is the first; older formats will be migrated here.
+                if found < FORMAT_VERSION {
+                    // 1 → 2: refresh tokens name their session and generation, and new ones
+                    // are no longer written to `refresh_tokens`. Format 1 records read as they
+                    // are (generation 0) and format 1 tokens rotate through that tree, so
+                    // nothing is rewritten; the new version keeps an older Keyhold, which
+                    // cannot read the new tokens, from opening the database.
+                    self.meta
+                        .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                    self.db.flush()?;
+                    tracing::info!(from = found, to = FORMAT_VERSION, "storage format migrated");
+                }
                 Ok(())
             }
         }
@@ -268,6 +278,14 @@ mod tests {
         drop(store);
         let again = Store::open(&path).unwrap();
         assert!((0..200u32).all(|i| again.meta.contains_key(i.to_be_bytes()).unwrap()));
+    }
+
+    #[test]
+    fn a_format_1_store_is_migrated_when_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        Store::open(&path).unwrap().force_format_version(1).unwrap();
+        assert_eq!(Store::open(&path).unwrap().format_version().unwrap(), 2);
     }
 
     #[test]

@@ -4,7 +4,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
-use crate::helpers::{NEW_TOKEN, PASSWORD, TestApp, error_code};
+use keyhold::auth::Secrets;
+use keyhold::auth::secrets::random_token;
+use keyhold::auth::sessions::REFRESH_TOKEN;
+use keyhold::store::records::RefreshRecord;
+use keyhold::store::{SessionStore, Store, UserStore};
+
+use crate::helpers::{NEW_TOKEN, PASSWORD, TestApp, error_code, graphql_on};
 
 const PROFILE: &str = "{ userProfile { id email username } }";
 const SESSIONS: &str =
@@ -18,6 +24,11 @@ fn claims_of(token: &str) -> (Value, Value) {
         serde_json::from_slice(&header).unwrap(),
         serde_json::from_slice(&claims).unwrap(),
     )
+}
+
+/// A session id as the API shows it.
+fn session_id(id: &Value) -> uuid::Uuid {
+    uuid::Uuid::parse_str(id.as_str().unwrap()).unwrap()
 }
 
 async fn refresh(app: &TestApp, token: &str) -> Value {
@@ -225,6 +236,103 @@ async fn new_token_rotates_and_a_reused_refresh_token_ends_the_session() {
     let body = refresh(&app, rotated["refreshToken"].as_str().unwrap()).await;
     assert_eq!(error_code(&body), "INVALID_TOKEN");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn an_altered_refresh_token_is_refused_and_ends_nothing() {
+    let app = TestApp::spawn().await;
+    app.verified_user("hal@example.com", PASSWORD).await;
+    let login = app.signed_in("hal@example.com", PASSWORD, None).await;
+    let body = refresh(&app, login["refreshToken"].as_str().unwrap()).await;
+    let current = body["data"]["newToken"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = URL_SAFE_NO_PAD.decode(&current).unwrap();
+    // Version, session id, generation (1 now), random bytes, MAC.
+    assert_eq!(bytes.len(), 57);
+    assert_eq!(&bytes[1..17], session_id(&login["sessionId"]).as_bytes());
+    assert_eq!(bytes[17..25], 1u64.to_be_bytes());
+
+    // Naming an older generation of the session would end it, were the MAC not checked:
+    // whoever learnt a session id could log its device out.
+    let mut older = bytes.clone();
+    older[17..25].copy_from_slice(&0u64.to_be_bytes());
+    let mut flipped = bytes.clone();
+    flipped[56] ^= 1;
+    for forged in [older, flipped] {
+        let body = refresh(&app, &URL_SAFE_NO_PAD.encode(&forged)).await;
+        assert_eq!(error_code(&body), "INVALID_TOKEN");
+    }
+    let body = refresh(&app, &current).await;
+    assert_eq!(
+        body["data"]["newToken"]["status"], 200,
+        "the session lives on: {body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refresh_token_of_storage_format_1_rotates_once_into_one_that_names_its_session() {
+    let app = TestApp::spawn().await;
+    app.verified_user("joy@example.com", PASSWORD).await;
+    let login = app.signed_in("joy@example.com", PASSWORD, None).await;
+    let kept = app.stop_keeping_storage().await;
+    let config = crate::helpers::test_config(kept.path().join("data"), 1);
+    // Turn the store into what storage format 1 left: the session's token is 32 random
+    // bytes, with a record of its own in `refresh_tokens`.
+    let legacy = {
+        let store = Store::open(&config.db_path()).unwrap();
+        let secrets = Secrets::load_or_create(&config.keys_dir()).unwrap();
+        let id = session_id(&login["sessionId"]);
+        let mut session = store.session(id).unwrap().unwrap();
+        let user = store.user(session.user_id).unwrap().unwrap();
+        let legacy = random_token::<32>();
+        session.refresh_hash = secrets.keyed_hash(REFRESH_TOKEN, &legacy);
+        store.start_session(&user, &session).unwrap();
+        let record = RefreshRecord {
+            session_id: id,
+            expires_at: session.refresh_expires_at,
+        };
+        store
+            .put_format_1_refresh_token(&session.refresh_hash, &record)
+            .unwrap();
+        store.force_format_version(1).unwrap();
+        legacy
+    };
+    let app = keyhold::Application::build(config).await.unwrap();
+    assert_eq!(app.store().format_version().unwrap(), 2, "migrated");
+    let on = |token: String| {
+        let app = &app;
+        async move {
+            let body = graphql_on(app, None, NEW_TOKEN, json!({ "refresh": token })).await;
+            body["data"]["newToken"].clone()
+        }
+    };
+    let rotated = on(legacy.clone()).await;
+    assert_eq!(rotated["status"], 200, "{rotated}");
+    assert_eq!(rotated["sessionId"], login["sessionId"]);
+    let next = rotated["refreshToken"].as_str().unwrap().to_string();
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(&next).unwrap().len(),
+        57,
+        "the new format"
+    );
+    let newest = on(next).await;
+    assert_eq!(newest["status"], 200, "{newest}");
+
+    // The format 1 token again is a reuse: the session ends.
+    let body = graphql_on(&app, None, NEW_TOKEN, json!({ "refresh": legacy })).await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN");
+    let body = graphql_on(
+        &app,
+        None,
+        NEW_TOKEN,
+        json!({ "refresh": newest["refreshToken"] }),
+    )
+    .await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN", "the session is gone");
+    app.shutdown().await.unwrap();
 }
 
 #[tokio::test]
