@@ -9,7 +9,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -35,7 +35,12 @@ pub struct Claims {
 
 struct SigningKey {
     kid: String,
-    encoding: EncodingKey,
+    /// Held parsed: `jsonwebtoken::encode` would parse the PKCS#8 document (and derive the
+    /// public key, as costly as a signature) again for every token.
+    pair: Ed25519KeyPair,
+    /// The token's first part, the same for every token of this key: base64url of the
+    /// header `{"typ":"JWT","alg":"EdDSA","kid":…}`.
+    header: String,
     decoding: DecodingKey,
     /// The public key, base64url: the JWK `x`.
     x: String,
@@ -116,10 +121,15 @@ impl Tokens {
             exp,
             jti: Uuid::new_v4().to_string(),
         };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(key.kid.clone());
-        let token =
-            jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(Error::internal)?;
+        // JWS compact serialisation (RFC 7515 §7.1), as `jsonwebtoken::encode` writes it.
+        let claims = serde_json::to_vec(&claims).map_err(Error::internal)?;
+        let mut token = String::with_capacity(key.header.len() + claims.len() * 4 / 3 + 90);
+        token.push_str(&key.header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
+        let signature = key.pair.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
         Ok((token, exp))
     }
 
@@ -263,9 +273,12 @@ fn signing_key(record: &SigningKeyRecord) -> anyhow::Result<SigningKey> {
     let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
         .map_err(|e| anyhow::anyhow!("signing key {}: {e}", record.kid))?;
     let public = pair.public_key().as_ref().to_vec();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(record.kid.clone());
     Ok(SigningKey {
         kid: record.kid.clone(),
-        encoding: EncodingKey::from_ed_der(&pkcs8),
+        header: URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?),
+        pair,
         decoding: DecodingKey::from_ed_der(&public),
         x: URL_SAFE_NO_PAD.encode(&public),
     })
@@ -307,6 +320,24 @@ mod tests {
         assert_eq!(claims.iat, 1_000);
         assert!(!claims.jti.is_empty());
         assert!(tokens.verify(&token, exp).is_err(), "expired at exp");
+    }
+
+    #[test]
+    fn a_token_is_byte_for_byte_what_jsonwebtoken_encode_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let tokens = Tokens::load_or_create(&store, &TokensConfig::default(), 1_000).unwrap();
+        let record = &store.signing_keys().unwrap()[0];
+        let key = jsonwebtoken::EncodingKey::from_ed_der(&STANDARD.decode(&record.pkcs8).unwrap());
+        let (token, _) = tokens.issue(Uuid::new_v4(), Uuid::new_v4(), 1_000).unwrap();
+        let claims = tokens.verify(&token, 1_001).unwrap();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(record.kid.clone());
+        // Ed25519 signatures are deterministic: the same input gives the same token.
+        assert_eq!(
+            token,
+            jsonwebtoken::encode(&header, &*claims, &key).unwrap()
+        );
     }
 
     #[test]
