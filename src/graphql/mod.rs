@@ -46,7 +46,7 @@ pub fn build_schema(config: &GraphqlConfig, auth: Arc<Auth>) -> KeyholdSchema {
     )
     .limit_depth(config.max_depth)
     .limit_complexity(config.max_complexity)
-    .extension(metrics::RequestMetrics { auth: auth.clone() })
+    .extension(metrics::RequestMetrics::new(auth.clone()))
     .data(auth);
     if !config.introspection {
         builder = builder.disable_introspection();

@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_code};
+use crate::helpers::{LOGIN, PASSWORD, TestApp, error_code};
 
 #[tokio::test]
 async fn typename_answers_root_query_type_on_both_paths() {
@@ -251,5 +251,32 @@ async fn health_and_readiness_answer() {
     assert_eq!(response.status().as_u16(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "ready");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_query_text_seen_before_is_answered_by_its_own_variables_and_checked_again() {
+    let app = TestApp::spawn().await;
+    // The parsed document of a text is kept: what varies must still come from each request.
+    app.verified_user("kit@example.com", PASSWORD).await;
+    let query = LOGIN;
+    for (password, expected) in [
+        (PASSWORD, json!(200)),
+        ("not the password", Value::Null),
+        (PASSWORD, json!(200)),
+    ] {
+        let variables = json!({ "email": "kit@example.com", "password": password });
+        let body = app.graphql(query, variables).await;
+        assert_eq!(body["data"]["login"]["status"], expected, "{body}");
+    }
+    // Validation runs on a kept document too, and what did not parse is never kept.
+    for _ in 0..2 {
+        let body = app.graphql(query, json!({})).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+        let body = app.graphql("{ noSuchField }", Value::Null).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+        let body = app.graphql("{ __typename ", Value::Null).await;
+        assert_eq!(body["errors"][0]["extensions"]["field"], "query", "{body}");
+    }
     app.stop().await;
 }
