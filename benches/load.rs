@@ -12,6 +12,8 @@
 //! `keyhold serve` as its own process (so the server's CPU time and memory are read from
 //! `/proc/<pid>` apart from the load generator's), measures the raw argon2id capacity of the
 //! machine, then drives keep-alive HTTPS load from concurrent clients, one connection each.
+//! `floor`, `newToken` and `userProfile` take turns, a second each, so that changes in the
+//! machine's speed reach them alike and their ratios to the floor hold.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -156,23 +158,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let users = args.users;
     let c = args.clients;
 
+    // The floor and the two token scenarios are compared: they take turns (see
+    // `measure_in_turns`). Sign-ins are compared with the argon2 capacity instead.
+    let mut turns = Vec::new();
     if wanted("floor") {
-        let plans = (0..c).map(|_| Plan::Floor).collect();
-        rows.push(measure(&server, "floor", &clients[..c], plans, duration).await?);
-    }
-    if wanted("login") {
-        let plans = (0..c)
-            .map(|k| Plan::Login {
-                next: k,
-                step: c,
-                users,
-            })
-            .collect();
-        rows.push(measure(&server, "login", &clients[..c], plans, duration).await?);
+        turns.push(("floor", (0..c).map(|_| Plan::Floor).collect()));
     }
     if wanted("newToken") {
         let plans = take_tokens(c)?.into_iter().map(Plan::Refresh).collect();
-        rows.push(measure(&server, "newToken", &clients[..c], plans, duration).await?);
+        turns.push(("newToken", plans));
     }
     if wanted("userProfile") {
         let mut plans = Vec::new();
@@ -185,7 +179,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .context("newToken for userProfile")?;
             plans.push(Plan::Profile(token.to_string()));
         }
-        rows.push(measure(&server, "userProfile", &clients[..c], plans, duration).await?);
+        turns.push(("userProfile", plans));
+    }
+    if !turns.is_empty() {
+        rows.extend(measure_in_turns(&server, &clients, turns, args.seconds).await?);
+    }
+    if wanted("login") {
+        let plans = (0..c)
+            .map(|k| Plan::Login {
+                next: k,
+                step: c,
+                users,
+            })
+            .collect();
+        rows.push(measure(&server, "login", &clients[..c], plans, duration).await?);
     }
     let mut storm_logins = None;
     if wanted("storm") {
@@ -639,7 +646,7 @@ impl Sample {
     }
 }
 
-async fn drive(client: Client, mut plan: Plan, until: Instant) -> (bool, Sample) {
+async fn drive(client: Client, mut plan: Plan, until: Instant) -> (Plan, Sample) {
     let mut sample = Sample::default();
     while Instant::now() < until {
         let started = Instant::now();
@@ -655,11 +662,16 @@ async fn drive(client: Client, mut plan: Plan, until: Instant) -> (bool, Sample)
             }
         }
     }
-    (plan.is_login(), sample)
+    (plan, sample)
 }
 
-/// Runs every client's plan for `duration`; returns the samples of logins and of the rest.
-async fn load(clients: &[Client], plans: Vec<Plan>, duration: Duration) -> (Sample, Sample) {
+/// Runs every client's plan for `duration`; returns the plans (to go on with) and the
+/// samples of logins and of the rest.
+async fn load(
+    clients: &[Client],
+    plans: Vec<Plan>,
+    duration: Duration,
+) -> anyhow::Result<(Vec<Plan>, Sample, Sample)> {
     let until = Instant::now() + duration;
     let tasks: Vec<_> = clients
         .iter()
@@ -667,18 +679,17 @@ async fn load(clients: &[Client], plans: Vec<Plan>, duration: Duration) -> (Samp
         .zip(plans)
         .map(|(client, plan)| tokio::spawn(drive(client, plan, until)))
         .collect();
-    let (mut logins, mut others) = (Sample::default(), Sample::default());
+    let (mut plans, mut logins, mut others) = (Vec::new(), Sample::default(), Sample::default());
     for task in tasks {
-        match task.await {
-            Ok((true, s)) => logins.merge(s),
-            Ok((false, s)) => others.merge(s),
-            Err(e) => {
-                others.errors += 1;
-                others.first_error.get_or_insert_with(|| e.to_string());
-            }
+        let (plan, sample) = task.await?;
+        if plan.is_login() {
+            logins.merge(sample);
+        } else {
+            others.merge(sample);
         }
+        plans.push(plan);
     }
-    (logins, others)
+    Ok((plans, logins, others))
 }
 
 struct Row {
@@ -691,6 +702,27 @@ struct Row {
 }
 
 impl Row {
+    fn new(name: &str, clients: usize) -> Row {
+        Row {
+            name: name.to_string(),
+            clients,
+            seconds: 0.0,
+            sample: Sample::default(),
+            cpu: None,
+            peak_rss: None,
+        }
+    }
+
+    fn print(&self) {
+        if let Some(e) = &self.sample.first_error {
+            eprintln!(
+                "{}: {} errors, the first: {e}",
+                self.name, self.sample.errors
+            );
+        }
+        println!("  {}: {:.1} requests/s", self.name, self.throughput());
+    }
+
     fn requests(&self) -> usize {
         self.sample.latencies.len()
     }
@@ -724,29 +756,66 @@ async fn measure(
     plans: Vec<Plan>,
     duration: Duration,
 ) -> anyhow::Result<Row> {
+    let mut row = Row::new(name, clients.len());
+    measure_slice(server, &mut row, clients, plans, duration).await?;
+    row.print();
+    Ok(row)
+}
+
+/// Runs the plans for `duration` and adds what it measured to `row`; returns the plans.
+async fn measure_slice(
+    server: &Server,
+    row: &mut Row,
+    clients: &[Client],
+    plans: Vec<Plan>,
+    duration: Duration,
+) -> anyhow::Result<Vec<Plan>> {
     server.reset_peak();
     let cpu_before = server.cpu();
     let started = Instant::now();
-    let (logins, mut others) = load(clients, plans, duration).await;
-    let seconds = started.elapsed().as_secs_f64();
+    let (plans, logins, others) = load(clients, plans, duration).await?;
+    row.seconds += started.elapsed().as_secs_f64();
     let cpu = server
         .cpu()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
-    others.merge(logins);
-    if let Some(e) = &others.first_error {
-        eprintln!("{name}: {} errors, the first: {e}", others.errors);
-    }
-    let row = Row {
-        name: name.to_string(),
-        clients: clients.len(),
-        seconds,
-        sample: others,
-        cpu,
-        peak_rss: server.rss().map(|r| r.peak),
+    row.cpu = match (row.cpu, cpu) {
+        (Some(sum), Some(cpu)) => Some(sum + cpu),
+        (None, cpu) if row.sample.latencies.is_empty() && row.sample.errors == 0 => cpu,
+        _ => None,
     };
-    println!("  {name}: {:.1} requests/s", row.throughput());
-    Ok(row)
+    row.sample.merge(others);
+    row.sample.merge(logins);
+    row.peak_rss = row.peak_rss.max(server.rss().map(|r| r.peak));
+    Ok(plans)
+}
+
+/// Measures several scenarios taking turns, a second each, `rounds` times over. The speed
+/// of this virtual machine changes from one minute to the next; taking turns exposes every
+/// scenario to the same changes, so their ratios to the floor hold.
+async fn measure_in_turns(
+    server: &Server,
+    clients: &[Client],
+    scenarios: Vec<(&str, Vec<Plan>)>,
+    rounds: u64,
+) -> anyhow::Result<Vec<Row>> {
+    let mut turns: Vec<(Row, Vec<Plan>)> = scenarios
+        .into_iter()
+        .map(|(name, plans)| (Row::new(name, plans.len()), plans))
+        .collect();
+    for _ in 0..rounds.max(1) {
+        for (row, plans) in &mut turns {
+            let n = plans.len();
+            let taken = std::mem::take(plans);
+            *plans =
+                measure_slice(server, row, &clients[..n], taken, Duration::from_secs(1)).await?;
+        }
+    }
+    let rows: Vec<Row> = turns.into_iter().map(|(row, _)| row).collect();
+    for row in &rows {
+        row.print();
+    }
+    Ok(rows)
 }
 
 /// The storm: sign-ins and refreshes at once; the row is the refreshes, and the sign-in
@@ -759,7 +828,7 @@ async fn measure_storm(
 ) -> anyhow::Result<(Row, f64)> {
     server.reset_peak();
     let started = Instant::now();
-    let (logins, refreshes) = load(clients, plans, duration).await;
+    let (_, logins, refreshes) = load(clients, plans, duration).await?;
     let seconds = started.elapsed().as_secs_f64();
     for (what, s) in [("storm sign-ins", &logins), ("storm newToken", &refreshes)] {
         if let Some(e) = &s.first_error {
