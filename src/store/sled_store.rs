@@ -37,6 +37,9 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// How long opening waits for a lock that a handle closed just before still holds.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Group commit: one fsync covers every write made before it started, so callers that
 /// arrive while a flush runs share the next one instead of each paying for their own.
 #[derive(Default)]
@@ -76,17 +79,29 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir(parent)?;
         }
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                StoreError::Locked {
-                    path: path.to_path_buf(),
+        let started = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new().path(path).open().map_err(|e| match e {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked {
+                        path: path.to_path_buf(),
+                    }
                 }
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked {
+                    path: path.to_path_buf(),
+                },
+                other => StoreError::Sled(other),
+            });
+            match opened {
+                // A handle closed in this process a moment ago can hold the lock briefly:
+                // sled's last log write runs on its own thread and lets go of the file
+                // just after the drop returns. Another process holding it is still an error.
+                Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_PATIENCE => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other?,
             }
-            sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked {
-                path: path.to_path_buf(),
-            },
-            other => StoreError::Sled(other),
-        })?;
+        };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(
             |source| StoreError::CreateDir {
                 path: path.to_path_buf(),
