@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestApp, error_code};
+use crate::helpers::{NEW_TOKEN, PASSWORD, TestApp, error_code};
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
 const CHANGE: &str = "mutation($old: String!, $new: String!) { changePassword(oldPassword: $old, newPassword: $new) { status token refreshToken sessionId promptTwoFactorAuth twoFactorMethod deviceId } }";
@@ -67,6 +67,15 @@ async fn a_change_without_2fa_applies_at_once_and_ends_the_other_devices() {
         !token_works(&app, phone["token"].as_str().unwrap()).await,
         "other devices end"
     );
+    // The kept device's refresh token is a new generation; the one it held before is spent.
+    let body = app
+        .graphql(NEW_TOKEN, json!({ "refresh": changed["refreshToken"] }))
+        .await;
+    assert_eq!(body["data"]["newToken"]["status"], 200, "{body}");
+    let body = app
+        .graphql(NEW_TOKEN, json!({ "refresh": laptop["refreshToken"] }))
+        .await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN");
 
     let notice = app
         .mailbox
