@@ -302,35 +302,25 @@ async fn a_refresh_token_of_storage_format_1_rotates_once_into_one_that_names_it
     };
     let app = keyhold::Application::build(config).await.unwrap();
     assert_eq!(app.store().format_version().unwrap(), 2, "migrated");
-    let on = |token: String| {
-        let app = &app;
-        async move {
-            let body = graphql_on(app, None, NEW_TOKEN, json!({ "refresh": token })).await;
-            body["data"]["newToken"].clone()
-        }
-    };
-    let rotated = on(legacy.clone()).await;
-    assert_eq!(rotated["status"], 200, "{rotated}");
+    let refresh_on = |token: &Value| graphql_on(&app, None, NEW_TOKEN, json!({ "refresh": token }));
+    let body = refresh_on(&json!(legacy)).await;
+    let rotated = &body["data"]["newToken"];
+    assert_eq!(rotated["status"], 200, "{body}");
     assert_eq!(rotated["sessionId"], login["sessionId"]);
-    let next = rotated["refreshToken"].as_str().unwrap().to_string();
+    let next = rotated["refreshToken"].as_str().unwrap();
     assert_eq!(
-        URL_SAFE_NO_PAD.decode(&next).unwrap().len(),
+        URL_SAFE_NO_PAD.decode(next).unwrap().len(),
         57,
         "the new format"
     );
-    let newest = on(next).await;
-    assert_eq!(newest["status"], 200, "{newest}");
+    let body = refresh_on(&rotated["refreshToken"]).await;
+    let newest = &body["data"]["newToken"];
+    assert_eq!(newest["status"], 200, "{body}");
 
     // The format 1 token again is a reuse: the session ends.
-    let body = graphql_on(&app, None, NEW_TOKEN, json!({ "refresh": legacy })).await;
+    let body = refresh_on(&json!(legacy)).await;
     assert_eq!(error_code(&body), "INVALID_TOKEN");
-    let body = graphql_on(
-        &app,
-        None,
-        NEW_TOKEN,
-        json!({ "refresh": newest["refreshToken"] }),
-    )
-    .await;
+    let body = refresh_on(&newest["refreshToken"]).await;
     assert_eq!(error_code(&body), "INVALID_TOKEN", "the session is gone");
     app.shutdown().await.unwrap();
 }
