@@ -770,6 +770,7 @@ async fn measure_slice(
     plans: Vec<Plan>,
     duration: Duration,
 ) -> anyhow::Result<Vec<Plan>> {
+    let first = row.seconds == 0.0;
     server.reset_peak();
     let cpu_before = server.cpu();
     let started = Instant::now();
@@ -779,10 +780,10 @@ async fn measure_slice(
         .cpu()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
-    row.cpu = match (row.cpu, cpu) {
-        (Some(sum), Some(cpu)) => Some(sum + cpu),
-        (None, cpu) if row.sample.latencies.is_empty() && row.sample.errors == 0 => cpu,
-        _ => None,
+    row.cpu = if first {
+        cpu
+    } else {
+        row.cpu.zip(cpu).map(|(sum, cpu)| sum + cpu)
     };
     row.sample.merge(others);
     row.sample.merge(logins);
