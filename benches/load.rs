@@ -6,6 +6,7 @@
 //! cargo bench --bench load -- --users 1000 --seconds 3        # a quick look
 //! cargo bench --bench load -- --seed-only --storage DIR       # seed DIR for a server of your own,
 //! cargo bench --bench load -- --storage DIR --url https://localhost:8443 --pid PID   # then load it
+//! cargo bench --bench load -- --keyhold /tmp/keyhold-a --only floor,newToken   # another build
 //! ```
 //!
 //! It seeds users and one device session each straight into the store, starts
@@ -72,6 +73,11 @@ struct Args {
     /// The process id of the server given by `--url`, to read its CPU time and memory.
     #[arg(long, requires = "url")]
     pid: Option<u32>,
+    /// Start this `keyhold` binary instead of the one built with the benchmark. The VM's
+    /// speed drifts, so two builds are compared by alternating runs of each (BENCHMARKS.md,
+    /// "Comparing two builds").
+    #[arg(long, conflicts_with = "url")]
+    keyhold: Option<PathBuf>,
     /// Passed by `cargo bench` to every benchmark target.
     #[arg(long, hide = true)]
     bench: bool,
@@ -120,7 +126,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let server = match &args.url {
         Some(url) => Server::external(url, &root, args.pid)?,
-        None => Server::start(&root).await?,
+        None => {
+            let binary = args
+                .keyhold
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keyhold")));
+            Server::start(&binary, &root).await?
+        }
     };
     if let Some(ready) = server.ready_after {
         println!("start-up to ready: {} ms", ready.as_millis());
@@ -415,11 +427,11 @@ struct Rss {
 }
 
 impl Server {
-    async fn start(root: &Path) -> anyhow::Result<Server> {
+    async fn start(binary: &Path, root: &Path) -> anyhow::Result<Server> {
         let config_file = root.join("bench-config.toml");
         std::fs::write(&config_file, config_toml(root))?;
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        let mut child = tokio::process::Command::new(binary)
             .arg("serve")
             .arg("--config")
             .arg(&config_file)
