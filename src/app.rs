@@ -10,7 +10,7 @@ use poem::listener::{Acceptor, Listener, RustlsCertificate, RustlsConfig, TcpLis
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, PasswordHasher};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::graphql::build_schema;
@@ -66,14 +66,25 @@ impl Application {
         let config = Arc::new(config);
         crate::store::create_private_dir(&config.storage.path)
             .with_context(|| format!("storage.path {}", config.storage.path.display()))?;
-        let store = Store::open(&config.db_path())?;
+        // Opening the store is sled reading its log: most of start-up with many accounts,
+        // on one core. The other core meanwhile does what needs no store: the password
+        // hasher's dummy hash (one argon2 hash) and, with its first random bytes, aws-lc
+        // seeding its generator from CPU jitter (about 80 ms here, once per process).
+        let db_path = config.db_path();
+        let opening = tokio::task::spawn_blocking(move || Store::open(&db_path));
+        let passwords = PasswordHasher::new(&config.passwords);
+        let store = opening
+            .await
+            .context("the thread opening the store failed")??;
+        let passwords = passwords?;
         let tls = TlsMaterial::load(&config)?;
         let mailer = Mailer::with_transport(&config, clock.clone(), transport)?;
-        let auth = Arc::new(Auth::new(
+        let auth = Arc::new(Auth::with_hasher(
             config.clone(),
             store.clone(),
             clock.clone(),
             mailer,
+            passwords,
         )?);
         let sweep_stats = Arc::new(SweepStats::default());
         let mail_stats = Arc::new(MailStats::default());

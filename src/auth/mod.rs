@@ -83,6 +83,18 @@ impl Auth {
         mailer: Mailer,
     ) -> anyhow::Result<Auth> {
         let passwords = PasswordHasher::new(&config.passwords)?;
+        Self::with_hasher(config, store, clock, mailer, passwords)
+    }
+
+    /// As `new`, with a password hasher made beforehand (start-up makes it while the store
+    /// opens).
+    pub fn with_hasher(
+        config: Arc<Config>,
+        store: Store,
+        clock: Clock,
+        mailer: Mailer,
+        passwords: PasswordHasher,
+    ) -> anyhow::Result<Auth> {
         let tokens = Tokens::load_or_create(&store, &config.tokens, clock.unix_seconds())?;
         let secrets = Secrets::load_or_create(&config.keys_dir())?;
         let limits = Arc::new(limits::Limits::new(&config.limits));
