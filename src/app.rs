@@ -246,7 +246,19 @@ impl Application {
         let _ = self.stop_mail.send(true);
         self.mail_worker.await.context("the mail worker failed")?;
         self.auth.store.flush().await?;
-        tracing::info!("Keyhold stopped; storage flushed");
+        // Every task has ended, so this is the last handle to the store but for callers'
+        // own clones (a test's `app.store()`): then it stays open for them, flushed.
+        let store = self.auth.store.clone();
+        drop(self.auth);
+        let started = std::time::Instant::now();
+        let checkpointed = tokio::task::spawn_blocking(move || store.close())
+            .await
+            .context("the thread closing the store failed")??;
+        tracing::info!(
+            checkpoint = checkpointed,
+            close_ms = started.elapsed().as_millis() as u64,
+            "Keyhold stopped; storage flushed"
+        );
         Ok(())
     }
 

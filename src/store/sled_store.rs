@@ -79,29 +79,7 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir(parent)?;
         }
-        let started = std::time::Instant::now();
-        let db = loop {
-            let opened = sled::Config::new().path(path).open().map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked {
-                        path: path.to_path_buf(),
-                    }
-                }
-                sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked {
-                    path: path.to_path_buf(),
-                },
-                other => StoreError::Sled(other),
-            });
-            match opened {
-                // A handle closed in this process a moment ago can hold the lock briefly:
-                // sled's last log write runs on its own thread and lets go of the file
-                // just after the drop returns. Another process holding it is still an error.
-                Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_PATIENCE => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                other => break other?,
-            }
-        };
+        let db = open_sled(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(
             |source| StoreError::CreateDir {
                 path: path.to_path_buf(),
@@ -231,6 +209,30 @@ impl Store {
         &self.path
     }
 
+    /// Closes the store after a clean stop: flushes it and, when this is the last handle,
+    /// leaves sled a fresh recovery snapshot, so that the next open reads none of the log
+    /// written so far. Returns whether it did (it does not while other handles are open).
+    ///
+    /// sled 0.34 writes that snapshot only while it opens: it reads the log written since
+    /// the last snapshot, then records how far it got. Without one, the next start reads
+    /// everything this process wrote, which with many accounts is most of start-up (a
+    /// store that took 100,000 sign-ups in one run: over half a second). So a clean stop
+    /// opens the database once more and pays that read itself, as a database checkpoints
+    /// at shutdown. A crash skips this, and the next start reads the log as before.
+    ///
+    /// Blocking: it reads the log. Call it off the async runtime.
+    pub fn close(self) -> Result<bool, StoreError> {
+        self.db.flush()?;
+        if Arc::strong_count(&self.gate) > 1 {
+            return Ok(false);
+        }
+        let path = self.path.clone();
+        // The last handle: every tree and the database go with it.
+        drop(self);
+        drop(open_sled(&path)?);
+        Ok(true)
+    }
+
     /// Sets the recorded format version; only tests of the version check use it.
     #[doc(hidden)]
     pub fn force_format_version(&self, version: u32) -> Result<(), StoreError> {
@@ -238,6 +240,34 @@ impl Store {
             .insert(META_FORMAT_VERSION, &version.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Opens sled's database at `path`; a lock still held by a handle that this process closed
+/// a moment ago is waited for, briefly.
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new().path(path).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked {
+                    path: path.to_path_buf(),
+                }
+            }
+            sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked {
+                path: path.to_path_buf(),
+            },
+            other => StoreError::Sled(other),
+        });
+        match opened {
+            // A handle closed in this process a moment ago can hold the lock briefly: sled's
+            // last log write runs on its own thread and lets go of the file just after the
+            // drop returns. Another process holding it is still an error.
+            Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -293,6 +323,56 @@ mod tests {
         drop(store);
         let again = Store::open(&path).unwrap();
         assert!((0..200u32).all(|i| again.meta.contains_key(i.to_be_bytes()).unwrap()));
+    }
+
+    /// How far into the log the newest recovery snapshot reaches: where the next open
+    /// starts reading (sled names each snapshot file for that log sequence number).
+    pub(crate) fn checkpointed_lsn(db_path: &Path) -> u64 {
+        std::fs::read_dir(db_path)
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_clean_close_leaves_a_snapshot_past_every_write_and_loses_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        let opened_at = checkpointed_lsn(&path);
+        let value = vec![7u8; 1024];
+        for i in 0..500u32 {
+            store
+                .users
+                .insert(i.to_be_bytes(), value.as_slice())
+                .unwrap();
+        }
+        assert!(store.close().unwrap(), "the last handle checkpoints");
+        // Half a megabyte went into the log after the snapshot of the first open; the next
+        // open starts after all of it.
+        assert!(checkpointed_lsn(&path) >= opened_at + 500 * 1024);
+        let again = Store::open(&path).unwrap();
+        assert_eq!(again.users.len(), 500);
+        assert!((0..500u32).all(|i| again.users.get(i.to_be_bytes()).unwrap().unwrap() == value));
+    }
+
+    #[test]
+    fn a_close_while_another_handle_is_open_only_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        let other = store.clone();
+        store.users.insert(b"k", b"v".as_slice()).unwrap();
+        assert!(!store.close().unwrap());
+        // The other handle goes on working, and nothing was lost.
+        other.users.insert(b"k2", b"v2".as_slice()).unwrap();
+        assert_eq!(other.users.get(b"k").unwrap().unwrap().as_ref(), b"v");
+        assert!(other.close().unwrap());
+        assert_eq!(Store::open(&path).unwrap().users.len(), 2);
     }
 
     #[test]

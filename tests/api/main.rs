@@ -20,5 +20,6 @@ mod passwords;
 mod process;
 mod properties;
 mod sessions;
+mod storage;
 mod transport;
 mod two_factor;
