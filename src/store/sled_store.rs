@@ -233,6 +233,22 @@ impl Store {
         Ok(true)
     }
 
+    /// How far into the log the newest recovery snapshot of the database at `path` reaches:
+    /// where the next open starts to read (sled names each snapshot file for that log
+    /// sequence number). For tests of the checkpoint.
+    #[doc(hidden)]
+    pub fn checkpointed_lsn(path: &Path) -> u64 {
+        std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Sets the recorded format version; only tests of the version check use it.
     #[doc(hidden)]
     pub fn force_format_version(&self, version: u32) -> Result<(), StoreError> {
@@ -325,25 +341,12 @@ mod tests {
         assert!((0..200u32).all(|i| again.meta.contains_key(i.to_be_bytes()).unwrap()));
     }
 
-    /// How far into the log the newest recovery snapshot reaches: where the next open
-    /// starts reading (sled names each snapshot file for that log sequence number).
-    pub(crate) fn checkpointed_lsn(db_path: &Path) -> u64 {
-        std::fs::read_dir(db_path)
-            .unwrap()
-            .filter_map(|entry| {
-                let name = entry.unwrap().file_name().into_string().ok()?;
-                u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
     #[test]
     fn a_clean_close_leaves_a_snapshot_past_every_write_and_loses_none() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let store = Store::open(&path).unwrap();
-        let opened_at = checkpointed_lsn(&path);
+        let opened_at = Store::checkpointed_lsn(&path);
         let value = vec![7u8; 1024];
         for i in 0..500u32 {
             store
@@ -354,7 +357,7 @@ mod tests {
         assert!(store.close().unwrap(), "the last handle checkpoints");
         // Half a megabyte went into the log after the snapshot of the first open; the next
         // open starts after all of it.
-        assert!(checkpointed_lsn(&path) >= opened_at + 500 * 1024);
+        assert!(Store::checkpointed_lsn(&path) >= opened_at + 500 * 1024);
         let again = Store::open(&path).unwrap();
         assert_eq!(again.users.len(), 500);
         assert!((0..500u32).all(|i| again.users.get(i.to_be_bytes()).unwrap().unwrap() == value));

@@ -1,30 +1,16 @@
 //! The store across a stop and the next start.
 
-use std::path::Path;
-
+use keyhold::store::Store;
 use keyhold::{Application, Clock};
 use serde_json::json;
 
 use crate::helpers::{NEW_TOKEN, PASSWORD, TestApp, graphql_on, test_config};
 
-/// How far into sled's log the newest recovery snapshot reaches, which is where the next
-/// start begins to read (sled names each snapshot file for that log sequence number).
-fn checkpointed_lsn(db: &Path) -> u64 {
-    std::fs::read_dir(db)
-        .unwrap()
-        .filter_map(|entry| {
-            let name = entry.unwrap().file_name().into_string().ok()?;
-            u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_clean_stop_leaves_a_checkpoint_past_the_run_and_the_next_start_loses_nothing() {
     let app = TestApp::spawn().await;
     let db = app.dir.path().join("data/db");
-    let at_start = checkpointed_lsn(&db);
+    let at_start = Store::checkpointed_lsn(&db);
     for i in 0..5 {
         app.verified_user(&format!("user{i}@example.com"), PASSWORD)
             .await;
@@ -34,7 +20,7 @@ async fn a_clean_stop_leaves_a_checkpoint_past_the_run_and_the_next_start_loses_
 
     // Everything the run wrote lies before the checkpoint: the next start reads none of it.
     assert!(
-        checkpointed_lsn(&db) > at_start,
+        Store::checkpointed_lsn(&db) > at_start,
         "the stop moved the checkpoint past the run's writes"
     );
     let again =
