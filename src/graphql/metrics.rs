@@ -7,10 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+    NextRequest, NextValidation,
 };
-use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, Selection};
-use async_graphql::{Response, ServerResult, Variables};
+use async_graphql::parser::types::{
+    BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, Selection,
+};
+use async_graphql::{
+    Positioned, Request, Response, ServerError, ServerResult, ValidationResult, Value, Variables,
+};
 use parking_lot::Mutex;
 
 use crate::auth::Auth;
@@ -22,10 +27,30 @@ const PARSED_QUERIES: usize = 256;
 const LONGEST_KEPT_QUERY: usize = 4096;
 
 /// Times and counts requests, and keeps the parsed documents of the query texts it has seen:
-/// parsing was a tenth of the CPU of a `newToken` request.
+/// parsing was a tenth of the CPU of a `newToken` request. It keeps their validation too,
+/// for the requests whose variables cannot change its outcome (see [`plain_variables`]):
+/// validation was most of what `userProfile` costs beyond `{ __typename }`.
 pub struct RequestMetrics {
     pub auth: Arc<Auth>,
-    parsed: Arc<Mutex<HashMap<String, Arc<ExecutableDocument>>>>,
+    parsed: Arc<Mutex<HashMap<String, Arc<Kept>>>>,
+}
+
+/// A query text's parsed document, and the outcome of validating it.
+struct Kept {
+    document: Arc<ExecutableDocument>,
+    /// By operation name: each passed validation in full once. Only names that the
+    /// document defines are kept, so this stays as small as the document.
+    validated: Mutex<Vec<(Option<String>, ValidationResult)>>,
+}
+
+impl Kept {
+    fn validated(&self, operation: Option<&str>) -> Option<ValidationResult> {
+        let validated = self.validated.lock();
+        validated
+            .iter()
+            .find(|(name, _)| name.as_deref() == operation)
+            .map(|(_, result)| *result)
+    }
 }
 
 impl RequestMetrics {
@@ -42,7 +67,9 @@ impl ExtensionFactory for RequestMetrics {
         Arc::new(PerRequest {
             auth: self.auth.clone(),
             parsed: self.parsed.clone(),
+            operation_name: Mutex::new(None),
             document: Mutex::new(None),
+            reusable: Mutex::new(None),
             root: Mutex::new(Root::None),
         })
     }
@@ -67,23 +94,56 @@ impl Root {
 
 struct PerRequest {
     auth: Arc<Auth>,
-    parsed: Arc<Mutex<HashMap<String, Arc<ExecutableDocument>>>>,
+    parsed: Arc<Mutex<HashMap<String, Arc<Kept>>>>,
+    operation_name: Mutex<Option<String>>,
     /// This request's document, for `execute` to find its root fields in.
     document: Mutex<Option<Arc<ExecutableDocument>>>,
+    /// The kept document, when this request's variables cannot change its validation.
+    reusable: Mutex<Option<Arc<Kept>>>,
     root: Mutex<Root>,
+}
+
+/// The operation a request runs, as async-graphql picks it (none: it refuses the request).
+fn operation_of<'a>(
+    doc: &'a ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<&'a Positioned<OperationDefinition>> {
+    match (&doc.operations, operation_name) {
+        (DocumentOperations::Single(op), None) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    }
+}
+
+/// Whether validating `operation` again with `variables` must give what it gave before.
+///
+/// async-graphql's validation reads variable values in one place only: each argument given
+/// a variable is checked against the argument's type (`ArgumentsOfCorrectType`; Keyhold has
+/// no complexity function that reads arguments). Validation has already placed every
+/// variable where its type fits, so for a variable declared `String` or `Boolean` (or with
+/// `!`) that check asks only whether the value is a string or a boolean. Any other kind of
+/// variable, a value of another kind, a missing or null value, or one more value than the
+/// operation declares: the request is validated in full.
+fn plain_variables(operation: &OperationDefinition, variables: &Variables) -> bool {
+    variables.len() == operation.variable_definitions.len()
+        && operation.variable_definitions.iter().all(|definition| {
+            let definition = &definition.node;
+            let BaseType::Named(type_name) = &definition.var_type.node.base else {
+                return false;
+            };
+            matches!(
+                (type_name.as_str(), variables.get(&definition.name.node)),
+                ("String", Some(Value::String(_))) | ("Boolean", Some(Value::Boolean(_)))
+            )
+        })
 }
 
 /// The root fields an operation selects, fragments included (validation, which has run by
 /// then, has ruled out fragment cycles), introspection left out.
 fn root_of(doc: &ExecutableDocument, operation_name: Option<&str>) -> Root {
-    let operation = match (&doc.operations, operation_name) {
-        (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
-        _ => None,
-    };
     let mut root = Root::None;
-    if let Some(operation) = operation {
+    if let Some(operation) = operation_of(doc, operation_name) {
         collect(doc, &operation.node.selection_set.node.items, &mut root, 0);
     }
     root
@@ -187,24 +247,66 @@ impl Extension for PerRequest {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let kept = self.parsed.lock().get(query).cloned();
-        let document = match kept {
-            Some(document) => document,
+        let found = self.parsed.lock().get(query).cloned();
+        let kept = match found {
+            Some(kept) => kept,
             None => {
                 // Only what parsed, under the schema's limits, is kept.
                 let document = Arc::new(next.run(ctx, query, variables).await?);
-                if query.len() <= LONGEST_KEPT_QUERY {
-                    let mut parsed = self.parsed.lock();
-                    if parsed.len() >= PARSED_QUERIES {
-                        parsed.clear();
-                    }
-                    parsed.insert(query.to_string(), document.clone());
+                if query.len() > LONGEST_KEPT_QUERY {
+                    *self.document.lock() = Some(document.clone());
+                    return Ok(ExecutableDocument::clone(&document));
                 }
-                document
+                let kept = Arc::new(Kept {
+                    document,
+                    validated: Mutex::new(Vec::new()),
+                });
+                let mut parsed = self.parsed.lock();
+                if parsed.len() >= PARSED_QUERIES {
+                    parsed.clear();
+                }
+                parsed.insert(query.to_string(), kept.clone());
+                kept
             }
         };
-        *self.document.lock() = Some(document.clone());
-        Ok(ExecutableDocument::clone(&document))
+        let operation_name = self.operation_name.lock().take();
+        if operation_of(&kept.document, operation_name.as_deref())
+            .is_some_and(|operation| plain_variables(&operation.node, variables))
+        {
+            *self.operation_name.lock() = operation_name;
+            *self.reusable.lock() = Some(kept.clone());
+        }
+        *self.document.lock() = Some(kept.document.clone());
+        Ok(ExecutableDocument::clone(&kept.document))
+    }
+
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        *self.operation_name.lock() = request.operation_name.clone();
+        next.run(ctx, request).await
+    }
+
+    /// A kept document that passed validation in full before, with variables of the same
+    /// plain kinds, passes again without being walked again.
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let Some(kept) = self.reusable.lock().take() else {
+            return next.run(ctx).await;
+        };
+        let operation_name = self.operation_name.lock().take();
+        if let Some(result) = kept.validated(operation_name.as_deref()) {
+            return Ok(result);
+        }
+        let result = next.run(ctx).await?;
+        kept.validated.lock().push((operation_name, result));
+        Ok(result)
     }
 
     /// Runs once the document is valid: a request refused before has no root (`invalid`).
@@ -223,6 +325,8 @@ impl Extension for PerRequest {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn root(query: &str, operation: Option<&str>) -> &'static str {
@@ -232,6 +336,38 @@ mod tests {
             Root::One(name) => name,
             Root::Multiple => "multiple",
         }
+    }
+
+    fn plain(query: &str, variables: serde_json::Value) -> bool {
+        let doc = async_graphql::parser::parse_query(query).unwrap();
+        let operation = operation_of(&doc, None).unwrap();
+        plain_variables(&operation.node, &Variables::from_json(variables))
+    }
+
+    #[test]
+    fn only_strings_and_booleans_given_as_such_leave_validation_as_it_was() {
+        let string = "query($t: String!) { __typename }";
+        assert!(plain(string, json!({ "t": "x" })));
+        assert!(plain(
+            "query($b: Boolean) { __typename }",
+            json!({ "b": true })
+        ));
+        assert!(plain("{ userProfile { id } }", json!({})));
+        assert!(!plain(string, json!({ "t": 1 })));
+        assert!(!plain(string, json!({ "t": null })));
+        assert!(!plain(string, json!({})));
+        assert!(!plain(string, json!({ "t": "x", "u": "y" })));
+        assert!(!plain(
+            "query($t: [String]) { __typename }",
+            json!({ "t": "x" })
+        ));
+        // A custom scalar's own check, and every other kind, read the value.
+        assert!(!plain(
+            "query($e: EmailAddress!) { __typename }",
+            json!({ "e": "a@b.c" })
+        ));
+        assert!(!plain("query($n: Int) { __typename }", json!({ "n": 1 })));
+        assert!(!plain("query($i: ID) { __typename }", json!({ "i": "x" })));
     }
 
     #[test]

@@ -280,3 +280,46 @@ async fn a_query_text_seen_before_is_answered_by_its_own_variables_and_checked_a
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_validated_text_answers_variables_of_another_kind_as_it_did_before_it_was_kept() {
+    let app = TestApp::spawn().await;
+    app.verified_user("lux@example.com", PASSWORD).await;
+    let login = app.signed_in("lux@example.com", PASSWORD, None).await;
+    let refresh = login["refreshToken"].as_str().unwrap().to_string();
+    let query = "mutation($refresh: String!, $all: Boolean) { newToken(refreshToken: $refresh) { refreshToken } logout(allDevices: $all) @skip(if: true) { status } }";
+    let wrong = [
+        json!({ "refresh": 5, "all": false }),
+        json!({ "refresh": null, "all": false }),
+        json!({ "refresh": ["x"], "all": false }),
+        json!({ "refresh": "x", "all": "yes" }),
+        json!({ "all": false }),
+        json!({ "refresh": "x", "all": false, "extra": 1 }),
+    ];
+    // First on a text never seen, so never validated before.
+    let mut before = Vec::new();
+    for variables in &wrong {
+        before.push(app.graphql(query, variables.clone()).await);
+    }
+    // Validated in full once with plain variables, and kept.
+    let body = app
+        .graphql(query, json!({ "refresh": refresh, "all": false }))
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let refresh = body["data"]["newToken"]["refreshToken"].as_str().unwrap();
+    // Plain variables again: the kept outcome, and the request still runs on its own values.
+    let body = app
+        .graphql(query, json!({ "refresh": refresh, "all": true }))
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let body = app
+        .graphql(query, json!({ "refresh": "not a token", "all": false }))
+        .await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN", "{body}");
+    for (variables, first) in wrong.iter().zip(&before) {
+        assert!(!first["errors"].is_null(), "{variables}: {first}");
+        let again = app.graphql(query, variables.clone()).await;
+        assert_eq!(&again, first, "{variables}");
+    }
+    app.stop().await;
+}
