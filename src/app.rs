@@ -66,10 +66,12 @@ impl Application {
         let config = Arc::new(config);
         crate::store::create_private_dir(&config.storage.path)
             .with_context(|| format!("storage.path {}", config.storage.path.display()))?;
-        // Opening the store is sled reading its log: most of start-up with many accounts,
-        // on one core. The other core meanwhile does what needs no store: the password
-        // hasher's dummy hash (one argon2 hash) and, with its first random bytes, aws-lc
-        // seeding its generator from CPU jitter (about 80 ms here, once per process).
+        // Opening the store is sled reading the log written since its last checkpoint (a
+        // clean stop leaves one), on one core. The password hasher starts meanwhile; its
+        // first job, on a hashing thread of its own, is the dummy hash (one argon2 hash)
+        // and, with its first random bytes, aws-lc seeding its generator from CPU jitter
+        // (about 80 ms here, once per process): neither waits for the store, nor start-up
+        // for them.
         let db_path = config.db_path();
         let opening = tokio::task::spawn_blocking(move || Store::open(&db_path));
         let passwords = PasswordHasher::new(&config.passwords);

@@ -73,8 +73,11 @@ pub struct PasswordHasher {
     jobs: std::sync::mpsc::Sender<Job>,
     admitted: Arc<Semaphore>,
     capacity: usize,
-    /// Verified for unknown addresses, so that they take as long as known ones.
-    dummy_hash: String,
+    /// Verified for unknown addresses, so that they take as long as known ones. Made by a
+    /// hashing thread as the first job after start, off the start-up's path: one argon2
+    /// hash, and with its random salt aws-lc's seeding of its generator from CPU jitter,
+    /// which together were the longest part of a start once the store had a checkpoint.
+    dummy_hash: Arc<std::sync::OnceLock<std::result::Result<String, String>>>,
 }
 
 /// Work for a hashing thread, given the thread's argon2 memory.
@@ -105,8 +108,6 @@ impl PasswordHasher {
         let concurrent = config.max_concurrent_hashes.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        let dummy_hash = hash_with(&params, &super::secrets::random_token::<16>())
-            .map_err(|e| ConfigError::key("passwords.argon2_memory_kib", e))?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let queue = Arc::new(parking_lot::Mutex::new(queue));
         for i in 0..concurrent.max(1) {
@@ -116,6 +117,13 @@ impl PasswordHasher {
                 .spawn(move || hashing_thread(&queue))
                 .map_err(|e| ConfigError::key("passwords.max_concurrent_hashes", e))?;
         }
+        let dummy_hash = Arc::new(std::sync::OnceLock::new());
+        let (made, dummy_params) = (dummy_hash.clone(), params.clone());
+        // The threads are running, so the job is taken at once; a verify that comes first
+        // makes the hash itself, or waits for this one to finish it.
+        let _ = jobs.send(Box::new(move |_| {
+            made.get_or_init(|| dummy_hash_with(&dummy_params));
+        }));
         Ok(PasswordHasher {
             params,
             jobs,
@@ -171,10 +179,17 @@ impl PasswordHasher {
     /// so both take the same time.
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<Verified> {
         let known = phc.is_some();
-        let phc = phc.unwrap_or_else(|| self.dummy_hash.clone());
+        let dummy_hash = self.dummy_hash.clone();
         let verified = self
             .run(move |params, memory| {
-                let parsed = PasswordHash::new(&phc).map_err(|e| e.to_string())?;
+                let phc = match &phc {
+                    Some(phc) => phc,
+                    None => dummy_hash
+                        .get_or_init(|| dummy_hash_with(params))
+                        .as_ref()
+                        .map_err(|e| format!("the dummy hash: {e}"))?,
+                };
+                let parsed = PasswordHash::new(phc).map_err(|e| e.to_string())?;
                 let matches = verify_with(memory, password.as_bytes(), &parsed)?;
                 let same_params = parsed.algorithm.as_str() == "argon2id"
                     && Params::try_from(&parsed).is_ok_and(|p| {
@@ -250,6 +265,11 @@ fn verify_with(
         .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks])
         .map_err(|e| e.to_string())?;
     Ok(argon2::password_hash::phc::Output::new(&out).is_ok_and(|computed| computed == *expected))
+}
+
+/// The hash of a random password, which nobody can match.
+fn dummy_hash_with(params: &Params) -> std::result::Result<String, String> {
+    hash_with(params, &super::secrets::random_token::<16>()).map_err(|e| e.to_string())
 }
 
 fn hash_with(
@@ -367,6 +387,29 @@ mod tests {
                 needs_rehash: true
             }
         );
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_is_made_after_start_on_a_hashing_thread_and_matches_nothing() {
+        let hasher = PasswordHasher::new(&PasswordsConfig {
+            max_concurrent_hashes: Some(1),
+            ..cheap()
+        })
+        .unwrap();
+        // One thread takes jobs in order: the dummy hash was the first.
+        hasher.run(|_, _| ()).await.unwrap();
+        let dummy = hasher.dummy_hash.get().unwrap().clone().unwrap();
+        let parsed = PasswordHash::new(&dummy).unwrap();
+        let params = Params::try_from(&parsed).unwrap();
+        assert_eq!(parsed.algorithm.as_str(), "argon2id");
+        assert_eq!(
+            (params.m_cost(), params.t_cost()),
+            (64, 1),
+            "the configured cost"
+        );
+        let unknown = hasher.verify("anything at all".into(), None).await.unwrap();
+        assert!(!unknown.matches);
+        assert_eq!(hasher.dummy_hash.get().unwrap().as_ref().unwrap(), &dummy);
     }
 
     #[tokio::test]
