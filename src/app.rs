@@ -33,6 +33,8 @@ pub struct Application {
     stop_mail: watch::Sender<bool>,
     mail_worker: JoinHandle<()>,
     mail_stats: Arc<MailStats>,
+    /// Whether a clean stop checkpoints the store (see [`Store::close`]).
+    checkpoint_at_stop: bool,
 }
 
 impl Application {
@@ -183,7 +185,15 @@ impl Application {
             stop_mail,
             mail_worker,
             mail_stats,
+            checkpoint_at_stop: true,
         })
+    }
+
+    /// A stop that leaves no checkpoint: for storage thrown away after the stop (a test
+    /// server's temporary folder), where it would only make the stop slower.
+    pub(crate) fn without_checkpoint(mut self) -> Application {
+        self.checkpoint_at_stop = false;
+        self
     }
 
     /// The bound address (the real port when `server.listen` asked for port 0).
@@ -248,6 +258,10 @@ impl Application {
         let _ = self.stop_mail.send(true);
         self.mail_worker.await.context("the mail worker failed")?;
         self.auth.store.flush().await?;
+        if !self.checkpoint_at_stop {
+            tracing::info!("Keyhold stopped; storage flushed");
+            return Ok(());
+        }
         // Every task has ended, so this is the last handle to the store but for callers'
         // own clones (a test's `app.store()`): then it stays open for them, flushed.
         let store = self.auth.store.clone();

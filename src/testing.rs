@@ -73,7 +73,8 @@ impl Builder {
     pub async fn start(self) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir().context("a temporary folder for the test server")?;
         let mut config = self.config;
-        if config.storage.path == Config::default().storage.path {
+        let temporary = config.storage.path == Config::default().storage.path;
+        if temporary {
             config.storage.path = dir.path().join("data");
         }
         let mailbox = Mailbox::default();
@@ -86,6 +87,12 @@ impl Builder {
             }),
         )
         .await?;
+        // The folder goes with the server: a checkpoint at the stop would be thrown away.
+        let app = if temporary {
+            app.without_checkpoint()
+        } else {
+            app
+        };
         let client = client_for(app.certificate_pem(), app.addr())?;
         Ok(TestServer {
             app: Some(app),
