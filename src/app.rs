@@ -257,13 +257,14 @@ impl Application {
         self.auth.tasks.wait().await;
         let _ = self.stop_mail.send(true);
         self.mail_worker.await.context("the mail worker failed")?;
-        self.auth.store.flush().await?;
         if !self.checkpoint_at_stop {
+            self.auth.store.flush().await?;
             tracing::info!("Keyhold stopped; storage flushed");
             return Ok(());
         }
         // Every task has ended, so this is the last handle to the store but for callers'
-        // own clones (a test's `app.store()`): then it stays open for them, flushed.
+        // own clones (a test's `app.store()`): then it stays open for them. Either way
+        // `close` flushes first.
         let store = self.auth.store.clone();
         drop(self.auth);
         let started = std::time::Instant::now();
