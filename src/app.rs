@@ -191,6 +191,7 @@ impl Application {
 
     /// A stop that leaves no checkpoint: for storage thrown away after the stop (a test
     /// server's temporary folder), where it would only make the stop slower.
+    #[cfg(feature = "testing")]
     pub(crate) fn without_checkpoint(mut self) -> Application {
         self.checkpoint_at_stop = false;
         self
