@@ -294,34 +294,32 @@ impl Application {
         }
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then shuts down cleanly.
+    /// Serves until SIGTERM or Ctrl-C, then shuts down cleanly. The signals are listened
+    /// for only from this call on: a process that may be signalled as soon as it listens
+    /// calls [`stop_signals`] before [`Application::build`] and [`Application::run_until`].
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        wait_for_stop_signal().await;
+        let stop = stop_signals().context("cannot listen for SIGTERM and Ctrl-C")?;
+        self.run_until(stop).await
+    }
+
+    /// Serves until `stop` completes, then shuts down cleanly.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        stop.await;
         tracing::info!("stop signal received; finishing in-flight requests");
         self.shutdown().await
     }
 }
 
-async fn wait_for_stop_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// SIGTERM and Ctrl-C (SIGINT), caught from the moment this returns: until then their
+/// default action ends the process at once, with no clean stop. Completes at the first.
+pub fn stop_signals() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
 }

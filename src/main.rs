@@ -463,6 +463,8 @@ fn init(dir: &std::path::Path) -> anyhow::Result<()> {
 
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
+    // Caught before the server listens: a stop that comes as soon as it does is a clean one.
+    let stop = keyhold::app::stop_signals()?;
     let app = Application::build(config).await?;
-    app.run_until_stopped().await
+    app.run_until(stop).await
 }

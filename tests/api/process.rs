@@ -175,6 +175,31 @@ async fn the_server_stops_cleanly_on_sigterm() {
     assert!(client.post(&url).send().await.is_err());
 }
 
+#[tokio::test]
+async fn a_sigterm_as_soon_as_the_server_listens_is_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"./data\"\n",
+    )
+    .unwrap();
+    let (mut child, _, mut stderr, mut log) = start_server(dir.path(), &[]).await;
+    // No request first: the signal comes while start-up may still be finishing.
+    signal(&child, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("it stops within 30 s")
+        .unwrap();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        log.push(line);
+    }
+    assert!(status.success(), "exit status {status:?}: {log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("storage flushed")),
+        "{log:#?}"
+    );
+}
+
 fn signal(child: &tokio::process::Child, which: &str) {
     let pid = child.id().unwrap().to_string();
     let sent = std::process::Command::new("kill")
