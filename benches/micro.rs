@@ -9,6 +9,7 @@ use keyhold::auth::sessions::issue_refresh_token;
 use keyhold::auth::two_factor::six_digits;
 use keyhold::auth::{Auth, PasswordHasher, Secrets, Tokens};
 use keyhold::config::PasswordsConfig;
+use keyhold::graphql::RequestMeta;
 use keyhold::mail::{LogTransport, Mailer, Templates};
 use keyhold::store::records::{
     ChallengePurpose, ChallengeRecord, SecondFactor, SessionRecord, UserRecord,
@@ -181,7 +182,8 @@ fn code_issue_and_check(c: &mut Criterion) {
 }
 
 /// GraphQL through the schema alone (no TLS, no HTTP): the floor, a sign-in with hashing
-/// made negligible (argon2 at 8 KiB, one pass), a refresh and a profile read.
+/// made negligible (argon2 at 8 KiB, one pass), a refresh (with its durable flush) and a
+/// profile read.
 fn graphql(c: &mut Criterion) {
     let rt = runtime();
     let cheap = PasswordsConfig {
@@ -212,6 +214,54 @@ fn graphql(c: &mut Criterion) {
     group.bench_function("login_hashing_excluded", |b| {
         b.to_async(&rt).iter(|| async {
             let response = schema.execute(login()).await;
+            assert!(response.errors.is_empty(), "{:?}", response.errors);
+        })
+    });
+    // One client's refreshes, one after another: each waits for its rotation to be durable.
+    let signed_in = rt
+        .block_on(schema.execute(login()))
+        .data
+        .into_json()
+        .unwrap();
+    let refresh = std::sync::Mutex::new(
+        signed_in["login"]["refreshToken"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    group.bench_function("new_token", |b| {
+        b.to_async(&rt).iter(|| async {
+            let current = refresh.lock().unwrap().clone();
+            let response = schema
+                .execute(
+                    async_graphql::Request::new(
+                        "mutation($t: String!) { newToken(refreshToken: $t) { token refreshToken } }",
+                    )
+                    .variables(async_graphql::Variables::from_json(json!({ "t": current }))),
+                )
+                .await;
+            assert!(response.errors.is_empty(), "{:?}", response.errors);
+            let data = response.data.into_json().unwrap();
+            *refresh.lock().unwrap() = data["newToken"]["refreshToken"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        })
+    });
+    let signed_in = rt
+        .block_on(schema.execute(login()))
+        .data
+        .into_json()
+        .unwrap();
+    let bearer = format!("Bearer {}", signed_in["login"]["token"].as_str().unwrap());
+    group.bench_function("user_profile", |b| {
+        b.to_async(&rt).iter(|| async {
+            let response = schema
+                .execute(
+                    async_graphql::Request::new("{ userProfile { id email username } }")
+                        .data(RequestMeta::new(None, None, Some(&bearer))),
+                )
+                .await;
             assert!(response.errors.is_empty(), "{:?}", response.errors);
         })
     });
