@@ -32,7 +32,7 @@ impl PasswordMutation {
             .await
             .gql()?;
         Ok(Some(match outcome {
-            ChangeOutcome::Changed(signed_in) => LoginResult::signed_in(auth, &signed_in),
+            ChangeOutcome::Changed(signed_in) => LoginResult::signed_in(auth, *signed_in),
             ChangeOutcome::SecondFactor(pending) => LoginResult::pending(auth, &pending),
         }))
     }
@@ -47,7 +47,7 @@ impl PasswordMutation {
         let caller = caller(ctx)?;
         let auth = auth(ctx);
         let signed_in = auth.confirm_change_password(&caller, &code).await.gql()?;
-        Ok(Some(LoginResult::signed_in(auth, &signed_in)))
+        Ok(Some(LoginResult::signed_in(auth, signed_in)))
     }
 
     /// Send the pending password change's code again.

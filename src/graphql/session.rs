@@ -49,7 +49,7 @@ impl SessionMutation {
             .await
             .gql()?;
         Ok(Some(match outcome {
-            LoginOutcome::SignedIn(signed_in) => LoginResult::signed_in(auth, &signed_in),
+            LoginOutcome::SignedIn(signed_in) => LoginResult::signed_in(auth, *signed_in),
             LoginOutcome::SecondFactor(pending) => LoginResult::pending(auth, &pending),
         }))
     }
@@ -62,7 +62,7 @@ impl SessionMutation {
     ) -> async_graphql::Result<Option<LoginResult>> {
         let auth = auth(ctx);
         let signed_in = auth.new_token(&refresh_token).await.gql()?;
-        Ok(Some(LoginResult::signed_in(auth, &signed_in)))
+        Ok(Some(LoginResult::signed_in(auth, signed_in)))
     }
 
     /// Sign out one device: the caller's own, or another of the caller's devices named by deviceId.

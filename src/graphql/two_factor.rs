@@ -33,7 +33,7 @@ impl TwoFactorMutation {
             .confirm_2fa(&code, &session_id, email.normalized())
             .await
             .gql()?;
-        Ok(Some(LoginResult::signed_in(auth, &signed_in)))
+        Ok(Some(LoginResult::signed_in(auth, signed_in)))
     }
 
     /// Send the pending sign-in's code again.

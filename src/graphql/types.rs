@@ -1,10 +1,9 @@
 //! The contract's result and input types, filled from the use cases' records.
 
-use async_graphql::{Enum, InputObject, SimpleObject};
+use async_graphql::{ComplexObject, Enum, InputObject, SimpleObject};
 
 use super::scalars::{EmailAddress, RId};
 use crate::auth::{Auth, CodeSent, PendingSignIn, SignedIn, StepUpReason, iso};
-use crate::domain::Email;
 use crate::store::records::{SecondFactor, SessionRecord, UserRecord};
 
 /// The second factor a user signs in with.
@@ -128,9 +127,8 @@ pub struct UserProfile {
 impl From<&UserRecord> for UserProfile {
     fn from(user: &UserRecord) -> Self {
         let p = user.profile.clone();
-        let email = Email::parse("email", &user.email)
-            .map(EmailAddress::from)
-            .unwrap_or_else(|_| EmailAddress::unchecked(&user.email));
+        // Stored addresses were checked and normalised when they were written.
+        let email = EmailAddress::unchecked(&user.email);
         UserProfile {
             id: RId(user.id),
             email,
@@ -158,6 +156,7 @@ impl From<&UserRecord> for UserProfile {
 }
 
 #[derive(SimpleObject, Clone, Debug, Default)]
+#[graphql(complex)]
 pub struct LoginResult {
     /// 200: signed in, tokens issued. 202: a second factor is required; see sessionId.
     pub status: Option<i32>,
@@ -181,7 +180,9 @@ pub struct LoginResult {
     pub last_login_at: Option<String>,
     /// ISO-8601 time of this sign-in.
     pub current_login_at: Option<String>,
-    pub user_profile: Option<UserProfile>,
+    /// The signed-in account, for `userProfile`: made into a profile only when asked for.
+    #[graphql(skip)]
+    pub user: Option<Box<UserRecord>>,
     /// extension: ISO-8601 expiry of token.
     pub token_expires_at: Option<String>,
     /// extension: ISO-8601 expiry of refreshToken.
@@ -190,23 +191,30 @@ pub struct LoginResult {
     pub two_factor_method: Option<TwoFactorMethod>,
 }
 
+#[ComplexObject]
 impl LoginResult {
-    pub fn signed_in(auth: &Auth, s: &SignedIn) -> LoginResult {
+    async fn user_profile(&self) -> Option<UserProfile> {
+        self.user.as_deref().map(UserProfile::from)
+    }
+}
+
+impl LoginResult {
+    pub fn signed_in(auth: &Auth, s: SignedIn) -> LoginResult {
         LoginResult {
             status: Some(200),
             user_id: Some(RId(s.user.id)),
             user_uid: Some(s.user.id.to_string()),
             user_status: Some(auth.user_status(&s.user).to_string()),
-            token: Some(s.access_token.clone()),
-            refresh_token: Some(s.refresh_token.clone()),
+            token: Some(s.access_token),
+            refresh_token: Some(s.refresh_token),
             session_id: Some(s.session.id.to_string()),
             prompt_two_factor_auth: Some(false),
             prompt_tnc_acceptance: Some(false),
-            device_id: Some(s.session.device_id.clone()),
-            ip_address: s.session.ip_address.clone(),
+            device_id: Some(s.session.device_id),
+            ip_address: s.session.ip_address,
             last_login_at: s.last_login_at.map(iso),
             current_login_at: s.current_login_at.map(iso),
-            user_profile: Some(UserProfile::from(&s.user)),
+            user: Some(Box::new(s.user)),
             token_expires_at: Some(iso(s.access_expires_at)),
             refresh_token_expires_at: Some(iso(s.session.refresh_expires_at)),
             two_factor_method: None,
