@@ -342,8 +342,11 @@ impl Auth {
         })?;
         let session_id = Uuid::parse_str(&claims.sid).map_err(|_| Error::InvalidToken)?;
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
-        let session = self.store.session(session_id)?.ok_or(Error::InvalidToken)?;
-        if session.user_id != user_id {
+        let owner = self
+            .store
+            .session_owner(session_id)?
+            .ok_or(Error::InvalidToken)?;
+        if owner != user_id {
             return Err(Error::InvalidToken);
         }
         self.touch(session_id, now);

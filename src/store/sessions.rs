@@ -1,6 +1,7 @@
 //! Device sessions, their refresh tokens, and the keys that sign access tokens.
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
+use serde::Deserialize;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError as Tx;
 use uuid::Uuid;
@@ -37,6 +38,9 @@ pub enum LegacyRefresh {
 /// Signed-in devices and their refresh tokens.
 pub trait SessionStore {
     fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
+    /// The user whose session `id` is, if it exists: what every authenticated request asks,
+    /// read without decoding the rest of the record.
+    fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError>;
     fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError>;
     /// Writes the user (its sign-in times, maybe a new hash) and a new session with its
     /// refresh token, replacing the session the same device had. Returns the replaced one.
@@ -79,6 +83,18 @@ impl SessionStore for Store {
         self.sessions
             .get(id.as_bytes())?
             .map(|bytes| decode(SESSIONS, &bytes))
+            .transpose()
+    }
+
+    fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError> {
+        /// The one field of a [`SessionRecord`] that `session_owner` reads.
+        #[derive(Deserialize)]
+        struct Owner {
+            user_id: Uuid,
+        }
+        self.sessions
+            .get(id.as_bytes())?
+            .map(|bytes| decode::<Owner>(SESSIONS, &bytes).map(|o| o.user_id))
             .transpose()
     }
 
@@ -262,5 +278,37 @@ impl SigningKeyStore for Store {
         self.signing_keys.remove(kid.as_bytes())?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::UserStore;
+
+    #[test]
+    fn the_owner_of_a_session_is_read_while_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let user = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
+        store.insert_user(&user).unwrap();
+        let session = SessionRecord {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            device_id: "laptop".into(),
+            name: Some("Ada's laptop".into()),
+            ip_address: None,
+            user_agent: None,
+            created_at: 1,
+            last_seen_at: 1,
+            refresh_hash: [7; 32],
+            refresh_expires_at: 100,
+            refresh_generation: 3,
+        };
+        store.start_session(&user, &session).unwrap();
+        assert_eq!(store.session_owner(session.id).unwrap(), Some(user.id));
+        assert_eq!(store.session_owner(Uuid::new_v4()).unwrap(), None);
+        store.end_sessions(&[session.id]).unwrap();
+        assert_eq!(store.session_owner(session.id).unwrap(), None);
     }
 }
