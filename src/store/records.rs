@@ -10,8 +10,13 @@ use super::StoreError;
 /// The version byte in front of every record written by this binary.
 pub const RECORD_VERSION: u8 = 1;
 
+/// The buffer `encode` starts with.
+const ENCODE_CAPACITY: usize = 512;
+
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    let mut bytes = vec![RECORD_VERSION];
+    // Room for a session record (a few hundred bytes), so that it is written without regrowing.
+    let mut bytes = Vec::with_capacity(ENCODE_CAPACITY);
+    bytes.push(RECORD_VERSION);
     // Serialising these plain structs to JSON cannot fail (no maps with non-string keys).
     serde_json::to_writer(&mut bytes, record).unwrap_or_else(|_| unreachable!());
     bytes
