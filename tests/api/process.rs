@@ -156,19 +156,7 @@ async fn the_server_stops_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
 
-    signal(&child, "-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("it stops within 30 s")
-        .unwrap();
-    while let Some(line) = stderr.next_line().await.unwrap() {
-        log.push(line);
-    }
-    assert!(status.success(), "exit status {status:?}: {log:#?}");
-    assert!(
-        log.iter().any(|l| l.contains("storage flushed")),
-        "{log:#?}"
-    );
+    stops_cleanly_on_sigterm(&mut child, &mut stderr, &mut log).await;
     // The database was released: it opens again.
     keyhold::store::Store::open(&dir.path().join("data/db")).unwrap();
     // Nothing answers any more.
@@ -185,7 +173,16 @@ async fn a_sigterm_as_soon_as_the_server_listens_is_a_clean_stop() {
     .unwrap();
     let (mut child, _, mut stderr, mut log) = start_server(dir.path(), &[]).await;
     // No request first: the signal comes while start-up may still be finishing.
-    signal(&child, "-TERM");
+    stops_cleanly_on_sigterm(&mut child, &mut stderr, &mut log).await;
+}
+
+/// Sends SIGTERM and asserts a clean stop: exit status 0 and the storage flushed.
+async fn stops_cleanly_on_sigterm(
+    child: &mut tokio::process::Child,
+    stderr: &mut LogLines,
+    log: &mut Vec<String>,
+) {
+    signal(child, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("it stops within 30 s")
