@@ -17,7 +17,9 @@
 //! measures the raw argon2id capacity of the machine, then drives keep-alive HTTPS load
 //! from concurrent clients, one connection each.
 //! `floor`, `newToken` and `userProfile` take turns, a second each, so that changes in the
-//! machine's speed reach them alike and their ratios to the floor hold.
+//! machine's speed reach them alike and their ratios to the floor hold. The last column,
+//! writes per fsync, is read from the server's `/metrics` between measurements: how many
+//! durable writes shared one flush of the log (group commit).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -647,6 +649,49 @@ impl Client {
         }
         Ok(body)
     }
+
+    /// The server's durable writes and log flushes so far, from `GET /metrics`.
+    async fn flush_stats(&self) -> anyhow::Result<Flushes> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let counter = |name: &str| -> anyhow::Result<u64> {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .with_context(|| format!("{name} in /metrics"))?
+                .trim()
+                .parse::<f64>()
+                .map(|v| v as u64)
+                .with_context(|| format!("{name} in /metrics"))
+        };
+        Ok(Flushes {
+            writes: counter("keyhold_store_flush_requests_total")?,
+            flushes: counter("keyhold_store_flushes_total")?,
+        })
+    }
+}
+
+/// Writes that waited for the disk, and the log flushes (fsyncs) that covered them.
+#[derive(Clone, Copy, Default)]
+struct Flushes {
+    writes: u64,
+    flushes: u64,
+}
+
+impl Flushes {
+    /// Adds what happened between two readings. A server given by `--url` may not let the
+    /// benchmark read its metrics (`metrics.token`): then nothing is added.
+    fn add(&mut self, before: Option<Flushes>, after: Option<Flushes>) {
+        if let (Some(b), Some(a)) = (before, after) {
+            self.writes += a.writes.saturating_sub(b.writes);
+            self.flushes += a.flushes.saturating_sub(b.flushes);
+        }
+    }
 }
 
 /// Opens `n` connections (one request each, so the TLS handshakes are not measured).
@@ -780,6 +825,8 @@ struct Row {
     sample: Sample,
     cpu: Option<Duration>,
     peak_rss: Option<u64>,
+    /// What the server flushed while this row was measured.
+    flushed: Flushes,
 }
 
 impl Row {
@@ -791,7 +838,14 @@ impl Row {
             sample: Sample::default(),
             cpu: None,
             peak_rss: None,
+            flushed: Flushes::default(),
         }
+    }
+
+    /// How many durable writes shared one fsync; `None` when nothing was flushed.
+    fn writes_per_flush(&self) -> Option<f64> {
+        let f = self.flushed;
+        (f.flushes > 0).then(|| f.writes as f64 / f.flushes as f64)
     }
 
     fn print(&self) {
@@ -852,6 +906,8 @@ async fn measure_slice(
     duration: Duration,
 ) -> anyhow::Result<Vec<Plan>> {
     let first = row.seconds == 0.0;
+    // Read outside the CPU window: a scrape costs the server CPU too.
+    let flushed_before = clients[0].flush_stats().await.ok();
     server.reset_peak();
     let cpu_before = server.cpu();
     let started = Instant::now();
@@ -861,6 +917,8 @@ async fn measure_slice(
         .cpu()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
+    let flushed_after = clients[0].flush_stats().await.ok();
+    row.flushed.add(flushed_before, flushed_after);
     row.cpu = if first {
         cpu
     } else {
@@ -908,10 +966,14 @@ async fn measure_storm(
     plans: Vec<Plan>,
     duration: Duration,
 ) -> anyhow::Result<(Row, f64)> {
+    let flushed_before = clients[0].flush_stats().await.ok();
     server.reset_peak();
     let started = Instant::now();
     let (_, logins, refreshes) = load(clients, plans, duration).await?;
     let seconds = started.elapsed().as_secs_f64();
+    let flushed_after = clients[0].flush_stats().await.ok();
+    let mut flushed = Flushes::default();
+    flushed.add(flushed_before, flushed_after);
     for (what, s) in [("storm sign-ins", &logins), ("storm newToken", &refreshes)] {
         if let Some(e) = &s.first_error {
             eprintln!("{what}: {} errors, the first: {e}", s.errors);
@@ -928,6 +990,8 @@ async fn measure_storm(
         sample: refreshes,
         cpu: None,
         peak_rss: server.rss().map(|r| r.peak),
+        // The sign-ins' writes and the refreshes' together.
+        flushed,
     };
     println!(
         "  storm: {login_rate:.1} sign-ins/s, newToken {:.1}/s",
@@ -957,14 +1021,14 @@ fn print_report(report: &Report<'_>) {
     let mib = |b: u64| format!("{:.1}", b as f64 / 1048576.0);
     println!();
     println!(
-        "| scenario | clients | requests/s | p50 ms | p99 ms | max ms | errors | server CPU µs/request | × floor | peak RSS MiB |"
+        "| scenario | clients | requests/s | p50 ms | p99 ms | max ms | errors | server CPU µs/request | × floor | peak RSS MiB | writes per fsync |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in report.rows {
         let cpu = row.cpu_per_request_us();
         let ratio = cpu.zip(floor).map(|(c, f)| c / f);
         println!(
-            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
             row.name,
             row.clients,
             row.throughput(),
@@ -975,6 +1039,8 @@ fn print_report(report: &Report<'_>) {
             cpu.map_or("-".into(), |c| format!("{c:.0}")),
             ratio.map_or("-".into(), |r| format!("{r:.2}")),
             row.peak_rss.map_or("-".into(), mib),
+            row.writes_per_flush()
+                .map_or("-".into(), |w| format!("{w:.1}")),
         );
     }
     println!();

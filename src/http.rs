@@ -456,6 +456,9 @@ async fn metrics(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Response 
             "keyhold_sweeper_removed_total",
             sweep.removed.load(Ordering::Relaxed),
         );
+        let flushed = auth.store.flush_stats();
+        m.set_counter("keyhold_store_flush_requests_total", flushed.requests);
+        m.set_counter("keyhold_store_flushes_total", flushed.flushes);
         m.render()
     })
     .await;

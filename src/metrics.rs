@@ -62,7 +62,7 @@ impl Metrics {
     }
 
     fn describe(&self) {
-        let help: [(&'static str, Option<Unit>, &'static str); 14] = [
+        let help: [(&'static str, Option<Unit>, &'static str); 16] = [
             (
                 "keyhold_graphql_requests_total",
                 None,
@@ -122,6 +122,16 @@ impl Metrics {
                 "keyhold_sweeper_removed_total",
                 None,
                 "Expired records removed by the sweeper",
+            ),
+            (
+                "keyhold_store_flush_requests_total",
+                None,
+                "Writes that waited until they were on disk",
+            ),
+            (
+                "keyhold_store_flushes_total",
+                None,
+                "Log flushes (a write and an fsync each) that covered them; several writes share one",
             ),
             ("keyhold_device_sessions", None, "Signed-in device sessions"),
             ("keyhold_build_info", None, "The running version"),

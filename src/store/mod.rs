@@ -22,7 +22,7 @@ pub use expiry::SweepReport;
 pub use mail_queue::MailQueueStore;
 pub use passwords::PasswordStore;
 pub use sessions::{LegacyRefresh, RotateOutcome, SessionStore, SigningKeyStore};
-pub use sled_store::{Store, create_private_dir};
+pub use sled_store::{FlushStats, Store, create_private_dir};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]

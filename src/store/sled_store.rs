@@ -48,8 +48,20 @@ struct Flusher {
     requested: AtomicU64,
     /// The highest request number a finished flush has covered.
     covered: AtomicU64,
+    /// Flushes of the log that ran (each one write and fsync, however many callers it covered).
+    flushes: AtomicU64,
     /// Held while a flush runs.
     running: tokio::sync::Mutex<()>,
+}
+
+/// How well group commit is doing: durable writes waited for, and the flushes that covered
+/// them. Counted since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    /// Calls of [`Store::flush`]: writes that waited until they were on disk.
+    pub requests: u64,
+    /// Flushes of the log that ran for them.
+    pub flushes: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -202,7 +214,16 @@ impl Store {
                 ))))
             })??;
         flusher.covered.fetch_max(covers, Ordering::SeqCst);
+        flusher.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Durable writes and the flushes that covered them, since this store was opened.
+    pub fn flush_stats(&self) -> FlushStats {
+        FlushStats {
+            requests: self.flusher.requested.load(Ordering::Relaxed),
+            flushes: self.flusher.flushes.load(Ordering::Relaxed),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -339,6 +360,53 @@ mod tests {
         drop(store);
         let again = Store::open(&path).unwrap();
         assert!((0..200u32).all(|i| again.meta.contains_key(i.to_be_bytes()).unwrap()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_queued_behind_a_flush_share_the_next_one_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        assert_eq!(store.flush_stats(), FlushStats::default());
+        // As if a flush were running: every writer below queues behind it.
+        let running = store.flusher.running.lock().await;
+        let writers: Vec<_> = (0..50u32)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.meta.insert(i.to_be_bytes(), &[1]).unwrap();
+                    store.flush().await.unwrap();
+                })
+            })
+            .collect();
+        let queued = async {
+            while store.flush_stats().requests < 50 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), queued)
+            .await
+            .expect("every writer asks for a flush");
+        drop(running);
+        let all = futures_util::future::join_all(writers);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(60), all).await;
+        for writer in done.expect("no flush hangs") {
+            writer.unwrap();
+        }
+        assert_eq!(
+            store.flush_stats(),
+            FlushStats {
+                requests: 50,
+                flushes: 1
+            }
+        );
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.flush_stats(),
+            FlushStats {
+                requests: 51,
+                flushes: 2
+            }
+        );
     }
 
     #[test]

@@ -163,6 +163,14 @@ async fn metrics_count_requests_outcomes_and_state_in_prometheus_format() {
         "keyhold_graphql_request_duration_seconds_bucket{operation=\"login\",le=\"0.005\"}"
     ));
     assert_eq!(sample(&text, "keyhold_device_sessions"), 1.0);
+    // The sign-in waited for its session to be on disk; one flush covers one or more writes.
+    let durable = sample(&text, "keyhold_store_flush_requests_total");
+    let flushes = sample(&text, "keyhold_store_flushes_total");
+    assert!(durable >= 1.0, "{durable}");
+    assert!(
+        flushes >= 1.0 && flushes <= durable,
+        "{flushes} flushes for {durable}"
+    );
     assert_eq!(sample(&text, "keyhold_password_hashes_in_use"), 0.0);
     assert!(sample(&text, "keyhold_mail_queue_depth") >= 0.0);
     assert_eq!(
