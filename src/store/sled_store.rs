@@ -337,12 +337,9 @@ mod tests {
         assert_eq!(again.format_version().unwrap(), FORMAT_VERSION);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn many_writers_flushing_at_once_all_finish_and_their_writes_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let store = Store::open(&path).unwrap();
-        let writers: Vec<_> = (0..200u32)
+    /// `n` tasks that each write a key of `meta` and wait for it to be durable.
+    fn spawn_writers(store: &Store, n: u32) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..n)
             .map(|i| {
                 let store = store.clone();
                 tokio::spawn(async move {
@@ -350,12 +347,24 @@ mod tests {
                     store.flush().await.unwrap();
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    async fn all_finish(writers: Vec<tokio::task::JoinHandle<()>>) {
         let all = futures_util::future::join_all(writers);
         let done = tokio::time::timeout(std::time::Duration::from_secs(60), all).await;
         for writer in done.expect("no flush hangs") {
             writer.unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_writers_flushing_at_once_all_finish_and_their_writes_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        let writers = spawn_writers(&store, 200);
+        all_finish(writers).await;
         assert!(store.flusher.covered.load(Ordering::SeqCst) >= 1);
         drop(store);
         let again = Store::open(&path).unwrap();
@@ -369,15 +378,7 @@ mod tests {
         assert_eq!(store.flush_stats(), FlushStats::default());
         // As if a flush were running: every writer below queues behind it.
         let running = store.flusher.running.lock().await;
-        let writers: Vec<_> = (0..50u32)
-            .map(|i| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    store.meta.insert(i.to_be_bytes(), &[1]).unwrap();
-                    store.flush().await.unwrap();
-                })
-            })
-            .collect();
+        let writers = spawn_writers(&store, 50);
         let queued = async {
             while store.flush_stats().requests < 50 {
                 tokio::task::yield_now().await;
@@ -387,11 +388,7 @@ mod tests {
             .await
             .expect("every writer asks for a flush");
         drop(running);
-        let all = futures_util::future::join_all(writers);
-        let done = tokio::time::timeout(std::time::Duration::from_secs(60), all).await;
-        for writer in done.expect("no flush hangs") {
-            writer.unwrap();
-        }
+        all_finish(writers).await;
         assert_eq!(
             store.flush_stats(),
             FlushStats {
