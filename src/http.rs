@@ -424,7 +424,8 @@ async fn metrics(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Response 
     }
     let auth = state.auth.clone();
     let (mail, sweep) = (state.mail_stats.clone(), state.sweep_stats.clone());
-    // Counting the sessions walks a tree: off the async threads.
+    // Counting the mail queue walks its tree, and the store reads may wait on the disk: off
+    // the async threads.
     let rendered = tokio::task::spawn_blocking(move || {
         use crate::store::MailQueueStore;
         let m = &auth.metrics;
@@ -438,11 +439,10 @@ async fn metrics(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Response 
             &[],
             auth.store.mail_queue_len() as f64,
         );
-        m.gauge(
-            "keyhold_device_sessions",
-            &[],
-            auth.store.session_count() as f64,
-        );
+        match auth.store.session_count() {
+            Ok(n) => m.gauge("keyhold_device_sessions", &[], n as f64),
+            Err(e) => tracing::error!(error = %e, "cannot read the device session count"),
+        }
         m.set_counter("keyhold_mail_sent_total", mail.sent.load(Ordering::Relaxed));
         m.set_counter(
             "keyhold_mail_retries_total",

@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | `meta` | `format_version` | `u32` BE: the storage format of the whole database ([`FORMAT_VERSION`]) |
 //! | `meta` | `ready_probe` | `i64` BE: Unix nanoseconds of the last `/readyz` write probe |
+//! | `meta` | `session_count` | `u64` BE: how many records `sessions` holds, changed in the same transaction as they are |
 //! | `users` | user id (16-byte UUID) | `UserRecord` |
 //! | `users_by_email` | normalised e-mail address (UTF-8) | user id (16 bytes) |
 //! | `users_by_username` | lower-cased username (UTF-8) | user id (16 bytes) |
@@ -45,6 +46,9 @@ pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 
 /// `meta` key: written by the readiness probe to prove the store takes writes.
 pub const META_READY_PROBE: &[u8] = b"ready_probe";
+
+/// `meta` key: the number of device sessions, a `u64` big-endian (since format 3).
+pub const META_SESSION_COUNT: &[u8] = b"session_count";
 
 pub const USERS: &str = "users";
 pub const USERS_BY_EMAIL: &str = "users_by_email";
@@ -123,4 +127,7 @@ pub fn session_by_user_key(user_id: &uuid::Uuid, device_id: &str) -> Vec<u8> {
 /// - 1: the first.
 /// - 2: a refresh token names its device session and generation under a MAC, so a rotation
 ///   rewrites the session record alone; `refresh_tokens` only holds tokens of format 1.
-pub const FORMAT_VERSION: u32 = 2;
+/// - 3: `meta` keeps the number of device sessions (`session_count`), so counting them
+///   (every `/metrics` scrape) reads one key instead of walking, and caching, every session.
+///   Opening an older store counts them once.
+pub const FORMAT_VERSION: u32 = 3;

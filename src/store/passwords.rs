@@ -7,6 +7,7 @@ use uuid::Uuid;
 use super::keys::{ExpiryKind, RESET_CODES, SESSIONS, session_by_user_key, step_up_key};
 use super::mail_queue::queue_in;
 use super::records::{QueuedMail, ResetCodeRecord, SessionRecord, UserRecord, decode, encode};
+use super::sessions::count_sessions;
 use super::{Store, StoreError, tx_result, uuid_from};
 
 pub trait PasswordStore {
@@ -96,7 +97,7 @@ impl PasswordStore for Store {
         }
         let user_bytes = encode(user);
         let kept = keep.map(|k| (k, encode(k)));
-        // Nine trees: more than sled's tuple form takes, so the slice form.
+        // Ten trees: more than sled's tuple form takes, so the slice form.
         let trees = [
             self.users.clone(),
             self.sessions.clone(),
@@ -107,6 +108,7 @@ impl PasswordStore for Store {
             self.reset_codes.clone(),
             self.reset_by_user.clone(),
             self.mail_queue.clone(),
+            self.meta.clone(),
         ];
         tx_result(trees.as_slice().transaction(|t| {
             let [
@@ -119,6 +121,7 @@ impl PasswordStore for Store {
                 reset_codes,
                 reset_by_user,
                 queue,
+                meta,
             ] = t.as_slice()
             else {
                 return Err(Tx::Abort(StoreError::Record {
@@ -132,15 +135,22 @@ impl PasswordStore for Store {
                 return Ok(false);
             }
             users.insert(user.id.as_bytes(), user_bytes.as_slice())?;
+            let mut added = 0;
             for id in &sessions {
                 if let Some(old) = sessions_tree.remove(id.as_bytes())? {
                     let old: SessionRecord = decode(SESSIONS, &old).map_err(Tx::Abort)?;
                     by_user.remove(session_by_user_key(&old.user_id, &old.device_id))?;
+                    added -= 1;
                 }
             }
-            if let Some((k, session)) = &kept {
-                sessions_tree.insert(k.id.as_bytes(), session.as_slice())?;
+            if let Some((k, session)) = &kept
+                && sessions_tree
+                    .insert(k.id.as_bytes(), session.as_slice())?
+                    .is_none()
+            {
+                added += 1;
             }
+            count_sessions(meta, added)?;
             for key in &challenge_keys {
                 challenges.remove(&key[16..])?;
                 challenges_by_user.remove(key)?;

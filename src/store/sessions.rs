@@ -3,11 +3,12 @@
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use serde::Deserialize;
 use sled::Transactional;
-use sled::transaction::ConflictableTransactionError as Tx;
+use sled::transaction::{ConflictableTransactionError as Tx, TransactionalTree};
 use uuid::Uuid;
 
 use super::keys::{
-    ExpiryKind, REFRESH_TOKENS, SESSIONS, SESSIONS_BY_USER, SIGNING_KEYS, session_by_user_key,
+    ExpiryKind, META, META_SESSION_COUNT, REFRESH_TOKENS, SESSIONS, SESSIONS_BY_USER, SIGNING_KEYS,
+    session_by_user_key,
 };
 use super::records::{RefreshRecord, SessionRecord, SigningKeyRecord, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
@@ -124,21 +125,33 @@ impl SessionStore for Store {
         let session_bytes = encode(session);
         let index_key = session_by_user_key(&user.id, &session.device_id);
         tx_result(
-            (&self.users, &self.sessions, &self.sessions_by_user).transaction(
-                |(users, sessions, by_user)| {
+            (
+                &self.users,
+                &self.sessions,
+                &self.sessions_by_user,
+                &self.meta,
+            )
+                .transaction(|(users, sessions, by_user, meta)| {
                     let mut replaced = None;
+                    let mut added = 0;
                     if let Some(old_id) = by_user.get(&index_key)?
                         && let Some(old) = sessions.remove(old_id)?
                     {
                         let old: SessionRecord = decode(SESSIONS, &old).map_err(Tx::Abort)?;
                         replaced = Some(old);
+                        added -= 1;
                     }
                     users.insert(user.id.as_bytes(), user_bytes.as_slice())?;
-                    sessions.insert(session.id.as_bytes(), session_bytes.as_slice())?;
+                    if sessions
+                        .insert(session.id.as_bytes(), session_bytes.as_slice())?
+                        .is_none()
+                    {
+                        added += 1;
+                    }
                     by_user.insert(index_key.as_slice(), session.id.as_bytes())?;
+                    count_sessions(meta, added)?;
                     Ok(replaced)
-                },
-            ),
+                }),
         )
     }
 
@@ -217,21 +230,50 @@ impl SessionStore for Store {
     fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError> {
         let _writing = self.writing();
         tx_result(
-            (&self.sessions, &self.sessions_by_user).transaction(|(sessions, by_user)| {
-                for id in ids {
-                    if let Some(old) = sessions.remove(id.as_bytes())? {
-                        let old: SessionRecord = decode(SESSIONS, &old).map_err(Tx::Abort)?;
-                        let key = session_by_user_key(&old.user_id, &old.device_id);
-                        // The index may already point at a newer session of the same device.
-                        if by_user.get(&key)?.as_deref() == Some(id.as_bytes().as_slice()) {
-                            by_user.remove(key)?;
+            (&self.sessions, &self.sessions_by_user, &self.meta).transaction(
+                |(sessions, by_user, meta)| {
+                    let mut ended = 0;
+                    for id in ids {
+                        if let Some(old) = sessions.remove(id.as_bytes())? {
+                            ended += 1;
+                            let old: SessionRecord = decode(SESSIONS, &old).map_err(Tx::Abort)?;
+                            let key = session_by_user_key(&old.user_id, &old.device_id);
+                            // The index may already point at a newer session of the same device.
+                            if by_user.get(&key)?.as_deref() == Some(id.as_bytes().as_slice()) {
+                                by_user.remove(key)?;
+                            }
                         }
                     }
-                }
-                Ok(())
-            }),
+                    count_sessions(meta, -ended)?;
+                    Ok(())
+                },
+            ),
         )
     }
+}
+
+/// Adds `change` to the count of device sessions in `meta`, in the transaction that adds or
+/// removes them, so the count never disagrees with the tree, crash or not.
+pub(super) fn count_sessions(meta: &TransactionalTree, change: i64) -> Result<(), Tx<StoreError>> {
+    if change == 0 {
+        return Ok(());
+    }
+    let now = match meta.get(META_SESSION_COUNT)? {
+        None => 0,
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                Tx::Abort(StoreError::Record {
+                    tree: META.into(),
+                    what: "the session count is not 8 bytes".into(),
+                })
+            })?,
+    };
+    meta.insert(
+        META_SESSION_COUNT,
+        &now.saturating_add_signed(change).to_be_bytes(),
+    )?;
+    Ok(())
 }
 
 impl Store {
@@ -249,9 +291,21 @@ impl Store {
         Ok(())
     }
 
-    /// How many device sessions exist (walks the tree).
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
+    /// How many device sessions exist: one key read (see [`count_sessions`]).
+    pub fn session_count(&self) -> Result<u64, StoreError> {
+        match self.meta.get(META_SESSION_COUNT)? {
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Record {
+                    tree: META.into(),
+                    what: "the session count is not 8 bytes".into(),
+                }),
+            // Every store is given its count when it opens.
+            None => Err(StoreError::Record {
+                tree: META.into(),
+                what: "no session count".into(),
+            }),
+        }
     }
 }
 
@@ -284,19 +338,15 @@ impl SigningKeyStore for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::UserStore;
+    use crate::store::{PasswordStore, UserStore};
 
-    #[test]
-    fn the_owner_of_a_session_is_read_while_it_exists() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let user = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
-        store.insert_user(&user).unwrap();
-        let session = SessionRecord {
+    /// A new session of `user` on `device`.
+    fn session_on(user: &UserRecord, device: &str) -> SessionRecord {
+        SessionRecord {
             id: Uuid::new_v4(),
             user_id: user.id,
-            device_id: "laptop".into(),
-            name: Some("Ada's laptop".into()),
+            device_id: device.into(),
+            name: Some(format!("Ada's {device}")),
             ip_address: None,
             user_agent: None,
             created_at: 1,
@@ -304,7 +354,54 @@ mod tests {
             refresh_hash: [7; 32],
             refresh_expires_at: 100,
             refresh_generation: 3,
-        };
+        }
+    }
+
+    #[test]
+    fn the_session_count_follows_starts_replacements_ends_and_a_password_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.session_count().unwrap(), 0);
+        let ada = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
+        store.insert_user(&ada).unwrap();
+        let (laptop, phone) = (session_on(&ada, "laptop"), session_on(&ada, "phone"));
+        store.start_session(&ada, &laptop).unwrap();
+        store.start_session(&ada, &phone).unwrap();
+        assert_eq!(store.session_count().unwrap(), 2);
+        // The same device signing in again replaces its session.
+        let laptop_again = session_on(&ada, "laptop");
+        assert!(store.start_session(&ada, &laptop_again).unwrap().is_some());
+        assert_eq!(store.session_count().unwrap(), 2);
+        // A session already gone, or named twice, is not counted again.
+        store
+            .end_sessions(&[laptop.id, phone.id, phone.id, Uuid::new_v4()])
+            .unwrap();
+        assert_eq!(store.session_count().unwrap(), 1);
+        // A password change keeps the caller's session and ends the others.
+        store
+            .start_session(&ada, &session_on(&ada, "tablet"))
+            .unwrap();
+        store.start_session(&ada, &session_on(&ada, "tv")).unwrap();
+        assert_eq!(store.session_count().unwrap(), 3);
+        let ended = store
+            .apply_password(&ada, Some(&laptop_again), None, &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended.len(), 2);
+        assert_eq!(store.session_count().unwrap(), 1);
+        assert_eq!(store.sessions.len(), 1);
+        drop(store);
+        assert_eq!(Store::open(&path).unwrap().session_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn the_owner_of_a_session_is_read_while_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let user = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
+        store.insert_user(&user).unwrap();
+        let session = session_on(&user, "laptop");
         store.start_session(&user, &session).unwrap();
         assert_eq!(store.session_owner(session.id).unwrap(), Some(user.id));
         assert_eq!(store.session_owner(Uuid::new_v4()).unwrap(), None);

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::keys::{self, FORMAT_VERSION, META, META_FORMAT_VERSION, META_READY_PROBE};
+use super::keys::{
+    self, FORMAT_VERSION, META, META_FORMAT_VERSION, META_READY_PROBE, META_SESSION_COUNT,
+};
 use super::{Health, StoreError};
 
 /// The sled database with Keyhold's trees. Cheap to clone: clones share one database.
@@ -129,6 +131,8 @@ impl Store {
         match self.meta.get(META_FORMAT_VERSION)? {
             None => {
                 self.meta
+                    .insert(META_SESSION_COUNT, &self.counted_sessions().to_be_bytes())?;
+                self.meta
                     .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
                 self.db.flush()?;
                 Ok(())
@@ -153,6 +157,12 @@ impl Store {
                     // are (generation 0) and format 1 tokens rotate through that tree, so
                     // nothing is rewritten; the new version keeps an older Keyhold, which
                     // cannot read the new tokens, from opening the database.
+                    // 2 → 3: the sessions are counted once, here. The count is written before
+                    // the version, so a crash between the two counts them again next time;
+                    // and the new version keeps an older Keyhold, which would not keep the
+                    // count, from opening the database.
+                    self.meta
+                        .insert(META_SESSION_COUNT, &self.counted_sessions().to_be_bytes())?;
                     self.meta
                         .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
                     self.db.flush()?;
@@ -161,6 +171,11 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// The device sessions counted by walking their tree: for a store that has no count yet.
+    fn counted_sessions(&self) -> u64 {
+        u64::try_from(self.sessions.len()).unwrap_or(u64::MAX)
     }
 
     /// The storage format recorded in the database.
@@ -214,15 +229,18 @@ impl Store {
                 ))))
             })??;
         flusher.covered.fetch_max(covers, Ordering::SeqCst);
-        flusher.flushes.fetch_add(1, Ordering::Relaxed);
+        flusher.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     /// Durable writes and the flushes that covered them, since this store was opened.
     pub fn flush_stats(&self) -> FlushStats {
+        // Flushes first: each one counted was asked for before it ran, so the two read in
+        // this order never show more flushes than requests.
+        let flushes = self.flusher.flushes.load(Ordering::SeqCst);
         FlushStats {
-            requests: self.flusher.requested.load(Ordering::Relaxed),
-            flushes: self.flusher.flushes.load(Ordering::Relaxed),
+            requests: self.flusher.requested.load(Ordering::SeqCst),
+            flushes,
         }
     }
 
@@ -448,7 +466,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         Store::open(&path).unwrap().force_format_version(1).unwrap();
-        assert_eq!(Store::open(&path).unwrap().format_version().unwrap(), 2);
+        assert_eq!(
+            Store::open(&path).unwrap().format_version().unwrap(),
+            FORMAT_VERSION
+        );
+    }
+
+    #[test]
+    fn a_format_2_store_has_its_sessions_counted_once_when_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        // What format 2 left: sessions and no count.
+        for i in 0..3u8 {
+            store
+                .sessions
+                .insert([i; 16], b"a session".as_slice())
+                .unwrap();
+        }
+        store.meta.remove(META_SESSION_COUNT).unwrap();
+        store.force_format_version(2).unwrap();
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        assert_eq!(again.format_version().unwrap(), FORMAT_VERSION);
+        assert_eq!(again.session_count().unwrap(), 3);
+        // Counted once: from now on the count is read, not the tree.
+        again
+            .sessions
+            .insert([9; 16], b"a session".as_slice())
+            .unwrap();
+        drop(again);
+        assert_eq!(Store::open(&path).unwrap().session_count().unwrap(), 3);
     }
 
     #[test]
