@@ -7,7 +7,6 @@
 //! cargo bench --bench load -- --seed-only --storage DIR       # seed DIR for a server of your own,
 //! cargo bench --bench load -- --storage DIR --url https://localhost:8443 --pid PID   # then load it
 //! cargo bench --bench load -- --keyhold /tmp/keyhold-a --only floor,newToken   # another build
-//! cargo bench --bench load -- --fsyncs                        # also: writes per fsync
 //! ```
 //!
 //! It seeds users and one device session each straight into the store and closes it as a
@@ -18,9 +17,9 @@
 //! measures the raw argon2id capacity of the machine, then drives keep-alive HTTPS load
 //! from concurrent clients, one connection each.
 //! `floor`, `newToken` and `userProfile` take turns, a second each, so that changes in the
-//! machine's speed reach them alike and their ratios to the floor hold. With `--fsyncs`,
-//! the last column says how many durable writes shared one flush of the log (group
-//! commit), read from the server's `/metrics` between measurements.
+//! machine's speed reach them alike and their ratios to the floor hold. The last column,
+//! writes per fsync, is read from the server's `/metrics` between measurements: how many
+//! durable writes shared one flush of the log (group commit).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,12 +83,6 @@ struct Args {
     /// "Comparing two builds").
     #[arg(long, conflicts_with = "url")]
     keyhold: Option<PathBuf>,
-    /// Also count how many durable writes shared one fsync, read from the server's
-    /// `/metrics` between measurements (the last column). Off by default: a scrape counts
-    /// the device sessions by walking their tree, which brings all of it into sled's cache,
-    /// so the peak RSS of every later scenario would include it.
-    #[arg(long)]
-    fsyncs: bool,
     /// Passed by `cargo bench` to every benchmark target.
     #[arg(long, hide = true)]
     bench: bool,
@@ -156,11 +149,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.passwords.argon2_parallelism
     );
 
-    let mut server = match &args.url {
+    let server = match &args.url {
         Some(url) => Server::external(url, &root, args.pid)?,
         None => Server::start(&binary, &root).await?,
     };
-    server.count_fsyncs = args.fsyncs;
     if let Some(ready) = server.ready_after {
         println!(
             "start-up to ready after a clean stop: {} ms",
@@ -262,7 +254,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         store_bytes,
         users: args.users,
         storm_logins,
-        fsyncs: args.fsyncs,
     });
     Ok(())
 }
@@ -491,8 +482,6 @@ struct Server {
     pid: Option<u32>,
     child: Option<tokio::process::Child>,
     ready_after: Option<Duration>,
-    /// Read the flush counters between measurements (`--fsyncs`).
-    count_fsyncs: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -555,7 +544,6 @@ impl Server {
             pid: child.id(),
             child: Some(child),
             ready_after: Some(ready_after),
-            count_fsyncs: false,
         })
     }
 
@@ -573,17 +561,7 @@ impl Server {
             pid,
             child: None,
             ready_after: None,
-            count_fsyncs: false,
         })
-    }
-
-    /// Its flush counters through `client`, with `--fsyncs`; otherwise, or when the server
-    /// does not let the benchmark read them (`metrics.token`), `None`.
-    async fn flushes(&self, client: &Client) -> Option<Flushes> {
-        if !self.count_fsyncs {
-            return None;
-        }
-        client.flush_stats().await.ok()
     }
 
     /// User plus system CPU time of the server so far.
@@ -706,7 +684,8 @@ struct Flushes {
 }
 
 impl Flushes {
-    /// Adds what happened between two readings; nothing when either is missing.
+    /// Adds what happened between two readings. A server given by `--url` may not let the
+    /// benchmark read its metrics (`metrics.token`): then nothing is added.
     fn add(&mut self, before: Option<Flushes>, after: Option<Flushes>) {
         if let (Some(b), Some(a)) = (before, after) {
             self.writes += a.writes.saturating_sub(b.writes);
@@ -928,7 +907,7 @@ async fn measure_slice(
 ) -> anyhow::Result<Vec<Plan>> {
     let first = row.seconds == 0.0;
     // Read outside the CPU window: a scrape costs the server CPU too.
-    let flushed_before = server.flushes(&clients[0]).await;
+    let flushed_before = clients[0].flush_stats().await.ok();
     server.reset_peak();
     let cpu_before = server.cpu();
     let started = Instant::now();
@@ -938,7 +917,7 @@ async fn measure_slice(
         .cpu()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
-    let flushed_after = server.flushes(&clients[0]).await;
+    let flushed_after = clients[0].flush_stats().await.ok();
     row.flushed.add(flushed_before, flushed_after);
     row.cpu = if first {
         cpu
@@ -987,12 +966,12 @@ async fn measure_storm(
     plans: Vec<Plan>,
     duration: Duration,
 ) -> anyhow::Result<(Row, f64)> {
-    let flushed_before = server.flushes(&clients[0]).await;
+    let flushed_before = clients[0].flush_stats().await.ok();
     server.reset_peak();
     let started = Instant::now();
     let (_, logins, refreshes) = load(clients, plans, duration).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let flushed_after = server.flushes(&clients[0]).await;
+    let flushed_after = clients[0].flush_stats().await.ok();
     let mut flushed = Flushes::default();
     flushed.add(flushed_before, flushed_after);
     for (what, s) in [("storm sign-ins", &logins), ("storm newToken", &refreshes)] {
@@ -1031,8 +1010,6 @@ struct Report<'a> {
     store_bytes: u64,
     users: usize,
     storm_logins: Option<f64>,
-    /// Print the writes-per-fsync column (`--fsyncs`).
-    fsyncs: bool,
 }
 
 fn print_report(report: &Report<'_>) {
@@ -1043,26 +1020,15 @@ fn print_report(report: &Report<'_>) {
         .and_then(Row::cpu_per_request_us);
     let mib = |b: u64| format!("{:.1}", b as f64 / 1048576.0);
     println!();
-    let (extra_head, extra_rule) = if report.fsyncs {
-        (" writes per fsync |", "---:|")
-    } else {
-        ("", "")
-    };
     println!(
-        "| scenario | clients | requests/s | p50 ms | p99 ms | max ms | errors | server CPU µs/request | × floor | peak RSS MiB |{extra_head}"
+        "| scenario | clients | requests/s | p50 ms | p99 ms | max ms | errors | server CPU µs/request | × floor | peak RSS MiB | writes per fsync |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|{extra_rule}");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in report.rows {
         let cpu = row.cpu_per_request_us();
         let ratio = cpu.zip(floor).map(|(c, f)| c / f);
-        let extra = if report.fsyncs {
-            let w = row.writes_per_flush();
-            format!(" {} |", w.map_or("-".into(), |w| format!("{w:.1}")))
-        } else {
-            String::new()
-        };
         println!(
-            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |{extra}",
+            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
             row.name,
             row.clients,
             row.throughput(),
@@ -1073,6 +1039,8 @@ fn print_report(report: &Report<'_>) {
             cpu.map_or("-".into(), |c| format!("{c:.0}")),
             ratio.map_or("-".into(), |r| format!("{r:.2}")),
             row.peak_rss.map_or("-".into(), mib),
+            row.writes_per_flush()
+                .map_or("-".into(), |w| format!("{w:.1}")),
         );
     }
     println!();
