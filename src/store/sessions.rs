@@ -260,20 +260,23 @@ pub(super) fn count_sessions(meta: &TransactionalTree, change: i64) -> Result<()
     }
     let now = match meta.get(META_SESSION_COUNT)? {
         None => 0,
-        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| {
-                Tx::Abort(StoreError::Record {
-                    tree: META.into(),
-                    what: "the session count is not 8 bytes".into(),
-                })
-            })?,
+        Some(bytes) => read_count(&bytes).map_err(Tx::Abort)?,
     };
     meta.insert(
         META_SESSION_COUNT,
         &now.saturating_add_signed(change).to_be_bytes(),
     )?;
     Ok(())
+}
+
+/// The value of `meta`'s `session_count`.
+fn read_count(bytes: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Record {
+            tree: META.into(),
+            what: "the session count is not 8 bytes".into(),
+        })
 }
 
 impl Store {
@@ -294,12 +297,7 @@ impl Store {
     /// How many device sessions exist: one key read (see [`count_sessions`]).
     pub fn session_count(&self) -> Result<u64, StoreError> {
         match self.meta.get(META_SESSION_COUNT)? {
-            Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Record {
-                    tree: META.into(),
-                    what: "the session count is not 8 bytes".into(),
-                }),
+            Some(bytes) => read_count(&bytes),
             // Every store is given its count when it opens.
             None => Err(StoreError::Record {
                 tree: META.into(),
