@@ -129,14 +129,7 @@ impl Store {
 
     fn check_format(&self) -> Result<(), StoreError> {
         match self.meta.get(META_FORMAT_VERSION)? {
-            None => {
-                self.meta
-                    .insert(META_SESSION_COUNT, &self.counted_sessions().to_be_bytes())?;
-                self.meta
-                    .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
-                self.db.flush()?;
-                Ok(())
-            }
+            None => self.write_current_format(),
             Some(bytes) => {
                 let found = <[u8; 4]>::try_from(bytes.as_ref())
                     .map(u32::from_be_bytes)
@@ -157,15 +150,9 @@ impl Store {
                     // are (generation 0) and format 1 tokens rotate through that tree, so
                     // nothing is rewritten; the new version keeps an older Keyhold, which
                     // cannot read the new tokens, from opening the database.
-                    // 2 → 3: the sessions are counted once, here. The count is written before
-                    // the version, so a crash between the two counts them again next time;
-                    // and the new version keeps an older Keyhold, which would not keep the
-                    // count, from opening the database.
-                    self.meta
-                        .insert(META_SESSION_COUNT, &self.counted_sessions().to_be_bytes())?;
-                    self.meta
-                        .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
-                    self.db.flush()?;
+                    // 2 → 3: the sessions are counted once, here; the new version keeps an
+                    // older Keyhold, which would not keep the count, from opening the database.
+                    self.write_current_format()?;
                     tracing::info!(from = found, to = FORMAT_VERSION, "storage format migrated");
                 }
                 Ok(())
@@ -173,9 +160,17 @@ impl Store {
         }
     }
 
-    /// The device sessions counted by walking their tree: for a store that has no count yet.
-    fn counted_sessions(&self) -> u64 {
-        u64::try_from(self.sessions.len()).unwrap_or(u64::MAX)
+    /// Makes a new or older store one of the current format, durably: its sessions counted
+    /// by walking their tree (the one walk), then the version. The count goes first, so a
+    /// crash between the two leaves the old version, and the next open counts again.
+    fn write_current_format(&self) -> Result<(), StoreError> {
+        let sessions = u64::try_from(self.sessions.len()).unwrap_or(u64::MAX);
+        self.meta
+            .insert(META_SESSION_COUNT, &sessions.to_be_bytes())?;
+        self.meta
+            .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// The storage format recorded in the database.
