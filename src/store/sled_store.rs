@@ -56,6 +56,16 @@ struct Flusher {
     running: tokio::sync::Mutex<()>,
 }
 
+/// Whether the flush leader may wait for the log write on its own thread: only on a runtime
+/// with other workers to serve meanwhile. A single-threaded runtime (an embedding test's
+/// `#[tokio::test]`) hands the wait to a blocking thread instead.
+fn leader_may_block() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            && runtime.metrics().num_workers() > 1
+    })
+}
+
 /// How well group commit is doing: durable writes waited for, and the flushes that covered
 /// them. Counted since the store was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -204,8 +214,8 @@ impl Store {
     /// Writes everything written so far to disk, durably, before it returns.
     ///
     /// sled's own `flush_async` can hang forever when several callers await it at once
-    /// (spacejam/sled#1308, open in 0.34.7), so the blocking `flush` runs on a blocking
-    /// thread, one at a time, and callers that queued meanwhile share the next one.
+    /// (spacejam/sled#1308, open in 0.34.7), so sled's blocking `flush` runs one at a time,
+    /// and callers that queued meanwhile share the next one.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let flusher = &self.flusher;
         let ticket = flusher.requested.fetch_add(1, Ordering::SeqCst) + 1;
@@ -215,14 +225,22 @@ impl Store {
         }
         // Every request numbered up to here was made after its writes.
         let covers = flusher.requested.load(Ordering::SeqCst);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| {
-                StoreError::Sled(sled::Error::Io(std::io::Error::other(format!(
-                    "the flush thread failed: {e}"
-                ))))
-            })??;
+        if leader_may_block() {
+            // One worker waits for the log write while the others serve: sled's writer
+            // thread wakes this one, and this one wakes the queued callers on the runtime.
+            // A blocking thread in between would add two hand-offs to every flush
+            // (BENCHMARKS.md, "The group flush on the worker").
+            self.db.flush()?;
+        } else {
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|e| {
+                    StoreError::Sled(sled::Error::Io(std::io::Error::other(format!(
+                        "the flush thread failed: {e}"
+                    ))))
+                })??;
+        }
         flusher.covered.fetch_max(covers, Ordering::SeqCst);
         flusher.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -371,8 +389,8 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn many_writers_flushing_at_once_all_finish_and_their_writes_stay() {
+    /// 200 writers flush at once: every one finishes, and every write is there on reopening.
+    async fn many_writers_flush_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let store = Store::open(&path).unwrap();
@@ -382,6 +400,20 @@ mod tests {
         drop(store);
         let again = Store::open(&path).unwrap();
         assert!((0..200u32).all(|i| again.meta.contains_key(i.to_be_bytes()).unwrap()));
+    }
+
+    /// The leader waits for the log write on its worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_writers_flushing_at_once_all_finish_and_their_writes_stay() {
+        assert!(leader_may_block());
+        many_writers_flush_at_once().await;
+    }
+
+    /// The leader hands the wait to a blocking thread: the runtime has no other worker.
+    #[tokio::test]
+    async fn on_a_single_threaded_runtime_many_writers_flushing_at_once_all_finish_too() {
+        assert!(!leader_may_block());
+        many_writers_flush_at_once().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
