@@ -14,6 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::secrets::random_bytes;
 use crate::config::TokensConfig;
 use crate::error::{Error, Result};
 use crate::store::records::SigningKeyRecord;
@@ -119,7 +120,10 @@ impl Tokens {
             sid: session_id.to_string(),
             iat: now,
             exp,
-            jti: Uuid::new_v4().to_string(),
+            // A version-4 id from the process's RNG: `Uuid::new_v4` asks the kernel each time.
+            jti: uuid::Builder::from_random_bytes(random_bytes::<16>())
+                .into_uuid()
+                .to_string(),
         };
         // JWS compact serialisation (RFC 7515 §7.1), as `jsonwebtoken::encode` writes it.
         let claims = serde_json::to_vec(&claims).map_err(Error::internal)?;
@@ -318,7 +322,10 @@ mod tests {
             ("keyhold", "keyhold")
         );
         assert_eq!(claims.iat, 1_000);
-        assert!(!claims.jti.is_empty());
+        let jti = Uuid::parse_str(&claims.jti).unwrap();
+        assert_eq!(jti.get_version(), Some(uuid::Version::Random));
+        let (again, _) = tokens.issue(user, session, 1_000).unwrap();
+        assert_ne!(tokens.verify(&again, 1_001).unwrap().jti, claims.jti);
         assert!(tokens.verify(&token, exp).is_err(), "expired at exp");
     }
 
