@@ -176,25 +176,49 @@ pub struct LoginResult {
     pub prompt_tnc_acceptance: Option<bool>,
     pub device_id: Option<String>,
     pub ip_address: Option<String>,
-    /// ISO-8601 time of the previous sign-in.
-    pub last_login_at: Option<String>,
-    /// ISO-8601 time of this sign-in.
-    pub current_login_at: Option<String>,
+    /// The four times the answer can show, written out only for the fields a query asks for.
+    #[graphql(skip)]
+    pub times: LoginTimes,
     /// The signed-in account, for `userProfile`: made into a profile only when asked for.
     #[graphql(skip)]
     pub user: Option<Box<UserRecord>>,
-    /// extension: ISO-8601 expiry of token.
-    pub token_expires_at: Option<String>,
-    /// extension: ISO-8601 expiry of refreshToken.
-    pub refresh_token_expires_at: Option<String>,
     /// extension: the method of the pending second factor.
     pub two_factor_method: Option<TwoFactorMethod>,
 }
 
+/// The times of a [`LoginResult`], in Unix seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoginTimes {
+    pub last_login: Option<i64>,
+    pub current_login: Option<i64>,
+    pub token_expires: Option<i64>,
+    pub refresh_token_expires: Option<i64>,
+}
+
 #[ComplexObject]
 impl LoginResult {
+    /// ISO-8601 time of the previous sign-in.
+    async fn last_login_at(&self) -> Option<String> {
+        self.times.last_login.map(iso)
+    }
+
+    /// ISO-8601 time of this sign-in.
+    async fn current_login_at(&self) -> Option<String> {
+        self.times.current_login.map(iso)
+    }
+
     async fn user_profile(&self) -> Option<UserProfile> {
         self.user.as_deref().map(UserProfile::from)
+    }
+
+    /// extension: ISO-8601 expiry of token.
+    async fn token_expires_at(&self) -> Option<String> {
+        self.times.token_expires.map(iso)
+    }
+
+    /// extension: ISO-8601 expiry of refreshToken.
+    async fn refresh_token_expires_at(&self) -> Option<String> {
+        self.times.refresh_token_expires.map(iso)
     }
 }
 
@@ -212,11 +236,13 @@ impl LoginResult {
             prompt_tnc_acceptance: Some(false),
             device_id: Some(s.session.device_id),
             ip_address: s.session.ip_address,
-            last_login_at: s.last_login_at.map(iso),
-            current_login_at: s.current_login_at.map(iso),
+            times: LoginTimes {
+                last_login: s.last_login_at,
+                current_login: s.current_login_at,
+                token_expires: Some(s.access_expires_at),
+                refresh_token_expires: Some(s.session.refresh_expires_at),
+            },
             user: Some(Box::new(s.user)),
-            token_expires_at: Some(iso(s.access_expires_at)),
-            refresh_token_expires_at: Some(iso(s.session.refresh_expires_at)),
             two_factor_method: None,
         }
     }
