@@ -226,10 +226,11 @@ impl Store {
         // Every request numbered up to here was made after its writes.
         let covers = flusher.requested.load(Ordering::SeqCst);
         if leader_may_block() {
-            // One worker waits for the log write while the others serve: sled's writer
-            // thread wakes this one, and this one wakes the queued callers on the runtime.
-            // A blocking thread in between would add two hand-offs to every flush
-            // (BENCHMARKS.md, "The group flush on the worker").
+            // One worker writes the log and waits for the disk while the others serve
+            // (sled's flush writes on its caller's thread: vendor/sled/PATCHES.md), then
+            // wakes the queued callers on the runtime. A blocking thread in between would
+            // add two hand-offs to every flush (BENCHMARKS.md, "The group flush on the
+            // worker").
             self.db.flush()?;
         } else {
             let db = self.db.clone();
@@ -414,6 +415,73 @@ mod tests {
     async fn on_a_single_threaded_runtime_many_writers_flushing_at_once_all_finish_too() {
         assert!(!leader_may_block());
         many_writers_flush_at_once().await;
+    }
+
+    /// Write system calls made by the calling thread so far (`/proc/thread-self/io`).
+    fn writes_by_this_thread() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|line| line.strip_prefix("syscw: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// vendor/sled/PATCHES.md, 2: the thread that flushes writes the log buffer itself, rather
+    /// than waiting for one of sled's I/O threads to write it and wake it.
+    #[test]
+    fn a_flush_writes_the_log_on_the_flushing_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        let mut written_here = 0;
+        for round in 0..5u32 {
+            store.meta.insert(round.to_be_bytes(), &[1]).unwrap();
+            let before = writes_by_this_thread();
+            store.db.flush().unwrap();
+            if writes_by_this_thread() > before {
+                written_here += 1;
+            }
+        }
+        // sled's own flusher (every 500 ms) may write a round first, leaving this flush
+        // nothing to do; unpatched, no round writes here at all.
+        assert!(written_here >= 4, "{written_here} of 5 flushes wrote here");
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        assert!((0..5u32).all(|i| again.meta.contains_key(i.to_be_bytes()).unwrap()));
+    }
+
+    /// vendor/sled/PATCHES.md, 1: sled's I/O pool wakes one thread per job. Writers that fill
+    /// log buffer after log buffer (each one a job for the pool) while others flush all
+    /// finish, and every write is there on reopening.
+    #[test]
+    fn writers_filling_many_log_buffers_while_others_flush_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        let value = vec![5u8; 64 * 1024];
+        let (done, finished) = std::sync::mpsc::channel();
+        for writer in 0..6u32 {
+            let (store, value, done) = (store.clone(), value.clone(), done.clone());
+            std::thread::spawn(move || {
+                for i in 0..64u32 {
+                    let key = [writer.to_be_bytes(), i.to_be_bytes()].concat();
+                    store.users.insert(key, value.as_slice()).unwrap();
+                    if writer % 2 == 0 && i % 8 == 0 {
+                        store.db.flush().unwrap();
+                    }
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..6 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("no writer hangs");
+        }
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        assert_eq!(again.users.len(), 6 * 64);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,7 +68,12 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // Keyhold: one job wakes one idle thread. `notify_all` woke every idle
+        // thread (seven or more) for each sealed log buffer, and all but one went
+        // back to sleep. A thread that finishes a job drains the queue with
+        // `try_recv` before it waits again, and `recv_timeout` checks the queue
+        // under the mutex before it waits, so no job is left without a thread.
+        self.cv.notify_one();
 
         len
     }
