@@ -427,7 +427,7 @@ mod tests {
             .unwrap()
     }
 
-    /// vendor/sled/PATCHES.md, 2: the thread that flushes writes the log buffer itself, rather
+    /// vendor/sled/PATCHES.md, 3: the thread that flushes writes the log buffer itself, rather
     /// than waiting for one of sled's I/O threads to write it and wake it.
     #[test]
     fn a_flush_writes_the_log_on_the_flushing_thread() {
@@ -451,7 +451,7 @@ mod tests {
         assert!((0..5u32).all(|i| again.meta.contains_key(i.to_be_bytes()).unwrap()));
     }
 
-    /// vendor/sled/PATCHES.md, 1: sled's I/O pool wakes one thread per job. Writers that fill
+    /// vendor/sled/PATCHES.md, 2: sled's I/O pool wakes one thread per job. Writers that fill
     /// log buffer after log buffer (each one a job for the pool) while others flush all
     /// finish, and every write is there on reopening.
     #[test]
