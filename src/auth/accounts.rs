@@ -157,13 +157,15 @@ impl Auth {
 
     /// Applies the fields of the document. A new address is unverified until its new code is
     /// used; the old address is told of the change.
-    /// With two-factor sign-in on, an address change needs `code`: a CHANGE_EMAIL step-up
-    /// code, a current TOTP code or a recovery code.
+    /// An address change needs the current `password` (a wrong one counts like a failed
+    /// sign-in) and, with two-factor sign-in on, `code`: a CHANGE_EMAIL step-up code, a
+    /// current TOTP code or a recovery code.
     pub async fn update_profile(
         &self,
         caller: &Caller,
         data: &str,
         code: Option<&str>,
+        password: Option<String>,
     ) -> Result<UserRecord> {
         let update = ProfileUpdate::parse(data)?;
         let before = self.profile(caller)?;
@@ -175,6 +177,16 @@ impl Auth {
             .email
             .as_ref()
             .is_some_and(|e| e.as_str() != before.email);
+        if changes_email {
+            let now = self.now();
+            self.limits.check_account(&before.email, now)?;
+            if let Err(e) = self.check_password(&before, password).await {
+                if matches!(e, Error::InvalidCredentials) {
+                    self.limits.record_failure(&before.email, now);
+                }
+                return Err(e);
+            }
+        }
         if changes_email && before.two_factor.is_some() {
             self.use_step_up(&mut after, StepUpReason::ChangeEmail, code)
                 .await?;

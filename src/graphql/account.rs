@@ -4,7 +4,6 @@ use async_graphql::{Context, Object};
 
 use super::context::{auth, caller, meta};
 use super::error::ResultExt;
-use super::scalars::RId;
 use super::types::{
     RegisterUserResult, UpdateUserProfileResult, UserProfile, UserProfileInputV2,
     UserRegistrationInputV2, VerificationResult,
@@ -42,14 +41,14 @@ impl AccountMutation {
             .register(&input.data, &meta(ctx).origin())
             .await
             .gql()?;
-        let id = registered.user_id.map(RId);
+        // No id, for a new address or a taken one alike: the answer never tells them apart.
         Ok(Some(RegisterUserResult {
             status: Some(201),
             message: Some(
                 "Registration received. Check your e-mail for the verification link.".into(),
             ),
-            user_id: id,
-            account_id: id,
+            user_id: None,
+            account_id: None,
             verification_code: registered.verification_code,
         }))
     }
@@ -76,10 +75,14 @@ impl AccountMutation {
             desc = "extension: a step-up code; required when the e-mail address changes and 2FA is on."
         )]
         code: Option<String>,
+        #[graphql(
+            desc = "extension: the current password; required when the e-mail address changes."
+        )]
+        password: Option<String>,
     ) -> async_graphql::Result<Option<UpdateUserProfileResult>> {
         let caller = caller(ctx)?;
         let user = auth(ctx)
-            .update_profile(&caller, &input.data, code.as_deref())
+            .update_profile(&caller, &input.data, code.as_deref(), password)
             .await
             .gql()?;
         Ok(Some(UpdateUserProfileResult {

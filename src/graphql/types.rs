@@ -270,7 +270,7 @@ pub struct RegisterUserResult {
     /// 201 on success.
     pub status: Option<i32>,
     pub message: Option<String>,
-    /// extension: the new user's id. Null when the address already had an account (see CONTRACT.md).
+    /// extension: always null, so that registration never reveals which addresses exist (the id is in login and userProfile).
     pub user_id: Option<RId>,
     #[graphql(deprecation = "Same as userId.")]
     pub account_id: Option<RId>,

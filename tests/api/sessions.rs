@@ -480,11 +480,28 @@ async fn update_profile_changes_fields_and_an_address_change_is_verified_again()
         assert_eq!(body["errors"][0]["extensions"]["field"], field);
     }
 
+    // A new address needs the current password.
+    let change = "mutation($data: String!, $password: String) { updateProfile(input: { data: $data }, password: $password) { status userProfile { email emailVerified } } }";
+    let new_address = json!({ "email": "jay@new.example" }).to_string();
+    for password in [Value::Null, json!("not the password")] {
+        let body = app
+            .graphql_as(
+                token,
+                change,
+                json!({ "data": new_address, "password": password }),
+            )
+            .await;
+        assert_eq!(
+            error_code(&body),
+            "INVALID_CREDENTIALS",
+            "{password}: {body}"
+        );
+    }
     let body = app
         .graphql_as(
             token,
-            update,
-            json!({ "data": json!({ "email": "jay@new.example" }).to_string() }),
+            change,
+            json!({ "data": new_address, "password": PASSWORD }),
         )
         .await;
     assert_eq!(

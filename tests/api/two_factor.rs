@@ -489,7 +489,7 @@ async fn disabling_needs_the_password_and_a_step_up_code_of_its_reason() {
 async fn changing_the_address_with_2fa_on_needs_a_change_email_code_once() {
     let app = TestApp::spawn().await;
     let (token, _) = with_email_2fa(&app, "ivo@example.com").await;
-    let update = "mutation($data: String!, $code: String) { updateProfile(input: { data: $data }, code: $code) { status userProfile { email firstName } } }";
+    let update = "mutation($data: String!, $code: String, $password: String) { updateProfile(input: { data: $data }, code: $code, password: $password) { status userProfile { email firstName } } }";
     let body = app
         .graphql_as(
             &token,
@@ -501,7 +501,8 @@ async fn changing_the_address_with_2fa_on_needs_a_change_email_code_once() {
         body["data"]["updateProfile"]["status"], 200,
         "other fields need no code"
     );
-    let change = json!({ "data": json!({ "email": "ivo@new.example" }).to_string() });
+    let change =
+        json!({ "data": json!({ "email": "ivo@new.example" }).to_string(), "password": PASSWORD });
     let body = app.graphql_as(&token, update, change.clone()).await;
     assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
 
