@@ -246,6 +246,15 @@ fn refused(status: StatusCode, message: &str, field: &str) -> Response {
 /// `POST /graphql`: one operation, or a batch of at most `graphql.max_batch`.
 #[handler]
 async fn graphql_post(req: &Request, body: Body, Data(state): Data<&Arc<HttpState>>) -> Response {
+    if !is_json(req.header(header::CONTENT_TYPE)) {
+        // A form, multipart or text/plain POST is what a browser sends cross-site without
+        // asking first (no CORS preflight): nothing of it runs.
+        return refused(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a GraphQL POST must be Content-Type: application/json",
+            "content-type",
+        );
+    }
     let limit = state.graphql.max_body_bytes;
     let bytes = match body.into_bytes_limit(limit).await {
         Ok(bytes) => bytes,
@@ -309,6 +318,14 @@ async fn graphql_post(req: &Request, body: Body, Data(state): Data<&Arc<HttpStat
     json(StatusCode::OK, &response)
 }
 
+/// `application/json`, with or without parameters (`; charset=utf-8`): the one request
+/// media type of the GraphQL-over-HTTP specification.
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// A JSON object is one operation and a JSON array a batch. Anything else is refused here:
 /// serde would otherwise read a struct from an array, and `[]` would run as an empty request.
 fn parse_batch(bytes: &[u8]) -> Result<BatchRequest, serde_json::Error> {
@@ -369,9 +386,12 @@ async fn graphql_get(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Respo
     json(StatusCode::OK, &response)
 }
 
-/// Whether the operation that would run is a query. A document that does not parse is
-/// let through: executing it reports the syntax error.
+/// Whether the operation that would run is a query. A document that does not parse, or
+/// that the guard refuses before parsing, is let through: executing it reports why.
 fn runs_only_queries(query: &str, operation_name: Option<&str>) -> bool {
+    if crate::graphql::guard::check_text(query).is_err() {
+        return true;
+    }
     let Ok(document) = async_graphql::parser::parse_query(query) else {
         return true;
     };
@@ -511,7 +531,24 @@ async fn readyz(Data(state): Data<&Arc<HttpState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{client_ip, runs_only_queries};
+    use super::{client_ip, is_json, runs_only_queries};
+
+    #[test]
+    fn only_json_is_a_graphql_post() {
+        assert!(is_json(Some("application/json")));
+        assert!(is_json(Some("Application/JSON; charset=utf-8")));
+        for other in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/jsonp"),
+            Some("application/graphql"),
+            Some(""),
+        ] {
+            assert!(!is_json(other), "{other:?}");
+        }
+    }
 
     #[test]
     fn x_forwarded_for_is_believed_only_from_a_trusted_proxy() {

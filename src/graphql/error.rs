@@ -103,11 +103,21 @@ fn quoted_after(message: &str, marker: &str) -> Option<String> {
 /// A response for a request refused before it reached the schema (too big, not JSON, too
 /// many operations, a mutation over GET).
 pub fn request_error(message: impl Into<String>, field: &str) -> Response {
+    Response::from_errors(vec![bad_input(message, field)])
+}
+
+/// `BAD_USER_INPUT` naming `field`, for an error of the request itself.
+pub fn bad_input(message: impl Into<String>, field: &str) -> ServerError {
     let mut error = ServerError::new(message, None);
     let ext = error.extensions.get_or_insert_with(Default::default);
     ext.set("code", "BAD_USER_INPUT");
     ext.set("field", field);
-    Response::from_errors(vec![error])
+    error
+}
+
+/// `BAD_USER_INPUT` for the document's shape (`field: "query"`).
+pub fn bad_query(message: impl Into<String>) -> ServerError {
+    bad_input(message, "query")
 }
 
 #[cfg(test)]

@@ -280,13 +280,21 @@ impl Extension for PerRequest {
         Ok(ExecutableDocument::clone(&kept.document))
     }
 
+    /// A query text not seen before is checked by [`super::guard`] and parsed here, before
+    /// async-graphql's own checks walk it; a kept one passed those checks when it was kept.
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
-        request: Request,
+        mut request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         *self.operation_name.lock() = request.operation_name.clone();
+        if !self.parsed.lock().contains_key(&request.query) {
+            super::guard::check_text(&request.query)?;
+            let document = async_graphql::parser::parse_query(&request.query)?;
+            super::guard::check_fragments(&document)?;
+            request.set_parsed_query(document);
+        }
         next.run(ctx, request).await
     }
 

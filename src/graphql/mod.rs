@@ -4,6 +4,7 @@
 pub mod account;
 pub mod context;
 pub mod error;
+pub mod guard;
 mod metrics;
 pub mod password;
 pub mod scalars;

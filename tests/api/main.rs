@@ -11,6 +11,7 @@ mod expiry;
 mod graphql_endpoint;
 mod hardening;
 mod hostile;
+mod hostile_traffic;
 mod limits;
 mod logs;
 mod mail;
