@@ -5,16 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use poem::Server;
-use poem::listener::{Acceptor, Listener, RustlsCertificate, RustlsConfig, TcpListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, PasswordHasher};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::connections::{ConnectionPolicy, serve, tls_config};
 use crate::graphql::build_schema;
-use crate::http::{HttpState, KeyholdListener, routes};
+use crate::http::{HttpState, routes};
 use crate::jobs::{MailStats, SweepStats, run_mail_worker, run_sweeper};
 use crate::mail::Mailer;
 use crate::store::Store;
@@ -102,21 +101,13 @@ impl Application {
             sweep_stats: sweep_stats.clone(),
         });
 
-        let certificate = RustlsCertificate::new()
-            .cert(tls.cert_pem.clone())
-            .key(tls.key_pem().to_string());
-        let acceptor = KeyholdListener {
-            inner: TcpListener::bind(config.server.listen),
-            max_connections: config.server.max_connections,
-        }
-        .rustls(RustlsConfig::new().fallback(certificate))
-        .into_acceptor()
-        .await
-        .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
-        let addr = acceptor
+        let server_tls = tls_config(&tls.cert_pem, tls.key_pem())
+            .with_context(|| format!("certificate {}", tls.cert_path.display()))?;
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+        let addr = listener
             .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
             .context("the listener has no socket address")?;
         tracing::info!(
             address = %addr,
@@ -125,7 +116,7 @@ impl Application {
             "Keyhold listening"
         );
 
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let sweeper = tokio::spawn(run_sweeper(
             auth.clone(),
             config.storage.sweep_interval,
@@ -159,20 +150,15 @@ impl Application {
             mail_stats.clone(),
             mail_stopped,
         ));
-        let shutdown_timeout = config.server.shutdown_timeout;
-        let endpoint = routes(state);
-        let server = tokio::spawn(async move {
-            Server::new_with_acceptor(acceptor)
-                .name("keyhold")
-                .run_with_graceful_shutdown(
-                    endpoint,
-                    async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    },
-                    Some(shutdown_timeout),
-                )
-                .await
-        });
+        let policy = ConnectionPolicy::new(&config.server, config.limits.ipv6_prefix);
+        let server = tokio::spawn(serve(
+            listener,
+            server_tls,
+            routes(state),
+            policy,
+            auth.clone(),
+            stopped,
+        ));
         Ok(Application {
             addr,
             tls,

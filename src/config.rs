@@ -89,6 +89,23 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Connections at once from one client network (IPv6: one `limits.ipv6_prefix`);
+    /// trusted proxies are exempt.
+    pub max_connections_per_ip: usize,
+    /// Longest a TLS handshake may take.
+    #[serde(with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// Longest a request head may take to arrive, from when the connection waits for one
+    /// (so also how long an HTTP/1.1 connection may sit idle between requests).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed (HTTP/2 included).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Requests in flight at once on one HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Largest request head: the HTTP/2 header list, or HTTP/1.1's request line and headers.
+    pub max_header_bytes: usize,
     /// Browser origins allowed to call the API (CORS); none by default.
     pub cors_origins: Vec<String>,
     /// Peers (reverse proxies) whose `X-Forwarded-For` is believed.
@@ -103,6 +120,12 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_ip: 64,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            http2_max_concurrent_streams: 100,
+            max_header_bytes: 16 * 1024,
             cors_origins: Vec::new(),
             trusted_proxies: Vec::new(),
         }
@@ -355,6 +378,10 @@ pub struct LimitsConfig {
     pub register_per_ip_per_hour: u32,
     pub forgot_password_per_ip_per_hour: u32,
     pub forgot_password_per_address_per_hour: u32,
+    /// IPv6 clients are limited per network of this prefix length (a /64 is one subscriber).
+    pub ipv6_prefix: u8,
+    /// Mail nobody asked for ("someone tried to register", …) per address per hour.
+    pub notices_per_address_per_hour: u32,
 }
 
 impl Default for LimitsConfig {
@@ -368,6 +395,8 @@ impl Default for LimitsConfig {
             register_per_ip_per_hour: 20,
             forgot_password_per_ip_per_hour: 20,
             forgot_password_per_address_per_hour: 5,
+            ipv6_prefix: 64,
+            notices_per_address_per_hour: 3,
         }
     }
 }
@@ -429,6 +458,39 @@ impl Config {
             return Err(ConfigError::key(
                 "server.max_connections",
                 "must be at least 1",
+            ));
+        }
+        if self.server.max_connections_per_ip < 1 {
+            return Err(ConfigError::key(
+                "server.max_connections_per_ip",
+                "must be at least 1",
+            ));
+        }
+        positive(
+            "server.tls_handshake_timeout",
+            self.server.tls_handshake_timeout,
+        )?;
+        positive(
+            "server.header_read_timeout",
+            self.server.header_read_timeout,
+        )?;
+        positive("server.idle_timeout", self.server.idle_timeout)?;
+        if self.server.http2_max_concurrent_streams < 1 {
+            return Err(ConfigError::key(
+                "server.http2_max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_header_bytes < 1024 {
+            return Err(ConfigError::key(
+                "server.max_header_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if !(1..=128).contains(&self.limits.ipv6_prefix) {
+            return Err(ConfigError::key(
+                "limits.ipv6_prefix",
+                "must be a prefix length from 1 to 128",
             ));
         }
         for origin in &self.server.cors_origins {

@@ -6,18 +6,12 @@ use std::sync::Arc;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
-use poem::http::{StatusCode, header, uri::Scheme};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use poem::http::{StatusCode, header};
 
 use poem::endpoint::BoxEndpoint;
-use poem::listener::{Acceptor, Listener};
 use poem::middleware::{Cors, SetHeader};
 use poem::web::Data;
-use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Auth;
 use crate::clock::Clock;
@@ -25,97 +19,6 @@ use crate::config::GraphqlConfig;
 use crate::graphql::error::{label_engine_errors, request_error};
 use crate::graphql::{KeyholdSchema, RequestMeta};
 use crate::store::{Health, Store};
-
-/// The TCP side of the listener, with two things poem's does not do:
-///
-/// - At most `max_connections` connections are served at once: the next is accepted only
-///   when one closes (until then it waits in the kernel's backlog).
-/// - poem's rustls acceptor loads its certificate on the first poll of `accept`, in a
-///   `select!` that races the first TCP connection, so a client that connects the moment the
-///   server starts could find no TLS config and be dropped. This listener yields once before
-///   its first accept, so the config always loads first.
-pub struct KeyholdListener<L> {
-    pub inner: L,
-    pub max_connections: usize,
-}
-
-pub struct KeyholdAcceptor<A> {
-    inner: A,
-    yielded: bool,
-    slots: Arc<Semaphore>,
-}
-
-impl<L: Listener> Listener for KeyholdListener<L> {
-    type Acceptor = KeyholdAcceptor<L::Acceptor>;
-
-    async fn into_acceptor(self) -> std::io::Result<Self::Acceptor> {
-        Ok(KeyholdAcceptor {
-            inner: self.inner.into_acceptor().await?,
-            yielded: false,
-            slots: Arc::new(Semaphore::new(self.max_connections)),
-        })
-    }
-}
-
-impl<A: Acceptor> Acceptor for KeyholdAcceptor<A>
-where
-    A::Io: Unpin,
-{
-    type Io = Counted<A::Io>;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.inner.local_addr()
-    }
-
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        if !self.yielded {
-            self.yielded = true;
-            tokio::task::yield_now().await;
-        }
-        let slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(std::io::Error::other)?;
-        let (io, local, remote, scheme) = self.inner.accept().await?;
-        Ok((Counted { io, _slot: slot }, local, remote, scheme))
-    }
-}
-
-/// A connection holding one of the `max_connections` slots until it closes.
-pub struct Counted<S> {
-    io: S,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
 
 /// What the handlers share.
 pub struct HttpState {
@@ -273,7 +176,20 @@ async fn graphql_post(req: &Request, body: Body, Data(state): Data<&Arc<HttpStat
             );
         }
     };
-    let batch = match parse_batch(&bytes) {
+    let meta = request_meta(req, &state.auth.config.server.trusted_proxies);
+    execute_body(&state.schema, state.graphql.max_batch, &bytes, meta).await
+}
+
+/// Runs the body of a GraphQL POST: one operation (a JSON object) or a batch of at most
+/// `max_batch` (an array). What is not a GraphQL request in JSON is `BAD_USER_INPUT`
+/// with status 400. The fuzz target `graphql_body` drives this.
+pub async fn execute_body(
+    schema: &KeyholdSchema,
+    max_batch: usize,
+    bytes: &[u8],
+    meta: RequestMeta,
+) -> Response {
+    let batch = match parse_batch(bytes) {
         Ok(batch) => batch,
         Err(e) => {
             return refused(
@@ -287,12 +203,11 @@ async fn graphql_post(req: &Request, body: Body, Data(state): Data<&Arc<HttpStat
         if requests.is_empty() {
             return refused(StatusCode::BAD_REQUEST, "the batch is empty", "body");
         }
-        if requests.len() > state.graphql.max_batch {
+        if requests.len() > max_batch {
             return refused(
                 StatusCode::BAD_REQUEST,
                 &format!(
-                    "a batch holds at most {} operations; this one has {}",
-                    state.graphql.max_batch,
+                    "a batch holds at most {max_batch} operations; this one has {}",
                     requests.len()
                 ),
                 "body",
@@ -307,10 +222,7 @@ async fn graphql_post(req: &Request, body: Body, Data(state): Data<&Arc<HttpStat
         bytes = bytes.len(),
         "GraphQL request"
     );
-    let mut response = state
-        .schema
-        .execute_batch(batch.data(request_meta(req, &state.auth.config.server.trusted_proxies)))
-        .await;
+    let mut response = schema.execute_batch(batch.data(meta)).await;
     match &mut response {
         BatchResponse::Single(one) => label_engine_errors(one),
         BatchResponse::Batch(many) => many.iter_mut().for_each(label_engine_errors),

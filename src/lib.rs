@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backup;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod graphql;

@@ -56,6 +56,24 @@ impl std::fmt::Debug for Limits {
     }
 }
 
+/// The network a client address stands for in per-IP limits: an IPv4 address itself (an
+/// IPv4-mapped IPv6 address counts as its IPv4 address), an IPv6 address its first
+/// `ipv6_prefix` bits, since one subscriber routinely holds a whole /64.
+pub fn client_network(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6);
+                let keep = u32::from(ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        },
+    }
+}
+
 /// Never "retry in 0 s": that would invite an immediate retry.
 fn rate_limited(seconds: i64) -> Error {
     Error::rate_limited(seconds.max(1))
@@ -116,7 +134,10 @@ impl Limits {
     /// Counts one event for a client IP, if the transport knew it.
     pub fn hit_ip(&self, limit: Limit, ip: Option<IpAddr>, now: i64) -> Result<()> {
         match ip {
-            Some(ip) => self.hit(limit, &ip.to_string(), now),
+            Some(ip) => {
+                let network = client_network(ip, self.config.ipv6_prefix);
+                self.hit(limit, &network.to_string(), now)
+            }
             None => Ok(()),
         }
     }
@@ -273,6 +294,39 @@ mod tests {
         assert_eq!(l.entries(), 2);
         assert_eq!(l.prune(1039 + 15 * 60 + 3600), 2);
         assert_eq!(l.entries(), 0);
+    }
+
+    #[test]
+    fn an_ipv6_network_is_one_client_and_a_mapped_ipv4_address_is_itself() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_network(ip("2001:db8:1:2:aaaa::1"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            client_network(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(
+            client_network(ip("2001:db8:1:3::1"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(client_network(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(client_network(ip("2001:db8::1"), 1), ip("::"));
+        assert_eq!(client_network(ip("::ffff:192.0.2.7"), 64), ip("192.0.2.7"));
+        assert_eq!(client_network(ip("192.0.2.7"), 64), ip("192.0.2.7"));
+        let l = limits();
+        for i in 0..30 {
+            let addr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
+            l.hit_ip(Limit::LoginPerIp, Some(addr), 1000).unwrap();
+        }
+        assert!(
+            l.hit_ip(Limit::LoginPerIp, Some(ip("2001:db8:1:2:dead::beef")), 1000)
+                .is_err(),
+            "a new address in the same /64 shares its limit"
+        );
+        l.hit_ip(Limit::LoginPerIp, Some(ip("2001:db8:1:3::1")), 1000)
+            .unwrap();
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub fn issue_refresh_token(
 
 /// The session and generation that a refresh token names, if Keyhold made it. `None` for
 /// anything else, including tokens of storage format 1 (32 random bytes).
-fn named_by_refresh_token(secrets: &Secrets, token: &str) -> Option<(Uuid, u64)> {
+pub fn named_by_refresh_token(secrets: &Secrets, token: &str) -> Option<(Uuid, u64)> {
     if token.len() != REFRESH_TOKEN_BYTES.div_ceil(3) * 4 {
         return None;
     }

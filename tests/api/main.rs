@@ -6,6 +6,7 @@ mod smtp_sink;
 mod accounts;
 mod audit;
 mod backups;
+mod connections;
 mod contract;
 mod expiry;
 mod graphql_endpoint;
