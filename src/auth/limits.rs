@@ -1,17 +1,26 @@
-//! Abuse limits (`[limits]`): fixed-window counters per client IP and per address, and
-//! growing delays after repeated failed sign-ins to one account. In memory, bounded, pruned
-//! by the sweeper; a restart forgets them (a deliberate trade: nothing to write per request).
+//! Abuse limits (`[limits]`): fixed-window counters per client network and per address, and
+//! growing delays after repeated failed sign-ins to one account. In memory and bounded; a
+//! restart forgets them (a deliberate trade: nothing to write per request).
+//!
+//! Each table keeps its entries in order of expiry, so the expired ones go first and in
+//! order, with no walk of the table per request. A table holds at most [`MAX_ENTRIES`]
+//! (about 150 bytes each: keys are 64-bit hashes under a per-process random key, not the
+//! text), so the limiter never holds more than `3 × MAX_ENTRIES` entries, about 45 MB. A full
+//! table gives up the entry that would expire soonest. Accounts that reached the failure
+//! threshold live in a table of their own, so a flood of new addresses or IPs, which only
+//! ever fills the others, cannot push an account under attack out of its lockout.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 
 use parking_lot::Mutex;
 
 use crate::config::LimitsConfig;
-use crate::error::{Error, Result};
+use crate::error::Error;
 
-/// Entries kept per table at most; past it expired ones are dropped first, then any.
-const MAX_ENTRIES: usize = 100_000;
+/// Entries kept per table at most.
+pub const MAX_ENTRIES: usize = 100_000;
 
 /// What is being counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,12 +35,29 @@ pub enum Limit {
     ForgotPasswordPerIp,
     /// forgotPassword calls per address per hour.
     ForgotPasswordPerAddress,
+    /// Mail nobody asked for, per address per hour.
+    NoticesPerAddress,
+}
+
+/// A refused event: the error for the caller, and whether it is the first refusal of its
+/// key in this window (the one worth an audit record; the rest are only counted).
+#[derive(Debug)]
+pub struct Refused {
+    pub error: Error,
+    pub first_in_window: bool,
+}
+
+impl From<Refused> for Error {
+    fn from(refused: Refused) -> Error {
+        refused.error
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Window {
     start: i64,
     count: u32,
+    refused: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,13 +65,85 @@ struct Failures {
     last: i64,
     count: u32,
     locked_until: i64,
+    /// Attempts refused during the current wait.
+    refused: u32,
+}
+
+/// Values by key, kept in order of expiry.
+struct Table<V> {
+    entries: HashMap<u64, (V, i64, u64)>,
+    by_expiry: BTreeMap<(i64, u64), u64>,
+    sequence: u64,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Table {
+            entries: HashMap::new(),
+            by_expiry: BTreeMap::new(),
+            sequence: 0,
+        }
+    }
+}
+
+impl<V: Copy> Table<V> {
+    /// Drops the entries expired at `now`, soonest first; returns how many.
+    fn expire(&mut self, now: i64) -> usize {
+        let mut removed = 0;
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            self.entries.remove(&key);
+            removed += 1;
+        }
+        removed
+    }
+
+    fn get(&self, key: u64) -> Option<V> {
+        self.entries.get(&key).map(|(v, _, _)| *v)
+    }
+
+    /// Sets `key` to `value` until `expires`; a full table first gives up the entry that
+    /// would expire soonest.
+    fn put(&mut self, key: u64, value: V, expires: i64) {
+        if let Some((_, old_expiry, old_sequence)) = self.entries.remove(&key) {
+            self.by_expiry.remove(&(old_expiry, old_sequence));
+        } else if self.entries.len() >= MAX_ENTRIES
+            && let Some((_, soonest)) = self.by_expiry.pop_first()
+        {
+            self.entries.remove(&soonest);
+        }
+        self.sequence += 1;
+        self.entries.insert(key, (value, expires, self.sequence));
+        self.by_expiry.insert((expires, self.sequence), key);
+    }
+
+    fn remove(&mut self, key: u64) {
+        if let Some((_, expiry, sequence)) = self.entries.remove(&key) {
+            self.by_expiry.remove(&(expiry, sequence));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The failure tables: accounts below the threshold, and those at or past it.
+#[derive(Default)]
+struct Accounts {
+    counting: Table<Failures>,
+    locked: Table<Failures>,
 }
 
 /// The limiter. With `limits.enabled = false` every check passes.
 pub struct Limits {
     config: LimitsConfig,
-    windows: Mutex<HashMap<(Limit, String), Window>>,
-    failures: Mutex<HashMap<String, Failures>>,
+    keys: std::collections::hash_map::RandomState,
+    windows: Mutex<Table<Window>>,
+    accounts: Mutex<Accounts>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -83,8 +181,9 @@ impl Limits {
     pub fn new(config: &LimitsConfig) -> Limits {
         Limits {
             config: config.clone(),
-            windows: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            keys: std::collections::hash_map::RandomState::new(),
+            windows: Mutex::default(),
+            accounts: Mutex::default(),
         }
     }
 
@@ -96,43 +195,58 @@ impl Limits {
             Limit::RegisterPerIp => (c.register_per_ip_per_hour, 3600),
             Limit::ForgotPasswordPerIp => (c.forgot_password_per_ip_per_hour, 3600),
             Limit::ForgotPasswordPerAddress => (c.forgot_password_per_address_per_hour, 3600),
+            Limit::NoticesPerAddress => (c.notices_per_address_per_hour, 3600),
         }
     }
 
+    fn key(&self, value: impl Hash) -> u64 {
+        self.keys.hash_one(value)
+    }
+
+    fn failure_window(&self) -> i64 {
+        i64::try_from(self.config.login_failure_window.as_secs()).unwrap_or(i64::MAX / 4)
+    }
+
     /// Counts one event for `key` (an IP or an address); `RATE_LIMITED` once over the limit.
-    pub fn hit(&self, limit: Limit, key: &str, now: i64) -> Result<()> {
+    pub fn hit(&self, limit: Limit, key: &str, now: i64) -> std::result::Result<(), Refused> {
         if !self.config.enabled {
             return Ok(());
         }
         let (max, span) = self.rule(limit);
+        let id = self.key((limit, key));
         let mut windows = self.windows.lock();
-        if windows.len() >= MAX_ENTRIES {
-            windows.retain(|(l, _), w| w.start + self.rule(*l).1 > now);
-            if windows.len() >= MAX_ENTRIES
-                && let Some(any) = windows.keys().next().cloned()
-            {
-                windows.remove(&any);
-            }
-        }
-        let window = windows.entry((limit, key.to_string())).or_insert(Window {
-            start: now,
-            count: 0,
-        });
-        if window.start + span <= now {
-            *window = Window {
+        windows.expire(now);
+        let mut window = match windows.get(id) {
+            Some(w) if w.start + span > now => w,
+            _ => Window {
                 start: now,
                 count: 0,
-            };
+                refused: 0,
+            },
+        };
+        let refused = window.count >= max;
+        if refused {
+            window.refused = window.refused.saturating_add(1);
+        } else {
+            window.count += 1;
         }
-        if window.count >= max {
-            return Err(rate_limited(window.start + span - now));
+        windows.put(id, window, window.start + span);
+        if refused {
+            return Err(Refused {
+                error: rate_limited(window.start + span - now),
+                first_in_window: window.refused == 1,
+            });
         }
-        window.count += 1;
         Ok(())
     }
 
-    /// Counts one event for a client IP, if the transport knew it.
-    pub fn hit_ip(&self, limit: Limit, ip: Option<IpAddr>, now: i64) -> Result<()> {
+    /// Counts one event for a client's network, if the transport knew its address.
+    pub fn hit_ip(
+        &self,
+        limit: Limit,
+        ip: Option<IpAddr>,
+        now: i64,
+    ) -> std::result::Result<(), Refused> {
         match ip {
             Some(ip) => {
                 let network = client_network(ip, self.config.ipv6_prefix);
@@ -144,73 +258,86 @@ impl Limits {
 
     /// `RATE_LIMITED` while the account of `email` waits after failed sign-ins, whatever the
     /// password this time.
-    pub fn check_account(&self, email: &str, now: i64) -> Result<()> {
+    pub fn check_account(&self, email: &str, now: i64) -> std::result::Result<(), Refused> {
         if !self.config.enabled {
             return Ok(());
         }
-        match self.failures.lock().get(email) {
-            Some(f) if f.locked_until > now => Err(rate_limited(f.locked_until - now)),
+        let id = self.key(email);
+        let mut accounts = self.accounts.lock();
+        match accounts.locked.get(id) {
+            Some(mut f) if f.locked_until > now => {
+                f.refused = f.refused.saturating_add(1);
+                accounts
+                    .locked
+                    .put(id, f, f.locked_until + self.failure_window());
+                Err(Refused {
+                    error: rate_limited(f.locked_until - now),
+                    first_in_window: f.refused == 1,
+                })
+            }
             _ => Ok(()),
         }
     }
 
     /// A failed sign-in for `email`. From the `login_failures_per_account`-th failure within
     /// `login_failure_window` on, the account waits 1 s, then 2 s, 4 s … (at most the window).
+    /// The count is kept while the account waits and for a window after, so the delays keep
+    /// growing rather than starting over when the longest one ends.
     pub fn record_failure(&self, email: &str, now: i64) {
         if !self.config.enabled {
             return;
         }
-        let window = i64::try_from(self.config.login_failure_window.as_secs()).unwrap_or(i64::MAX);
+        let window = self.failure_window();
         let threshold = self.config.login_failures_per_account.max(1);
-        let mut failures = self.failures.lock();
-        if failures.len() >= MAX_ENTRIES {
-            failures.retain(|_, f| f.last + window > now || f.locked_until > now);
-            if failures.len() >= MAX_ENTRIES
-                && let Some(any) = failures.keys().next().cloned()
-            {
-                failures.remove(&any);
-            }
-        }
-        let f = failures.entry(email.to_string()).or_insert(Failures {
-            last: now,
-            count: 0,
-            locked_until: 0,
-        });
-        if f.last + window <= now {
-            f.count = 0;
-        }
-        f.count += 1;
+        let id = self.key(email);
+        let mut accounts = self.accounts.lock();
+        accounts.counting.expire(now);
+        accounts.locked.expire(now);
+        let known = accounts
+            .locked
+            .get(id)
+            .or_else(|| accounts.counting.get(id));
+        let mut f = match known {
+            Some(f) if f.last.max(f.locked_until) + window > now => f,
+            _ => Failures {
+                last: now,
+                count: 0,
+                locked_until: 0,
+                refused: 0,
+            },
+        };
+        f.count = f.count.saturating_add(1);
         f.last = now;
-        if f.count >= threshold {
-            let doublings = (f.count - threshold).min(20);
-            let delay = (1i64 << doublings).min(window);
-            f.locked_until = now + delay;
+        if f.count < threshold {
+            accounts.counting.put(id, f, now + window);
+            return;
         }
+        let doublings = (f.count - threshold).min(20);
+        f.locked_until = now + (1i64 << doublings).min(window);
+        f.refused = 0;
+        accounts.counting.remove(id);
+        accounts.locked.put(id, f, f.locked_until + window);
     }
 
     /// A successful sign-in: the count starts again.
     pub fn record_success(&self, email: &str) {
-        self.failures.lock().remove(email);
+        let id = self.key(email);
+        let mut accounts = self.accounts.lock();
+        accounts.counting.remove(id);
+        accounts.locked.remove(id);
     }
 
     /// Drops what no longer limits anyone; returns how many entries went.
     pub fn prune(&self, now: i64) -> usize {
-        let window = i64::try_from(self.config.login_failure_window.as_secs()).unwrap_or(i64::MAX);
-        let mut windows = self.windows.lock();
-        let before = windows.len();
-        windows.retain(|(l, _), w| w.start + self.rule(*l).1 > now);
-        let mut removed = before - windows.len();
-        drop(windows);
-        let mut failures = self.failures.lock();
-        let before = failures.len();
-        failures.retain(|_, f| f.last + window > now || f.locked_until > now);
-        removed += before - failures.len();
-        removed
+        let removed = self.windows.lock().expire(now);
+        let mut accounts = self.accounts.lock();
+        removed + accounts.counting.expire(now) + accounts.locked.expire(now)
     }
 
     /// Entries held (for metrics and tests).
     pub fn entries(&self) -> usize {
-        self.windows.lock().len() + self.failures.lock().len()
+        let accounts = self.accounts.lock();
+        self.windows.lock().len() + accounts.counting.len() + accounts.locked.len()
     }
 }
 
@@ -228,7 +355,7 @@ mod tests {
         for _ in 0..30 {
             l.hit(Limit::LoginPerIp, "1.2.3.4", 1000).unwrap();
         }
-        let err = l.hit(Limit::LoginPerIp, "1.2.3.4", 1010).unwrap_err();
+        let err = l.hit(Limit::LoginPerIp, "1.2.3.4", 1010).unwrap_err().error;
         assert_eq!(err.code(), "RATE_LIMITED");
         assert_eq!(err.retry_after(), Some(50));
         assert!(l.hit(Limit::LoginPerIp, "5.6.7.8", 1010).is_ok(), "per IP");
@@ -252,6 +379,7 @@ mod tests {
         assert_eq!(
             l.check_account("ada@example.com", 100)
                 .unwrap_err()
+                .error
                 .retry_after(),
             Some(1)
         );
@@ -259,6 +387,7 @@ mod tests {
         assert_eq!(
             l.check_account("ada@example.com", 101)
                 .unwrap_err()
+                .error
                 .retry_after(),
             Some(2)
         );
@@ -266,6 +395,7 @@ mod tests {
         assert_eq!(
             l.check_account("ada@example.com", 103)
                 .unwrap_err()
+                .error
                 .retry_after(),
             Some(4)
         );
@@ -287,6 +417,7 @@ mod tests {
         let wait = l
             .check_account("bob@example.com", 1039)
             .unwrap_err()
+            .error
             .retry_after()
             .unwrap();
         assert!(wait <= 15 * 60, "{wait}");
@@ -327,6 +458,84 @@ mod tests {
         );
         l.hit_ip(Limit::LoginPerIp, Some(ip("2001:db8:1:3::1")), 1000)
             .unwrap();
+    }
+
+    #[test]
+    fn a_flood_of_a_million_new_keys_stays_bounded_and_keeps_a_lockout() {
+        let l = limits();
+        for _ in 0..5 {
+            l.record_failure("victim@example.com", 1000);
+        }
+        assert!(l.check_account("victim@example.com", 1000).is_err());
+        for i in 0..1_000_000u32 {
+            let now = 1000 + i64::from(i / 10_000);
+            l.record_failure(&format!("flood{i}@example.com"), now);
+            let _ = l.hit(
+                Limit::LoginPerIp,
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                now,
+            );
+        }
+        let now = 1000 + 100;
+        assert!(l.entries() <= 3 * MAX_ENTRIES, "{}", l.entries());
+        assert!(l.windows.lock().len() <= MAX_ENTRIES);
+        assert!(l.accounts.lock().counting.len() <= MAX_ENTRIES);
+        // The lockout is still there, and its count with it: the next failure waits longer.
+        l.record_failure("victim@example.com", now);
+        let wait = l
+            .check_account("victim@example.com", now)
+            .unwrap_err()
+            .error
+            .retry_after();
+        assert_eq!(wait, Some(2), "the sixth failure waits 2 s");
+    }
+
+    #[test]
+    fn a_locked_account_keeps_its_count_while_it_waits() {
+        let l = limits();
+        // An attacker who tries again the moment each wait ends, for three hours.
+        let mut now = 0;
+        let mut tries_in_third_hour = 0;
+        while now < 3 * 3600 {
+            match l.check_account("ada@example.com", now) {
+                Ok(()) => {
+                    l.record_failure("ada@example.com", now);
+                    if now >= 2 * 3600 {
+                        tries_in_third_hour += 1;
+                    }
+                }
+                Err(refused) => now += refused.error.retry_after().unwrap() as i64,
+            }
+        }
+        // The delays grew to the window (15 min) and stayed there: 4 guesses an hour.
+        assert!(tries_in_third_hour <= 4, "{tries_in_third_hour}");
+    }
+
+    #[test]
+    fn only_the_first_refusal_of_a_window_is_reported() {
+        let l = Limits::new(&LimitsConfig {
+            register_per_ip_per_hour: 1,
+            ..LimitsConfig::default()
+        });
+        l.hit(Limit::RegisterPerIp, "1.2.3.4", 0).unwrap();
+        assert!(
+            l.hit(Limit::RegisterPerIp, "1.2.3.4", 1)
+                .unwrap_err()
+                .first_in_window
+        );
+        for t in 2..100 {
+            assert!(
+                !l.hit(Limit::RegisterPerIp, "1.2.3.4", t)
+                    .unwrap_err()
+                    .first_in_window
+            );
+        }
+        l.hit(Limit::RegisterPerIp, "1.2.3.4", 3600).unwrap();
+        assert!(
+            l.hit(Limit::RegisterPerIp, "1.2.3.4", 3601)
+                .unwrap_err()
+                .first_in_window
+        );
     }
 
     #[test]

@@ -120,28 +120,45 @@ impl Auth {
 
     /// Counts one event of `limit` for the client's IP (`RATE_LIMITED` when over).
     pub fn limit_ip(&self, limit: limits::Limit, ip: Option<IpAddr>) -> crate::error::Result<()> {
-        let hit = self.limits.hit_ip(limit, ip, self.now());
-        if hit.is_err() {
-            let who = audit::Subject {
-                ip,
-                ..audit::Subject::default()
-            };
-            self.audit(audit::Event::RateLimited, who, &format!("{limit:?}"));
-        }
-        hit
+        self.limits
+            .hit_ip(limit, ip, self.now())
+            .map_err(|refused| {
+                let who = audit::Subject {
+                    ip,
+                    ..audit::Subject::default()
+                };
+                self.rate_limited(refused, who, &format!("{limit:?}"))
+            })
     }
 
     /// Counts one event of `limit` for an address.
     pub fn limit_address(&self, limit: limits::Limit, email: &str) -> crate::error::Result<()> {
-        let hit = self.limits.hit(limit, email, self.now());
-        if hit.is_err() {
-            let who = audit::Subject {
-                email: Some(email),
-                ..audit::Subject::default()
-            };
-            self.audit(audit::Event::RateLimited, who, &format!("{limit:?}"));
+        self.limits
+            .hit(limit, email, self.now())
+            .map_err(|refused| {
+                let who = audit::Subject {
+                    email: Some(email),
+                    ..audit::Subject::default()
+                };
+                self.rate_limited(refused, who, &format!("{limit:?}"))
+            })
+    }
+
+    /// A refusal of the limiter: counted every time, audited once per key and window (a
+    /// flood of refusals writes one record, not one each).
+    pub(crate) fn rate_limited(
+        &self,
+        refused: limits::Refused,
+        who: audit::Subject<'_>,
+        limit: &str,
+    ) -> crate::error::Error {
+        if refused.first_in_window {
+            self.audit(audit::Event::RateLimited, who, limit);
+        } else {
+            self.metrics
+                .count("keyhold_rate_limited_total", &[("limit", limit)]);
         }
-        hit
+        refused.error
     }
 
     /// `ACTIVE`, `UNVERIFIED` or `DISABLED`.

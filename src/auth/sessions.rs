@@ -143,9 +143,8 @@ impl Auth {
             .limits
             .hit_ip(Limit::LoginPerIp, origin.ip, now)
             .and_then(|()| self.limits.check_account(email.as_str(), now));
-        if let Err(e) = allowed {
-            self.audit(Event::RateLimited, who, "login");
-            return Err(e);
+        if let Err(refused) = allowed {
+            return Err(self.rate_limited(refused, who, "login"));
         }
         if password.chars().count() > super::passwords::MAX_LENGTH {
             // Never hash unbounded input; no stored password can be this long.
