@@ -4,6 +4,7 @@ use minijinja::context;
 use uuid::Uuid;
 
 use super::audit::{Event, Subject};
+use super::limits::Limit;
 use super::secrets::random_token;
 use super::{Auth, Caller, Origin, StepUpReason, iso, passwords, seconds};
 use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, username_from};
@@ -56,11 +57,21 @@ impl Auth {
         };
         let hash = self.secrets.keyed_hash(EMAIL_CODE, &code);
         let welcome = [self.verification_mail(&user.email, &code, code_record.expires_at)?];
-        let notice = [self.queue_mail(
-            &user.email,
-            Template::AccountExists,
-            context! { reset_link => self.page("forgot-password").to_string() },
-        )?];
+        // The notice to a taken address is limited per address: registering someone else's
+        // address over and over must not mail-bomb its owner. Checked here, counted below
+        // only when the address is taken.
+        let notice = if self
+            .limits
+            .allows(Limit::NoticesPerAddress, &user.email, now)
+        {
+            vec![self.queue_mail(
+                &user.email,
+                Template::AccountExists,
+                context! { reset_link => self.page("forgot-password").to_string() },
+            )?]
+        } else {
+            Vec::new()
+        };
         // A generated username may clash; try a few suffixes before giving up.
         let mut attempt = 0;
         loop {
@@ -70,6 +81,15 @@ impl Auth {
             match outcome {
                 CreateOutcome::Created => break,
                 CreateOutcome::EmailTaken { existing } => {
+                    if self
+                        .limits
+                        .hit(Limit::NoticesPerAddress, &user.email, now)
+                        .is_err()
+                    {
+                        tracing::debug!(
+                            "limits.notices_per_address_per_hour reached: no notice mailed"
+                        );
+                    }
                     self.audit(
                         Event::Registered,
                         Subject {

@@ -263,3 +263,46 @@ fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn registering_a_taken_address_again_and_again_mails_its_owner_a_few_notices() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.enabled = true;
+        c.limits.register_per_ip_per_hour = 1000;
+        c.limits.notices_per_address_per_hour = 3;
+    })
+    .await;
+    app.verified_user("owner@example.com", PASSWORD).await;
+    let notices = |app: &TestApp| {
+        app.mailbox
+            .to("owner@example.com")
+            .iter()
+            .filter(|m| m.subject().contains("Someone tried to register"))
+            .count()
+    };
+    for _ in 0..20 {
+        let body = app
+            .register(json!({ "email": "owner@example.com", "password": PASSWORD }))
+            .await;
+        assert_eq!(
+            body["data"]["register"]["status"], 201,
+            "the same answer: {body}"
+        );
+    }
+    app.mailbox
+        .wait_for_nth("owner@example.com", "Someone tried to register", 3)
+        .await;
+    // Mail leaves in queue order: once a later message is delivered, no fourth notice waits.
+    app.register(json!({ "email": "later@example.com", "password": PASSWORD }))
+        .await;
+    app.mailbox.wait_for("later@example.com").await;
+    assert_eq!(notices(&app), 3);
+    // An hour on, the owner hears of the next attempt again.
+    app.clock.advance(std::time::Duration::from_secs(3600));
+    app.register(json!({ "email": "owner@example.com", "password": PASSWORD }))
+        .await;
+    app.mailbox
+        .wait_for_nth("owner@example.com", "Someone tried to register", 4)
+        .await;
+    app.stop().await;
+}
