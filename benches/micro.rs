@@ -45,7 +45,10 @@ fn fixture(passwords: PasswordsConfig) -> Fixture {
     let clock = Clock::system();
     let mailer = Mailer::new(
         &config.mail.from,
-        Arc::new(LogTransport::new(config.outbox_dir())),
+        Arc::new(LogTransport::new(
+            config.outbox_dir(),
+            config.mail.max_queued,
+        )),
         Templates::load(None).unwrap(),
         clock.clone(),
     );

@@ -199,6 +199,9 @@ pub struct MailConfig {
     pub templates_dir: Option<PathBuf>,
     /// Tries per message before it is dropped (with an error in the log).
     pub max_attempts: u32,
+    /// Messages waiting in the queue at most, and `.eml` files in the `log` outbox; past it
+    /// new mail is dropped (an error in the log, `keyhold_mail_refused_total`).
+    pub max_queued: usize,
     pub smtp: SmtpConfig,
 }
 
@@ -209,6 +212,7 @@ impl Default for MailConfig {
             from: "Keyhold <no-reply@localhost>".to_string(),
             templates_dir: None,
             max_attempts: 10,
+            max_queued: 10_000,
             smtp: SmtpConfig::default(),
         }
     }

@@ -152,6 +152,8 @@ pub async fn run_mail_worker(
 
 async fn send_due(auth: &Auth, stats: &MailStats, stop: &watch::Receiver<bool>) {
     loop {
+        auth.mail_backlog
+            .store(auth.store.mail_queue_len(), Ordering::Relaxed);
         let now = auth.clock.unix_seconds();
         let due = match auth.store.due_mail(now, MAIL_BATCH) {
             Ok(due) => due,
@@ -190,6 +192,11 @@ async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i6
             if let Err(e) = auth.store.remove_mail(queued.id) {
                 tracing::error!(error = %e, id = queued.id, "sent, but cannot take it off the queue");
             }
+        }
+        Err(e @ crate::mail::MailError::OutboxFull(_)) => {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, subject = %mail.subject, "mail dropped");
+            let _ = auth.store.remove_mail(queued.id);
         }
         Err(e) => {
             queued.record.attempts += 1;

@@ -11,7 +11,7 @@ use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, usernam
 use crate::error::{Error, Result};
 use crate::mail::Template;
 use crate::store::records::{EmailCodeRecord, QueuedMail, UserRecord};
-use crate::store::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
+use crate::store::{CreateOutcome, MailQueueStore, UpdateOutcome, UserStore, VerifyOutcome};
 
 /// Purpose tag of e-mail verification codes in the keyed hash.
 const EMAIL_CODE: &str = "email-verification";
@@ -56,36 +56,31 @@ impl Auth {
             expires_at: now + seconds(self.config.registration.verification_ttl),
         };
         let hash = self.secrets.keyed_hash(EMAIL_CODE, &code);
-        let welcome = [self.verification_mail(&user.email, &code, code_record.expires_at)?];
-        // The notice to a taken address is limited per address: registering someone else's
-        // address over and over must not mail-bomb its owner. Checked here, counted below
-        // only when the address is taken.
-        let notice = if self
-            .limits
-            .allows(Limit::NoticesPerAddress, &user.email, now)
-        {
-            vec![self.queue_mail(
-                &user.email,
-                Template::AccountExists,
-                context! { reset_link => self.page("forgot-password").to_string() },
-            )?]
-        } else {
-            Vec::new()
-        };
+        let welcome = self.verification_mail(&user.email, &code, code_record.expires_at)?;
         // A generated username may clash; try a few suffixes before giving up.
         let mut attempt = 0;
         loop {
-            let outcome = self
-                .store
-                .create_user(&user, &hash, &code_record, &welcome, &notice)?;
+            let outcome =
+                self.store
+                    .create_user(&user, &hash, &code_record, welcome.as_slice(), &[])?;
             match outcome {
                 CreateOutcome::Created => break,
                 CreateOutcome::EmailTaken { existing } => {
+                    self.not_queued(&welcome);
+                    // The owner is told instead, a few times an hour at most: registering
+                    // someone else's address over and over must not mail-bomb its owner.
                     if self
                         .limits
                         .hit(Limit::NoticesPerAddress, &user.email, now)
-                        .is_err()
+                        .is_ok()
                     {
+                        let notice = self.queue_mail(
+                            &user.email,
+                            Template::AccountExists,
+                            context! { reset_link => self.page("forgot-password").to_string() },
+                        )?;
+                        self.store.enqueue(notice.as_slice())?;
+                    } else {
                         tracing::debug!(
                             "limits.notices_per_address_per_hour reached: no notice mailed"
                         );
@@ -134,7 +129,12 @@ impl Auth {
         })
     }
 
-    fn verification_mail(&self, to: &str, code: &str, expires_at: i64) -> Result<QueuedMail> {
+    fn verification_mail(
+        &self,
+        to: &str,
+        code: &str,
+        expires_at: i64,
+    ) -> Result<Option<QueuedMail>> {
         self.queue_mail(
             to,
             Template::VerifyEmail,
@@ -230,8 +230,8 @@ impl Auth {
         }
         let mut mail = Vec::new();
         if let Some((_, record, code)) = &new_code {
-            mail.push(self.verification_mail(&after.email, code, record.expires_at)?);
-            mail.push(self.queue_mail(
+            mail.extend(self.verification_mail(&after.email, code, record.expires_at)?);
+            mail.extend(self.queue_mail(
                 &before.email,
                 Template::EmailChanged,
                 context! { new_email => after.email.clone(), when => iso(now) },

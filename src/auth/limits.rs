@@ -240,18 +240,6 @@ impl Limits {
         Ok(())
     }
 
-    /// Whether one more event for `key` would pass now, without counting it.
-    pub fn allows(&self, limit: Limit, key: &str, now: i64) -> bool {
-        if !self.config.enabled {
-            return true;
-        }
-        let (max, span) = self.rule(limit);
-        match self.windows.lock().get(self.key((limit, key))) {
-            Some(w) if w.start + span > now => w.count < max,
-            _ => true,
-        }
-    }
-
     /// Counts one event for a client's network, if the transport knew its address.
     pub fn hit_ip(
         &self,

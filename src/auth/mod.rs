@@ -14,6 +14,7 @@ pub mod two_factor;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use time::OffsetDateTime;
@@ -52,6 +53,9 @@ pub struct Auth {
     pub mail_ready: Arc<Notify>,
     /// Abuse limits, shared with the sweeper that prunes them.
     pub limits: Arc<limits::Limits>,
+    /// Messages in the mail queue: counted up as they are queued, and set to the stored
+    /// count by the mail worker at each pass (so what a failed change queued is forgotten).
+    pub mail_backlog: AtomicUsize,
     /// What `GET /metrics` reports.
     pub metrics: crate::metrics::Metrics,
     /// When each session was last used, kept in memory so that a request does not write.
@@ -98,7 +102,9 @@ impl Auth {
         let tokens = Tokens::load_or_create(&store, &config.tokens, clock.unix_seconds())?;
         let secrets = Secrets::load_or_create(&config.keys_dir())?;
         let limits = Arc::new(limits::Limits::new(&config.limits));
+        let mail_backlog = AtomicUsize::new(store.mail_queue_len());
         Ok(Auth {
+            mail_backlog,
             config,
             store,
             clock,
@@ -193,19 +199,35 @@ impl Auth {
     /// Renders a message and seals it for the mail queue. It is queued by the store
     /// operation it is handed to, in the same transaction as the change that causes it; the
     /// worker sends it after the answer, so an answer never waits on SMTP.
+    ///
+    /// `None` when the queue already holds `mail.max_queued` messages: the message is
+    /// dropped (logged, and counted in `keyhold_mail_refused_total`) and the change that
+    /// caused it goes ahead without it.
     pub(crate) fn queue_mail(
         &self,
         to: &str,
         template: Template,
         context: minijinja::Value,
-    ) -> Result<QueuedMail, crate::error::Error> {
+    ) -> Result<Option<QueuedMail>, crate::error::Error> {
+        let max = self.config.mail.max_queued;
+        if self.mail_backlog.fetch_add(1, Ordering::Relaxed) >= max {
+            self.mail_backlog.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(
+                template = template.name(),
+                max_queued = max,
+                "the mail queue is full (mail.max_queued); a message was dropped"
+            );
+            self.metrics
+                .count("keyhold_mail_refused_total", &[("reason", "queue_full")]);
+            return Ok(None);
+        }
         let mail = self
             .mailer
             .render(to, template, context)
             .map_err(crate::error::Error::internal)?;
         let plain = serde_json::to_vec(&mail).map_err(crate::error::Error::internal)?;
         let now = self.now();
-        Ok(QueuedMail {
+        Ok(Some(QueuedMail {
             id: self.store.next_mail_id()?,
             record: MailQueueRecord {
                 attempts: 0,
@@ -214,7 +236,15 @@ impl Auth {
                 sealed: base64::engine::general_purpose::STANDARD
                     .encode(self.secrets.seal(MAIL_LABEL, &plain)),
             },
-        })
+        }))
+    }
+
+    /// Gives back the place in the queue of a message made but not stored (a change that
+    /// took another branch), before the mail worker's next count would.
+    pub(crate) fn not_queued(&self, mail: &Option<QueuedMail>) {
+        if mail.is_some() {
+            self.mail_backlog.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Tells the mail worker that something was queued.

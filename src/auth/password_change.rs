@@ -150,10 +150,15 @@ impl Auth {
             }
             None => None,
         };
-        let notice = [self.password_notice(&user, how, now)?];
+        let notice = self.password_notice(&user, how, now)?;
         let ended = self
             .store
-            .apply_password(&user, kept.as_ref().map(|(s, _)| s), None, &notice)?
+            .apply_password(
+                &user,
+                kept.as_ref().map(|(s, _)| s),
+                None,
+                notice.as_slice(),
+            )?
             .unwrap_or_default();
         self.store.flush().await?;
         self.mail_queued();
@@ -180,7 +185,12 @@ impl Auth {
         )
     }
 
-    fn password_notice(&self, user: &UserRecord, how: &str, now: i64) -> Result<QueuedMail> {
+    fn password_notice(
+        &self,
+        user: &UserRecord,
+        how: &str,
+        now: i64,
+    ) -> Result<Option<QueuedMail>> {
         self.queue_mail(
             &user.email,
             Template::PasswordChanged,
@@ -227,7 +237,7 @@ impl Auth {
             email: user.email.clone(),
             expires_at: self.now() + seconds(ttl),
         };
-        let mail = [self.queue_mail(
+        let mail = self.queue_mail(
             &user.email,
             template,
             context! {
@@ -235,9 +245,12 @@ impl Auth {
                 code => code.clone(),
                 expires_at => iso(record.expires_at),
             },
-        )?];
-        self.store
-            .put_reset_code(&self.secrets.keyed_hash(RESET_CODE, &code), &record, &mail)?;
+        )?;
+        self.store.put_reset_code(
+            &self.secrets.keyed_hash(RESET_CODE, &code),
+            &record,
+            mail.as_slice(),
+        )?;
         self.store.flush().await?;
         self.mail_queued();
         Ok(())
@@ -261,10 +274,10 @@ impl Auth {
         // The reset mail reached this address: that proves it.
         user.email_verified = true;
         let now = self.now();
-        let notice = [self.password_notice(&user, "reset", now)?];
+        let notice = self.password_notice(&user, "reset", now)?;
         let ended = self
             .store
-            .apply_password(&user, None, Some(&hash), &notice)?
+            .apply_password(&user, None, Some(&hash), notice.as_slice())?
             .ok_or(Error::InvalidCode)?;
         self.store.flush().await?;
         self.mail_queued();

@@ -214,15 +214,15 @@ impl Auth {
         purpose: &str,
         expires_at: i64,
     ) -> Result<Vec<QueuedMail>> {
-        code.map(|code| {
-            self.queue_mail(
-                to,
-                Template::TwoFactorCode,
-                context! { code => code, purpose => purpose, expires_at => iso(expires_at) },
-            )
-        })
-        .into_iter()
-        .collect()
+        let Some(code) = code else {
+            return Ok(Vec::new());
+        };
+        let mail = self.queue_mail(
+            to,
+            Template::TwoFactorCode,
+            context! { code => code, purpose => purpose, expires_at => iso(expires_at) },
+        )?;
+        Ok(mail.into_iter().collect())
     }
 
     /// Starts the second step of a sign-in whose password was right.

@@ -25,6 +25,8 @@ pub enum MailError {
     Build(String),
     #[error("cannot deliver the message: {0}")]
     Transport(String),
+    #[error("the outbox already holds {0} messages (mail.max_queued)")]
+    OutboxFull(usize),
 }
 
 /// A rendered message, ready to send.
@@ -63,7 +65,10 @@ pub trait Transport: Send + Sync {
 /// The transport `mail.transport` names.
 pub fn transport_from_config(config: &Config) -> Result<Arc<dyn Transport>, ConfigError> {
     Ok(match config.mail.transport {
-        MailTransportKind::Log => Arc::new(LogTransport::new(config.outbox_dir())),
+        MailTransportKind::Log => Arc::new(LogTransport::new(
+            config.outbox_dir(),
+            config.mail.max_queued,
+        )),
         MailTransportKind::Smtp => Arc::new(SmtpTransport::from_config(&config.mail.smtp)?),
     })
 }

@@ -306,3 +306,45 @@ async fn registering_a_taken_address_again_and_again_mails_its_owner_a_few_notic
         .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_mail_queue_drops_new_mail_and_the_request_still_succeeds() {
+    // A relay that is down: every message stays queued, waiting for its retry.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::spawn_with(|c| {
+        c.mail.max_queued = 3;
+        c.mail.smtp.port = closed_port;
+    })
+    .await;
+    for i in 0..5 {
+        let body = app
+            .register(json!({ "email": format!("q{i}@example.com"), "password": PASSWORD }))
+            .await;
+        assert_eq!(body["data"]["register"]["status"], 201, "{body}");
+    }
+    use keyhold::store::MailQueueStore;
+    let store = app.app.store();
+    assert_eq!(store.mail_queue_len(), 3);
+    for i in 0..5 {
+        let email = format!("q{i}@example.com");
+        assert!(store.user_by_email(&email).unwrap().is_some(), "{email}");
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keyhold_mail_refused_total{reason=\"queue_full\"} 2"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

@@ -56,7 +56,7 @@ async fn the_log_transport_writes_an_eml_file_readable_only_by_its_owner() {
     let outbox = dir.path().join("outbox");
     let mailer = Mailer::new(
         "Keyhold <no-reply@localhost>",
-        Arc::new(LogTransport::new(outbox.clone())),
+        Arc::new(LogTransport::new(outbox.clone(), 10_000)),
         Templates::load(None).unwrap(),
         Clock::system(),
     );
