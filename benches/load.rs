@@ -7,6 +7,7 @@
 //! cargo bench --bench load -- --seed-only --storage DIR       # seed DIR for a server of your own,
 //! cargo bench --bench load -- --storage DIR --url https://localhost:8443 --pid PID   # then load it
 //! cargo bench --bench load -- --keyhold /tmp/keyhold-a --only floor,newToken   # another build
+//! cargo bench --bench load -- --ab /tmp/keyhold-old --only floor      # A/B in one run
 //! ```
 //!
 //! It seeds users and one device session each straight into the store and closes it as a
@@ -20,6 +21,10 @@
 //! machine's speed reach them alike and their ratios to the floor hold. The last column,
 //! writes per fsync, is read from the server's `/metrics` between measurements: how many
 //! durable writes shared one flush of the log (group commit).
+//!
+//! Every scenario runs twice: over HTTP/1.1 (one connection per client) and over HTTP/2
+//! (one connection carrying every client's streams, as a browser or an HTTP/2 proxy sends
+//! them); the HTTP/2 rows take their turns beside the HTTP/1.1 ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,6 +88,11 @@ struct Args {
     /// "Comparing two builds").
     #[arg(long, conflicts_with = "url")]
     keyhold: Option<PathBuf>,
+    /// A second build, started beside the first on a copy of the same store: the `floor`
+    /// of each is measured in turns with the others (rows ending "(B)"), so the two builds
+    /// meet the same moments of the machine.
+    #[arg(long, conflicts_with = "url")]
+    ab: Option<PathBuf>,
     /// Passed by `cargo bench` to every benchmark target.
     #[arg(long, hide = true)]
     bench: bool,
@@ -149,9 +159,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.passwords.argon2_parallelism
     );
 
+    // The other build's store: a copy made while no server holds the first.
+    let ab_root = root.join("ab");
+    if args.ab.is_some() {
+        let _ = std::fs::remove_dir_all(&ab_root);
+        copy_folder(&config.storage.path, &ab_root.join("data"))?;
+    }
     let server = match &args.url {
         Some(url) => Server::external(url, &root, args.pid)?,
         None => Server::start(&binary, &root).await?,
+    };
+    let other = match &args.ab {
+        Some(other) => Some(Server::start(other, &ab_root).await?),
+        None => None,
     };
     if let Some(ready) = server.ready_after {
         println!(
@@ -194,53 +214,80 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // The floor and the two token scenarios are compared: they take turns (see
     // `measure_in_turns`). Sign-ins are compared with the argon2 capacity instead.
+    let h2 = connect_http2(&server, pool).await?;
+    let protocols = [("", &clients), (HTTP2, &h2)];
     let mut turns = Vec::new();
-    if wanted("floor") {
-        turns.push(("floor", (0..c).map(|_| Plan::Floor).collect()));
+    if let Some(other) = &other
+        && wanted("floor")
+    {
+        let plans = (0..c).map(|_| Plan::Floor).collect();
+        turns.push((
+            "floor (B)".to_string(),
+            other,
+            connect(other, c).await?,
+            plans,
+        ));
     }
-    if wanted("newToken") {
-        let plans = take_tokens(c)?.into_iter().map(Plan::Refresh).collect();
-        turns.push(("newToken", plans));
-    }
-    if wanted("userProfile") {
-        let mut plans = Vec::new();
-        for (client, refresh) in clients[..c].iter().zip(take_tokens(c)?) {
-            let body = client
-                .call(None, NEW_TOKEN, json!({ "t": refresh }))
-                .await?;
-            let token = body["data"]["newToken"]["token"]
-                .as_str()
-                .context("newToken for userProfile")?;
-            plans.push(Plan::Profile(token.to_string()));
+    for (suffix, clients) in protocols {
+        let name = |scenario: &str| format!("{scenario}{suffix}");
+        if wanted("floor") {
+            let plans = (0..c).map(|_| Plan::Floor).collect();
+            turns.push((name("floor"), &server, clients[..c].to_vec(), plans));
         }
-        turns.push(("userProfile", plans));
+        if wanted("newToken") {
+            let plans = take_tokens(c)?.into_iter().map(Plan::Refresh).collect();
+            turns.push((name("newToken"), &server, clients[..c].to_vec(), plans));
+        }
+        if wanted("userProfile") {
+            let mut plans = Vec::new();
+            for (client, refresh) in clients[..c].iter().zip(take_tokens(c)?) {
+                let body = client
+                    .call(None, NEW_TOKEN, json!({ "t": refresh }))
+                    .await?;
+                let token = body["data"]["newToken"]["token"]
+                    .as_str()
+                    .context("newToken for userProfile")?;
+                plans.push(Plan::Profile(token.to_string()));
+            }
+            turns.push((name("userProfile"), &server, clients[..c].to_vec(), plans));
+        }
     }
     if !turns.is_empty() {
-        rows.extend(measure_in_turns(&server, &clients, turns, args.seconds).await?);
+        rows.extend(measure_in_turns(turns, args.seconds).await?);
     }
-    if wanted("login") {
-        let plans = (0..c)
-            .map(|k| Plan::Login {
-                next: k,
-                step: c,
-                users,
-            })
-            .collect();
-        rows.push(measure(&server, "login", &clients[..c], plans, duration).await?);
+    if let Some(other) = &other {
+        other.stop().await;
     }
     let mut storm_logins = None;
-    if wanted("storm") {
-        let refreshers = take_tokens(STORM_REFRESHERS)?;
-        let mut plans: Vec<Plan> = refreshers.into_iter().map(Plan::Refresh).collect();
-        plans.extend((0..args.storm).map(|k| Plan::Login {
-            next: users / 2 + k,
-            step: args.storm,
-            users,
-        }));
-        let storm_clients = &clients[..STORM_REFRESHERS + args.storm];
-        let (row, logins) = measure_storm(&server, storm_clients, plans, duration).await?;
-        storm_logins = Some(logins);
-        rows.push(row);
+    for (n, (suffix, clients)) in protocols.into_iter().enumerate() {
+        if wanted("login") {
+            // Each protocol signs in users of its own, so no session is replaced mid-run.
+            let plans = (0..c)
+                .map(|k| Plan::Login {
+                    next: n * users / 4 + k,
+                    step: c,
+                    users,
+                })
+                .collect();
+            let name = format!("login{suffix}");
+            rows.push(measure(&server, &name, &clients[..c], plans, duration).await?);
+        }
+        if wanted("storm") {
+            let refreshers = take_tokens(STORM_REFRESHERS)?;
+            let mut plans: Vec<Plan> = refreshers.into_iter().map(Plan::Refresh).collect();
+            plans.extend((0..args.storm).map(|k| Plan::Login {
+                next: users / 2 + n * users / 4 + k,
+                step: args.storm,
+                users,
+            }));
+            let storm_clients = &clients[..STORM_REFRESHERS + args.storm];
+            let (mut row, logins) = measure_storm(&server, storm_clients, plans, duration).await?;
+            row.name.push_str(suffix);
+            if n == 0 {
+                storm_logins = Some(logins);
+            }
+            rows.push(row);
+        }
     }
     server.stop().await;
 
@@ -694,6 +741,38 @@ impl Flushes {
     }
 }
 
+/// The name suffix of the rows measured over HTTP/2.
+const HTTP2: &str = " (HTTP/2)";
+
+/// `n` clients sharing one HTTP/2 connection, opened before the measurements start.
+async fn connect_http2(server: &Server, n: usize) -> anyhow::Result<Vec<Client>> {
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(
+            server.certificate.as_bytes(),
+        )?])
+        .resolve("localhost", server.addr)
+        .http2_prior_knowledge()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let client = Client {
+        http,
+        url: server.url.clone(),
+    };
+    let answer = client
+        .http
+        .get(format!("{}/healthz", client.url))
+        .send()
+        .await?;
+    if answer.version() != reqwest::Version::HTTP_2 {
+        bail!(
+            "the server answered over {:?}, not HTTP/2",
+            answer.version()
+        );
+    }
+    Ok(vec![client; n])
+}
+
 /// Opens `n` connections (one request each, so the TLS handshakes are not measured).
 async fn connect(server: &Server, n: usize) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::new();
@@ -934,24 +1013,22 @@ async fn measure_slice(
 /// of this virtual machine changes from one minute to the next; taking turns exposes every
 /// scenario to the same changes, so their ratios to the floor hold.
 async fn measure_in_turns(
-    server: &Server,
-    clients: &[Client],
-    scenarios: Vec<(&str, Vec<Plan>)>,
+    scenarios: Vec<(String, &Server, Vec<Client>, Vec<Plan>)>,
     rounds: u64,
 ) -> anyhow::Result<Vec<Row>> {
-    let mut turns: Vec<(Row, Vec<Plan>)> = scenarios
+    let mut turns: Vec<(Row, &Server, Vec<Client>, Vec<Plan>)> = scenarios
         .into_iter()
-        .map(|(name, plans)| (Row::new(name, plans.len()), plans))
+        .map(|(name, server, clients, plans)| {
+            (Row::new(&name, plans.len()), server, clients, plans)
+        })
         .collect();
     for _ in 0..rounds.max(1) {
-        for (row, plans) in &mut turns {
-            let n = plans.len();
+        for (row, server, clients, plans) in &mut turns {
             let taken = std::mem::take(plans);
-            *plans =
-                measure_slice(server, row, &clients[..n], taken, Duration::from_secs(1)).await?;
+            *plans = measure_slice(server, row, clients, taken, Duration::from_secs(1)).await?;
         }
     }
-    let rows: Vec<Row> = turns.into_iter().map(|(row, _)| row).collect();
+    let rows: Vec<Row> = turns.into_iter().map(|(row, _, _, _)| row).collect();
     for row in &rows {
         row.print();
     }
@@ -1068,6 +1145,16 @@ fn print_report(report: &Report<'_>) {
                 ratio.map(|r| r <= limit),
             ));
         }
+    }
+    if let Some((h1, h2)) = find("newToken").zip(find(&format!("newToken{HTTP2}"))) {
+        let (p99, p99_h2) = (h1.percentile(0.99), h2.percentile(0.99));
+        targets.push((
+            format!(
+                "newToken p99 over HTTP/2 {p99_h2:.2} ms = {:.2} × over HTTP/1.1 {p99:.2} ms (≤ 2)",
+                p99_h2 / p99
+            ),
+            Some(p99_h2 <= 2.0 * p99),
+        ));
     }
     if let Some(storm) = report.rows.iter().find(|r| r.name.starts_with("storm")) {
         let p99 = storm.percentile(0.99);

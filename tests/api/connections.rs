@@ -78,15 +78,7 @@ async fn idle_sockets_from_one_address_leave_room_for_another() {
     drop(hoarded);
     let body = app.graphql("{ __typename }", Value::Null).await;
     assert_eq!(body["data"]["__typename"], "RootQueryType");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("keyhold_connections_refused_total{reason=\"per_ip\"} 6"),
         "{metrics}"

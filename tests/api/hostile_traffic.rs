@@ -333,15 +333,7 @@ async fn a_full_mail_queue_drops_new_mail_and_the_request_still_succeeds() {
         let email = format!("q{i}@example.com");
         assert!(store.user_by_email(&email).unwrap().is_some(), "{email}");
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("keyhold_mail_refused_total{reason=\"queue_full\"} 2"),
         "{metrics}"
