@@ -198,14 +198,7 @@ impl Auth {
             .as_ref()
             .is_some_and(|e| e.as_str() != before.email);
         if changes_email {
-            let now = self.now();
-            self.limits.check_account(&before.email, now)?;
-            if let Err(e) = self.check_password(&before, password).await {
-                if matches!(e, Error::InvalidCredentials) {
-                    self.limits.record_failure(&before.email, now);
-                }
-                return Err(e);
-            }
+            self.check_password(&before, password).await?;
         }
         if changes_email && before.two_factor.is_some() {
             self.use_step_up(&mut after, StepUpReason::ChangeEmail, code)

@@ -43,14 +43,7 @@ impl Auth {
     ) -> Result<ChangeOutcome> {
         let user = self.profile(caller)?;
         // A wrong old password counts like a failed sign-in.
-        let now = self.now();
-        self.limits.check_account(&user.email, now)?;
-        if let Err(e) = self.check_password(&user, Some(old_password)).await {
-            if matches!(e, Error::InvalidCredentials) {
-                self.limits.record_failure(&user.email, now);
-            }
-            return Err(e);
-        }
+        self.check_password(&user, Some(old_password)).await?;
         self.check_new_password(&new_password, &user)?;
         let new_hash = self.passwords.hash(new_password).await?;
         let Some(two_factor) = &user.two_factor else {

@@ -439,19 +439,29 @@ impl Auth {
         Ok(())
     }
 
+    /// The password of a signed-in caller, checked like a sign-in: refused while the account
+    /// waits after failed sign-ins (even when right), and a wrong or missing one counts as a
+    /// failed sign-in. Aliases in one request run one after another, so each is counted.
     pub(crate) async fn check_password(
         &self,
         user: &UserRecord,
         password: Option<String>,
     ) -> Result<()> {
-        let password = password.ok_or(Error::InvalidCredentials)?;
-        let verified = self
-            .passwords
-            .verify(password, Some(user.password_hash.clone()))
-            .await?;
-        if verified.matches {
+        let now = self.now();
+        self.limits.check_account(&user.email, now)?;
+        let matches = match password {
+            Some(password) => {
+                self.passwords
+                    .verify(password, Some(user.password_hash.clone()))
+                    .await?
+                    .matches
+            }
+            None => false,
+        };
+        if matches {
             Ok(())
         } else {
+            self.limits.record_failure(&user.email, now);
             Err(Error::InvalidCredentials)
         }
     }

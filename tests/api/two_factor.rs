@@ -529,3 +529,78 @@ async fn changing_the_address_with_2fa_on_needs_a_change_email_code_once() {
     );
     app.stop().await;
 }
+
+/// `n` aliased copies of `field` with wrong passwords, in one mutation.
+fn aliased_wrong_passwords(field: &str, n: usize) -> String {
+    let fields: String = (0..n)
+        .map(|i| format!("a{i}: {field}(password: \"wrong password {i}\") {{ status }} "))
+        .collect();
+    format!("mutation {{ {fields} }}")
+}
+
+#[tokio::test]
+async fn aliased_wrong_passwords_behind_a_token_count_like_failed_sign_ins() {
+    let app = TestApp::spawn_with(|c| c.limits.enabled = true).await;
+    app.verified_user("eve@example.com", PASSWORD).await;
+    let token = app.signed_in("eve@example.com", PASSWORD, None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = app
+        .graphql_as(
+            &token,
+            &aliased_wrong_passwords("enable2Fa", 20),
+            Value::Null,
+        )
+        .await;
+    let codes: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["extensions"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes.len(), 20, "{body}");
+    assert!(codes.contains(&"RATE_LIMITED"), "{codes:?}");
+    // The right password now waits too.
+    let body = app
+        .graphql_as(&token, ENABLE, json!({ "password": PASSWORD }))
+        .await;
+    assert_eq!(error_code(&body), "RATE_LIMITED", "{body}");
+    let body = app.login("eve@example.com", PASSWORD, None).await;
+    assert_eq!(
+        error_code(&body),
+        "RATE_LIMITED",
+        "sign-in waits as well: {body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn aliased_wrong_passwords_to_disable_2fa_are_counted_too() {
+    let app = TestApp::spawn_with(|c| c.limits.enabled = true).await;
+    let (token, recovery) = with_email_2fa(&app, "fay@example.com").await;
+    let body = app
+        .graphql_as(
+            &token,
+            &aliased_wrong_passwords("disable2Fa", 20),
+            Value::Null,
+        )
+        .await;
+    assert!(
+        body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["extensions"]["code"] == "RATE_LIMITED"),
+        "{body}"
+    );
+    let body = app
+        .graphql_as(
+            &token,
+            "mutation($p: String, $c: String) { disable2Fa(password: $p, code: $c) { status } }",
+            json!({ "p": PASSWORD, "c": recovery[0] }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "RATE_LIMITED", "{body}");
+    app.stop().await;
+}
