@@ -138,7 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // close, so the server reads the whole log again.
     let mut ready_after_crash = None;
     if let Some(image) = &seeded.crash_image {
-        let server = Server::start(&binary, image).await?;
+        let server = Server::start(&binary, image, args.keyhold.is_none()).await?;
         ready_after_crash = server.ready_after;
         server.kill().await;
         std::fs::remove_dir_all(image)?;
@@ -167,10 +167,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let server = match &args.url {
         Some(url) => Server::external(url, &root, args.pid)?,
-        None => Server::start(&binary, &root).await?,
+        None => Server::start(&binary, &root, args.keyhold.is_none()).await?,
     };
     let other = match &args.ab {
-        Some(other) => Some(Server::start(other, &ab_root).await?),
+        Some(other) => Some(Server::start(other, &ab_root, false).await?),
         None => None,
     };
     if let Some(ready) = server.ready_after {
@@ -314,9 +314,17 @@ fn bench_config(root: &Path) -> Config {
     config
 }
 
-fn config_toml(root: &Path) -> String {
+/// The server's `config.toml`. Every client connects from 127.0.0.1, so the bench's own
+/// build lifts the per-address connection cap; another build (`--keyhold`, `--ab`) gets only
+/// the keys that every build since the first knows.
+fn config_toml(root: &Path, own_build: bool) -> String {
+    let per_ip = if own_build {
+        "max_connections_per_ip = 1024\n"
+    } else {
+        ""
+    };
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[limits]\nenabled = false\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n{per_ip}[storage]\npath = \"{}\"\n[limits]\nenabled = false\n",
         root.join("data").display()
     )
 }
@@ -538,9 +546,9 @@ struct Rss {
 }
 
 impl Server {
-    async fn start(binary: &Path, root: &Path) -> anyhow::Result<Server> {
+    async fn start(binary: &Path, root: &Path, own_build: bool) -> anyhow::Result<Server> {
         let config_file = root.join("bench-config.toml");
-        std::fs::write(&config_file, config_toml(root))?;
+        std::fs::write(&config_file, config_toml(root, own_build))?;
         let started = Instant::now();
         let mut child = tokio::process::Command::new(binary)
             .arg("serve")

@@ -491,6 +491,12 @@ impl Config {
                 "must be at least 1024",
             ));
         }
+        if self.testing.expose_codes && !self.server.listen.ip().is_loopback() {
+            return Err(ConfigError::key(
+                "testing.expose_codes",
+                "returns codes to any caller; it is refused unless server.listen is a loopback address",
+            ));
+        }
         if !(1..=128).contains(&self.limits.ipv6_prefix) {
             return Err(ConfigError::key(
                 "limits.ipv6_prefix",
@@ -823,6 +829,22 @@ mod tests {
         assert_eq!(config.two_factor.resend_cooldown, Duration::from_secs(120));
         assert_eq!(config.tokens.access_ttl, Duration::from_secs(7200));
         assert_eq!(config.tokens.refresh_ttl, Duration::from_secs(7 * 86400));
+    }
+
+    #[test]
+    fn expose_codes_is_refused_off_loopback() {
+        let config = |listen: &str| {
+            Config::from_toml_str(&format!(
+                "[server]\nlisten = \"{listen}\"\n[testing]\nexpose_codes = true"
+            ))
+        };
+        for listen in ["0.0.0.0:8443", "192.0.2.1:8443", "[::]:8443"] {
+            let err = config(listen).unwrap_err().to_string();
+            assert!(err.contains("testing.expose_codes"), "{listen}: {err}");
+        }
+        for listen in ["127.0.0.1:0", "[::1]:8443"] {
+            config(listen).unwrap();
+        }
     }
 
     #[test]
