@@ -88,9 +88,9 @@ struct Args {
     /// "Comparing two builds").
     #[arg(long, conflicts_with = "url")]
     keyhold: Option<PathBuf>,
-    /// A second build, started beside the first on a copy of the same store: the `floor`
-    /// of each is measured in turns with the others (rows ending "(B)"), so the two builds
-    /// meet the same moments of the machine.
+    /// A second build, started beside the first on a copy of the same store: its `floor`,
+    /// and its `newToken` over HTTP/2, are measured in turns with the others (rows with
+    /// "(B)"), so the two builds meet the same moments of the machine.
     #[arg(long, conflicts_with = "url")]
     ab: Option<PathBuf>,
     /// Passed by `cargo bench` to every benchmark target.
@@ -217,16 +217,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let h2 = connect_http2(&server, pool).await?;
     let protocols = [("", &clients), (HTTP2, &h2)];
     let mut turns = Vec::new();
-    if let Some(other) = &other
-        && wanted("floor")
-    {
-        let plans = (0..c).map(|_| Plan::Floor).collect();
-        turns.push((
-            "floor (B)".to_string(),
-            other,
-            connect(other, c).await?,
-            plans,
-        ));
+    if let Some(other) = &other {
+        if wanted("floor") {
+            let plans = (0..c).map(|_| Plan::Floor).collect();
+            turns.push((
+                "floor (B)".to_string(),
+                other,
+                connect(other, c).await?,
+                plans,
+            ));
+        }
+        if wanted("newToken") {
+            // Its store is a copy of the same seeding: the seeded tokens work there too.
+            let plans = take_tokens(c)?.into_iter().map(Plan::Refresh).collect();
+            turns.push((
+                format!("newToken (B){HTTP2}"),
+                other,
+                connect_http2(other, c).await?,
+                plans,
+            ));
+        }
     }
     for (suffix, clients) in protocols {
         let name = |scenario: &str| format!("{scenario}{suffix}");
