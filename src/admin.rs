@@ -17,6 +17,8 @@ use crate::store::AuditStore;
 
 /// The longest request accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// How long a client may take to send its request line.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Binds the socket (replacing a stale one), readable and writable by this user only.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -57,12 +59,26 @@ pub async fn serve(
     let _ = std::fs::remove_file(&path);
 }
 
+/// Whether a peer of user `uid` may use the socket: the server's own user, or root. The
+/// socket's mode already says so; this holds even if the file's mode is loosened.
+fn peer_allowed(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
 async fn answer(stream: UnixStream, auth: &Arc<Auth>) -> anyhow::Result<()> {
+    let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
+    if !peer_allowed(uid) {
+        tracing::warn!(uid, "admin socket: refused a client of another user");
+        let refusal = json!({ "ok": false, "error": "the admin socket answers only the server's own user and root" });
+        write.write_all(format!("{refusal}\n").as_bytes()).await?;
+        return Ok(());
+    }
     let mut line = String::new();
-    BufReader::new(read.take(MAX_REQUEST))
-        .read_line(&mut line)
-        .await?;
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .context("no request within the admin socket's read timeout")??;
     let reply = match serde_json::from_str::<Value>(&line) {
         Ok(request) => handle(&request, auth)
             .await

@@ -355,3 +355,66 @@ async fn an_invited_user_chooses_a_password_by_the_mailed_link_and_a_deleted_one
     assert_eq!(user_admin(&app, "list", None).await, json!([]));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_socket_closes_a_client_that_sends_nothing() {
+    let app = TestApp::spawn().await;
+    let mut silent = tokio::net::UnixStream::connect(app.app.config().admin_socket())
+        .await
+        .unwrap();
+    // The server's clock for timeouts is tokio's: paused, it jumps to the next timer as soon
+    // as everything waits, so the read timeout passes without the test sleeping.
+    tokio::time::pause();
+    let mut buf = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let read = tokio::time::timeout(
+        keyhold::admin::READ_TIMEOUT * 2,
+        silent.read_to_end(&mut buf),
+    )
+    .await;
+    tokio::time::resume();
+    assert!(read.is_ok(), "closed within the read timeout");
+    assert!(buf.is_empty(), "no answer to no request");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_socket_answers_only_the_servers_own_user_and_root() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root, to connect as another user");
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let socket = app.app.config().admin_socket();
+    // Loosen every mode on the way, as a careless operator might: the peer check still holds.
+    use std::os::unix::fs::PermissionsExt;
+    let open = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(app.dir.path(), 0o755);
+    open(&app.app.config().storage.path, 0o755);
+    open(&socket, 0o666);
+    // The server may refuse before the request is written: a write then meets a closed
+    // socket, which must not end the client before it reads the refusal.
+    let script = "use IO::Socket::UNIX; $SIG{PIPE} = 'IGNORE'; my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"connect: $!\"; print $s qq({\"command\":\"ping\"}\\n); print scalar <$s>;";
+    let output = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["perl", "-e", script])
+        .arg(&socket)
+        .output()
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        answer.contains("\"ok\":false") && answer.contains("own user and root"),
+        "{answer} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Root itself is answered.
+    let answer = keyhold::admin::call(&socket, &serde_json::json!({ "command": "ping" }))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer["ok"], true);
+    app.stop().await;
+}
