@@ -145,7 +145,15 @@ fn refresh_rotation(c: &mut Criterion) {
         b.iter(|| {
             let (_, next) = issue_refresh_token(&secrets, id, generation + 1);
             let outcome = store
-                .rotate_refresh(id, generation, &current, &next, now() + 3600, now())
+                .rotate_refresh(
+                    id,
+                    generation,
+                    &current,
+                    &next,
+                    now() + 3600,
+                    i64::MAX,
+                    now(),
+                )
                 .unwrap();
             assert!(matches!(outcome, RotateOutcome::Rotated(_)));
             (generation, current) = (generation + 1, next);

@@ -287,6 +287,10 @@ pub struct TokensConfig {
     pub access_ttl: Duration,
     #[serde(with = "duration")]
     pub refresh_ttl: Duration,
+    /// A device session lives at most this long from its sign-in, however often it is
+    /// refreshed.
+    #[serde(with = "duration")]
+    pub session_max_age: Duration,
 }
 
 impl Default for TokensConfig {
@@ -296,6 +300,7 @@ impl Default for TokensConfig {
             audience: "keyhold".to_string(),
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            session_max_age: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -458,6 +463,7 @@ impl Config {
             ));
         }
         positive("server.request_timeout", self.server.request_timeout)?;
+        positive("tokens.session_max_age", self.tokens.session_max_age)?;
         if self.server.max_connections < 1 {
             return Err(ConfigError::key(
                 "server.max_connections",

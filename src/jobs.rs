@@ -359,7 +359,7 @@ mod tests {
         store.start_session(&ada, &s).unwrap();
         // A refresh moves the session's expiry to 500.
         let rotated = store
-            .rotate_refresh(s.id, 0, &[7; 32], &[8; 32], 500, 50)
+            .rotate_refresh(s.id, 0, &[7; 32], &[8; 32], 500, i64::MAX, 50)
             .unwrap();
         assert!(matches!(rotated, RotateOutcome::Rotated(_)), "{rotated:?}");
         let report = sweep_once(&store, 200).unwrap();

@@ -137,7 +137,7 @@ impl Auth {
                     session.refresh_generation,
                 );
                 session.refresh_hash = refresh_hash;
-                session.refresh_expires_at = now + seconds(self.config.tokens.refresh_ttl);
+                session.refresh_expires_at = self.refresh_expiry(session.created_at, now);
                 session.last_seen_at = now;
                 Some((session, refresh_token))
             }

@@ -228,7 +228,7 @@ impl Auth {
             created_at: now,
             last_seen_at: now,
             refresh_hash,
-            refresh_expires_at: now + seconds(self.config.tokens.refresh_ttl),
+            refresh_expires_at: self.refresh_expiry(now, now),
             refresh_generation: 0,
         };
         if let Some(replaced) = self.store.start_session(&user, &session)? {
@@ -259,6 +259,14 @@ impl Auth {
         })
     }
 
+    /// When a refresh token handed out at `now` to a session that signed in at `created_at`
+    /// expires: `tokens.refresh_ttl` on, but never past `tokens.session_max_age` from the
+    /// sign-in.
+    pub(crate) fn refresh_expiry(&self, created_at: i64, now: i64) -> i64 {
+        (now + seconds(self.config.tokens.refresh_ttl))
+            .min(created_at.saturating_add(seconds(self.config.tokens.session_max_age)))
+    }
+
     /// Exchanges a refresh token for a new pair. A token that was already rotated ends its
     /// session: whoever presents it may have stolen it.
     pub async fn new_token(&self, refresh_token: &str) -> Result<SignedIn> {
@@ -285,6 +293,7 @@ impl Auth {
             &presented_hash,
             &new,
             expires_at,
+            seconds(self.config.tokens.session_max_age),
             now,
         )? {
             RotateOutcome::Rotated(session) => session,

@@ -52,8 +52,10 @@ pub trait SessionStore {
     ) -> Result<Option<SessionRecord>, StoreError>;
     /// Rotates the refresh token of generation `generation` of session `session_id`, whose
     /// keyed hash is `presented`, to the token with keyed hash `new` (generation + 1). An
-    /// older generation ends the session. One write: the session record, compared and
-    /// swapped.
+    /// older generation ends the session. The new token expires at `new_expires_at`, but
+    /// never later than `session_max_age` seconds after the session's sign-in. One write:
+    /// the session record, compared and swapped.
+    #[allow(clippy::too_many_arguments)]
     fn rotate_refresh(
         &self,
         session_id: Uuid,
@@ -61,6 +63,7 @@ pub trait SessionStore {
         presented: &[u8; 32],
         new: &[u8; 32],
         new_expires_at: i64,
+        session_max_age: i64,
         now: i64,
     ) -> Result<RotateOutcome, StoreError>;
     /// Finds the session of a refresh token of storage format 1, by its keyed hash `old`.
@@ -162,6 +165,7 @@ impl SessionStore for Store {
         presented: &[u8; 32],
         new: &[u8; 32],
         new_expires_at: i64,
+        session_max_age: i64,
         now: i64,
     ) -> Result<RotateOutcome, StoreError> {
         let _writing = self.writing();
@@ -189,7 +193,9 @@ impl SessionStore for Store {
             }
             session.refresh_hash = *new;
             session.refresh_generation = generation + 1;
-            session.refresh_expires_at = new_expires_at;
+            // However often it is refreshed, a session ends `session_max_age` after sign-in.
+            session.refresh_expires_at =
+                new_expires_at.min(session.created_at.saturating_add(session_max_age));
             session.last_seen_at = session.last_seen_at.max(now);
             // The session keeps its older expiry entry: the sweeper moves it when it is due.
             let swapped =

@@ -531,3 +531,26 @@ async fn update_profile_changes_fields_and_an_address_change_is_verified_again()
     app.signed_in("jay@new.example", PASSWORD, None).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_ends_at_its_maximum_age_however_often_it_is_refreshed() {
+    let app = TestApp::spawn().await;
+    app.verified_user("max@example.com", PASSWORD).await;
+    let login = app.signed_in("max@example.com", PASSWORD, None).await;
+    let mut refresh = login["refreshToken"].as_str().unwrap().to_string();
+    let day = Duration::from_secs(86_400);
+    // Every 20 days, well inside the 30-day refresh lifetime: fine until day 80.
+    for _ in 0..4 {
+        app.clock.advance(20 * day);
+        let body = app.graphql(NEW_TOKEN, json!({ "refresh": refresh })).await;
+        refresh = body["data"]["newToken"]["refreshToken"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{body}"))
+            .to_string();
+    }
+    // Day 91: 11 days after the last refresh, but past tokens.session_max_age (90 days).
+    app.clock.advance(11 * day);
+    let body = app.graphql(NEW_TOKEN, json!({ "refresh": refresh })).await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN", "{body}");
+    app.stop().await;
+}
