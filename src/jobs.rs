@@ -188,10 +188,16 @@ async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i6
     };
     match auth.mailer.send(&mail).await {
         Ok(()) => {
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = auth.store.remove_mail(queued.id) {
+            // Off the queue on disk before it counts as sent: a crash after this point does
+            // not send it again.
+            let removed = match auth.store.remove_mail(queued.id) {
+                Ok(()) => auth.store.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
                 tracing::error!(error = %e, id = queued.id, "sent, but cannot take it off the queue");
             }
+            stats.sent.fetch_add(1, Ordering::Relaxed);
         }
         Err(e @ crate::mail::MailError::OutboxFull(_)) => {
             stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -648,3 +648,44 @@ async fn keyhold_user_works_on_a_stopped_server_and_through_a_running_one() {
         .unwrap_or_default();
     assert!(!outbox.is_empty(), "the invitation was delivered");
 }
+
+#[tokio::test]
+async fn a_mail_counted_as_sent_is_off_the_queue_on_disk_before_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+    )
+    .unwrap();
+    let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
+    let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
+    let client = https_client(&certificate, addr);
+    let register = "mutation($data: String!) { register(input: { data: $data }) { status } }";
+    let doc = json!({ "data": json!({ "email": "ona@example.com", "password": "correct horse battery staple" }).to_string() });
+    call(&client, addr, None, register, doc).await;
+    // keyhold_mail_sent_total counts a message once it is off the queue and flushed.
+    let metrics = format!("https://localhost:{}/metrics", addr.port());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let text = client
+                .get(&metrics)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("keyhold_mail_sent_total 1") {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the mail is sent");
+    signal(&child, "-KILL");
+    child.wait().await.unwrap();
+    use keyhold::store::MailQueueStore;
+    let store = keyhold::store::Store::open(&dir.path().join("data/db")).unwrap();
+    assert_eq!(store.mail_queue_len(), 0, "it would be sent again");
+}
