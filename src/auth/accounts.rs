@@ -245,6 +245,9 @@ impl Auth {
                 return Err(Error::bad_input("username", "is already taken"));
             }
         }
+        if new_code.is_some() {
+            self.end_other_sessions(caller)?;
+        }
         self.store.flush().await?;
         self.mail_queued();
         Ok(after)

@@ -364,6 +364,22 @@ impl Auth {
         })
     }
 
+    /// Ends every device session of the caller's user but the caller's own: after a change of
+    /// the e-mail address or of two-factor sign-in, a device signed in before it (perhaps by
+    /// whoever the change keeps out) must sign in again.
+    pub(crate) fn end_other_sessions(&self, caller: &Caller) -> Result<()> {
+        let others: Vec<Uuid> = self
+            .store
+            .sessions_of(caller.user_id)?
+            .into_iter()
+            .map(|s| s.id)
+            .filter(|id| *id != caller.session_id)
+            .collect();
+        self.store.end_sessions(&others)?;
+        self.forget_sessions(&others);
+        Ok(())
+    }
+
     /// Ends the caller's own session, another of its devices, or all of them. Returns the
     /// ended sessions.
     pub async fn logout(

@@ -553,6 +553,7 @@ impl Auth {
         });
         user.pending_totp = None;
         self.store.put_user(&user)?;
+        self.end_other_sessions(caller)?;
         self.store.flush().await?;
         self.audit(
             Event::TwoFactorEnabled,
@@ -593,6 +594,7 @@ impl Auth {
         user.two_factor = None;
         user.pending_totp = None;
         self.store.put_user(&user)?;
+        self.end_other_sessions(caller)?;
         self.store.flush().await?;
         Ok(())
     }

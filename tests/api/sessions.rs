@@ -554,3 +554,62 @@ async fn a_session_ends_at_its_maximum_age_however_often_it_is_refreshed() {
     assert_eq!(error_code(&body), "INVALID_TOKEN", "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn changing_the_address_ends_the_other_devices_sessions() {
+    let app = TestApp::spawn().await;
+    app.verified_user("ida@example.com", PASSWORD).await;
+    let laptop = app
+        .signed_in("ida@example.com", PASSWORD, Some("laptop"))
+        .await;
+    let phone = app
+        .signed_in("ida@example.com", PASSWORD, Some("phone"))
+        .await;
+    let (laptop, phone) = (
+        laptop["token"].as_str().unwrap(),
+        phone["token"].as_str().unwrap(),
+    );
+    let change = "mutation($data: String!, $password: String) { updateProfile(input: { data: $data }, password: $password) { status } }";
+    let body = app
+        .graphql_as(
+            laptop,
+            change,
+            json!({ "data": json!({ "email": "ida@new.example" }).to_string(), "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(body["data"]["updateProfile"]["status"], 200, "{body}");
+    let profile = "{ userProfile { email } }";
+    let body = app.graphql_as(phone, profile, Value::Null).await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN", "{body}");
+    let body = app.graphql_as(laptop, profile, Value::Null).await;
+    assert_eq!(
+        body["data"]["userProfile"]["email"], "ida@new.example",
+        "{body}"
+    );
+    // Another field changes nothing of the sessions.
+    let code = app
+        .mailbox
+        .wait_for_subject("ida@new.example", "Confirm")
+        .await
+        .link_code();
+    app.verify_email(&code).await;
+    let phone = app
+        .signed_in("ida@new.example", PASSWORD, Some("phone"))
+        .await;
+    let body = app
+        .graphql_as(
+            laptop,
+            change,
+            json!({ "data": json!({ "city": "Oslo" }).to_string() }),
+        )
+        .await;
+    assert_eq!(body["data"]["updateProfile"]["status"], 200, "{body}");
+    let body = app
+        .graphql_as(phone["token"].as_str().unwrap(), profile, Value::Null)
+        .await;
+    assert_eq!(
+        body["data"]["userProfile"]["email"], "ida@new.example",
+        "{body}"
+    );
+    app.stop().await;
+}

@@ -604,3 +604,74 @@ async fn aliased_wrong_passwords_to_disable_2fa_are_counted_too() {
     assert_eq!(error_code(&body), "RATE_LIMITED", "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn turning_two_factor_on_or_off_ends_the_other_devices_sessions() {
+    let app = TestApp::spawn().await;
+    app.verified_user("gus@example.com", PASSWORD).await;
+    let laptop = app
+        .signed_in("gus@example.com", PASSWORD, Some("laptop"))
+        .await;
+    let phone = app
+        .signed_in("gus@example.com", PASSWORD, Some("phone"))
+        .await;
+    let token = |login: &Value| login["token"].as_str().unwrap().to_string();
+    let (laptop, phone_refresh, phone) = (
+        token(&laptop),
+        phone["refreshToken"].as_str().unwrap().to_string(),
+        token(&phone),
+    );
+    let body = app
+        .graphql_as(&laptop, ENABLE, json!({ "password": PASSWORD }))
+        .await;
+    assert_eq!(body["data"]["enable2Fa"]["status"], "ENABLED", "{body}");
+    let recovery = body["data"]["enable2Fa"]["recoveryCodes"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = app.graphql_as(&phone, PROFILE, Value::Null).await;
+    assert_eq!(
+        error_code(&body),
+        "INVALID_TOKEN",
+        "the phone is out: {body}"
+    );
+    let body = app
+        .graphql(
+            "mutation($t: String!) { newToken(refreshToken: $t) { status } }",
+            json!({ "t": phone_refresh }),
+        )
+        .await;
+    assert_eq!(
+        error_code(&body),
+        "INVALID_TOKEN",
+        "and cannot refresh: {body}"
+    );
+    let body = app.graphql_as(&laptop, PROFILE, Value::Null).await;
+    assert_eq!(body["data"]["userProfile"]["twoFactorAuth"], true, "{body}");
+
+    // The phone signs in again, now with a second factor; then the laptop turns it off.
+    let id = challenge(&app, "gus@example.com").await;
+    let code = app
+        .mailbox
+        .wait_for_subject("gus@example.com", "security code")
+        .await
+        .six_digit_code();
+    let body = confirm(&app, &code, &id, "gus@example.com").await;
+    let phone = token(&body["data"]["confirm2Fa"]);
+    let body = app
+        .graphql_as(
+            &laptop,
+            DISABLE,
+            json!({ "password": PASSWORD, "code": recovery }),
+        )
+        .await;
+    assert_eq!(body["data"]["disable2Fa"]["status"], "DISABLED", "{body}");
+    let body = app.graphql_as(&phone, PROFILE, Value::Null).await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN", "out again: {body}");
+    let body = app.graphql_as(&laptop, PROFILE, Value::Null).await;
+    assert_eq!(
+        body["data"]["userProfile"]["twoFactorAuth"], false,
+        "{body}"
+    );
+    app.stop().await;
+}
