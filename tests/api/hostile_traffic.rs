@@ -81,8 +81,13 @@ async fn still_serving(app: &TestApp) {
 
 #[tokio::test]
 async fn no_document_nested_2500_or_20000_deep_crashes_the_server() {
-    // Large enough for every document to reach the parser's guard rather than the body limit.
-    let app = TestApp::spawn_with(|c| c.graphql.max_body_bytes = 8 << 20).await;
+    // Limits large enough for every document to reach the guard rather than the body or
+    // header limit.
+    let app = TestApp::spawn_with(|c| {
+        c.graphql.max_body_bytes = 8 << 20;
+        c.server.max_header_bytes = 1 << 20;
+    })
+    .await;
     for n in [2_500, 20_000] {
         for (name, query, variables) in deep_documents(n) {
             let single = raw_request(&query, &variables);
@@ -133,23 +138,18 @@ async fn no_document_nested_2500_or_20000_deep_crashes_the_server() {
                 .unwrap_or_else(|e| panic!("GET {name} at {n}: {:?}", e.status()));
             let status = response.status().as_u16();
             let text = response.text().await.unwrap();
-            if status == 431 || status == 414 {
-                // A URL longer than the header limit: refused before anything reads it.
-                assert!(url.len() > 16 * 1024, "GET {name} at {n}: {status}");
-            } else {
-                let body: Value = serde_json::from_str(&text)
-                    .unwrap_or_else(|_| panic!("GET {name} at {n}: {status} {text:.200}"));
-                assert!(matches!(status, 200 | 400), "GET {name} at {n}: {status}");
-                assert_eq!(
-                    first_code(&body),
-                    "BAD_USER_INPUT",
-                    "GET {name} at {n}: {body}"
-                );
-            }
+            let body: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("GET {name} at {n}: {status} {text:.200}"));
+            assert!(matches!(status, 200 | 400), "GET {name} at {n}: {status}");
+            assert_eq!(
+                first_code(&body),
+                "BAD_USER_INPUT",
+                "GET {name} at {n}: {body}"
+            );
             still_serving(&app).await;
         }
     }
-    // Over GET each construct also at the deepest that fits in the header limit.
+    // Over GET each construct also at a depth whose URL fits the default header limit.
     for (name, query, variables) in deep_documents(200) {
         let response = app
             .client
@@ -338,5 +338,56 @@ async fn a_full_mail_queue_drops_new_mail_and_the_request_still_succeeds() {
         metrics.contains("keyhold_mail_refused_total{reason=\"queue_full\"} 2"),
         "{metrics}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_refusals_writes_one_audit_record_and_counts_every_one() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.enabled = true;
+        c.limits.register_per_ip_per_hour = 2;
+    })
+    .await;
+    for i in 0..12 {
+        let body = app
+            .register(json!({ "email": format!("f{i}@example.com"), "password": PASSWORD }))
+            .await;
+        let expected = if i < 2 { None } else { Some("RATE_LIMITED") };
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"].as_str(),
+            expected,
+            "{i}: {body}"
+        );
+    }
+    use keyhold::store::AuditStore;
+    let refusals = app
+        .app
+        .store()
+        .audit_since(0, None, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == "rate_limited")
+        .count();
+    assert_eq!(refusals, 1, "one record for the key and window");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("keyhold_rate_limited_total{limit=\"RegisterPerIp\"} 10"),
+        "{metrics}"
+    );
+    // The next window has its own record.
+    app.clock.advance(std::time::Duration::from_secs(3600));
+    for i in 0..3 {
+        app.register(json!({ "email": format!("g{i}@example.com"), "password": PASSWORD }))
+            .await;
+    }
+    let refusals = app
+        .app
+        .store()
+        .audit_since(0, None, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == "rate_limited")
+        .count();
+    assert_eq!(refusals, 2);
     app.stop().await;
 }
