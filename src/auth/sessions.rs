@@ -285,6 +285,16 @@ impl Auth {
             },
         };
         let next = generation.checked_add(1).ok_or(Error::InvalidToken)?;
+        // The account's state is checked before anything rotates: a disabled account's
+        // token is refused as it is, not spent.
+        let owner = self
+            .store
+            .session_owner(session_id)?
+            .ok_or(Error::InvalidToken)?;
+        let user = self.store.user(owner)?.ok_or(Error::InvalidToken)?;
+        if user.state == AccountState::Disabled {
+            return Err(Error::AccountDisabled);
+        }
         let (fresh, new) = issue_refresh_token(&self.secrets, session_id, next);
         let expires_at = now + seconds(self.config.tokens.refresh_ttl);
         let session = match self.store.rotate_refresh(
@@ -299,13 +309,6 @@ impl Auth {
             RotateOutcome::Rotated(session) => session,
             refused => return Err(self.refused(refused).await),
         };
-        let user = self
-            .store
-            .user(session.user_id)?
-            .ok_or(Error::InvalidToken)?;
-        if user.state == AccountState::Disabled {
-            return Err(Error::AccountDisabled);
-        }
         // The client drops the old token once it has the new one: the rotation must be durable.
         self.store.flush().await?;
         self.hand_out(user, session, fresh, now)

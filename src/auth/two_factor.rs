@@ -327,6 +327,10 @@ impl Auth {
         email: &Email,
     ) -> Result<SignedIn> {
         let (current, mut user) = self.sign_in_challenge(challenge_id, email)?;
+        // Disabled while the challenge waited: no code signs it in.
+        if user.state == crate::store::records::AccountState::Disabled {
+            return Err(Error::AccountDisabled);
+        }
         let ip = match &current.record.purpose {
             ChallengePurpose::SignIn { ip_address, .. } => {
                 ip_address.as_deref().and_then(|ip| ip.parse().ok())

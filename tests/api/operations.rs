@@ -418,3 +418,45 @@ async fn the_admin_socket_answers_only_the_servers_own_user_and_root() {
     assert_eq!(answer["ok"], true);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_factor_confirmed_after_a_disable_signs_nobody_in() {
+    let app = TestApp::spawn().await;
+    app.verified_user("kim@example.com", PASSWORD).await;
+    let token = app.signed_in("kim@example.com", PASSWORD, None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enable = "mutation($p: String) { enable2Fa(password: $p) { status } }";
+    let body = app
+        .graphql_as(&token, enable, json!({ "p": PASSWORD }))
+        .await;
+    assert_eq!(body["data"]["enable2Fa"]["status"], "ENABLED", "{body}");
+    let body = app.login("kim@example.com", PASSWORD, Some("tablet")).await;
+    let challenge = body["data"]["login"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code = app
+        .mailbox
+        .wait_for_subject("kim@example.com", "security code")
+        .await
+        .six_digit_code();
+    user_admin(&app, "disable", Some("kim@example.com")).await;
+    let confirm = "mutation($c: String!, $id: String!, $e: EmailAddress!) { confirm2Fa(code: $c, sessionId: $id, email: $e) { status token } }";
+    let body = app
+        .graphql(
+            confirm,
+            json!({ "c": code, "id": challenge, "e": "kim@example.com" }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "ACCOUNT_DISABLED", "{body}");
+    use keyhold::store::{SessionStore, UserStore};
+    let store = app.app.store();
+    let user = store.user_by_email("kim@example.com").unwrap().unwrap();
+    assert!(
+        store.sessions_of(user.id).unwrap().is_empty(),
+        "no session was made"
+    );
+    app.stop().await;
+}
