@@ -317,6 +317,11 @@ pub struct TwoFactorConfig {
     pub max_resends: u32,
     /// The issuer an authenticator app shows next to the account.
     pub totp_issuer: String,
+    /// Wrong second-factor codes one account may see within `failure_window`, on every
+    /// path together; past it every code, even a right one, is TOO_MANY_ATTEMPTS.
+    pub max_failures_per_account: u32,
+    #[serde(with = "duration")]
+    pub failure_window: Duration,
 }
 
 impl Default for TwoFactorConfig {
@@ -327,6 +332,8 @@ impl Default for TwoFactorConfig {
             resend_cooldown: Duration::from_secs(30),
             max_resends: 3,
             totp_issuer: "Keyhold".to_string(),
+            max_failures_per_account: 10,
+            failure_window: Duration::from_secs(3600),
         }
     }
 }
@@ -464,6 +471,13 @@ impl Config {
         }
         positive("server.request_timeout", self.server.request_timeout)?;
         positive("tokens.session_max_age", self.tokens.session_max_age)?;
+        positive("two_factor.failure_window", self.two_factor.failure_window)?;
+        if self.two_factor.max_failures_per_account < 1 {
+            return Err(ConfigError::key(
+                "two_factor.max_failures_per_account",
+                "must be at least 1",
+            ));
+        }
         if self.server.max_connections < 1 {
             return Err(ConfigError::key(
                 "server.max_connections",

@@ -18,7 +18,7 @@ use crate::store::records::{
     ChallengePurpose, ChallengeRecord, PendingTotpRecord, QueuedMail, SecondFactor,
     TwoFactorRecord, UserRecord,
 };
-use crate::store::{ChallengeStore, UserStore, Versioned};
+use crate::store::{ChallengeStore, MailQueueStore, UserStore, Versioned};
 
 /// Purpose tag of mailed second-factor and step-up codes in the keyed hash.
 const MAILED_CODE: &str = "two-factor-code";
@@ -295,6 +295,7 @@ impl Auth {
             return Err(Error::CodeExpired);
         }
         self.check_alive(c, now)?;
+        self.factor_budget(user, now)?;
         let matched = if c.method == SecondFactor::Email && self.mailed_code_matches(c, code) {
             Some(Matched::Mailed)
         } else if let Some(step) = self.totp_step(user, code)? {
@@ -314,8 +315,54 @@ impl Auth {
             // succeeds, so racing guesses gain nothing.
             return Err(Error::InvalidCode);
         }
+        if matched.is_none() {
+            self.factor_failed(user, now)?;
+        }
         self.store.flush().await?;
         matched.ok_or(Error::InvalidCode)
+    }
+
+    /// `TOO_MANY_ATTEMPTS` while the account's second-factor budget is spent: every code on
+    /// every path, even a right one, until its window ends.
+    pub(crate) fn factor_budget(&self, user: &UserRecord, now: i64) -> Result<()> {
+        let window = seconds(self.config.two_factor.failure_window);
+        let max = self.config.two_factor.max_failures_per_account;
+        match self.store.factor_failures(user.id)? {
+            Some(f) if f.window_start + window > now && f.failures >= max => {
+                Err(Error::too_many_attempts(f.window_start + window - now))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a wrong code against the account (stored: a restart does not forget it). The
+    /// failure that spends the budget mails the owner. The caller flushes.
+    pub(crate) fn factor_failed(&self, user: &UserRecord, now: i64) -> Result<()> {
+        let window = seconds(self.config.two_factor.failure_window);
+        let max = self.config.two_factor.max_failures_per_account;
+        let f = self.store.record_factor_failure(user.id, now, window)?;
+        if f.failures == max {
+            let notice = self.queue_mail(
+                &user.email,
+                Template::SecondFactorLocked,
+                context! {
+                    failures => f.failures,
+                    until => iso(f.window_start + window),
+                    reset_link => self.page("forgot-password").to_string(),
+                },
+            )?;
+            self.store.enqueue(notice.as_slice())?;
+            self.mail_queued();
+            self.audit(
+                Event::TwoFactorRefused,
+                Subject {
+                    user_id: Some(user.id),
+                    ..Subject::default()
+                },
+                "budget_spent",
+            );
+        }
+        Ok(())
     }
 
     /// Finishes a sign-in with the second factor: the mailed code, the app's code, or a
@@ -510,9 +557,12 @@ impl Auth {
                 let code = code.as_deref().map(str::trim).filter(|c| !c.is_empty());
                 match (code, &user.pending_totp) {
                     (Some(code), Some(pending)) => {
+                        self.factor_budget(&user, now)?;
                         let totp = self.totp(&pending.secret, &user.email)?;
                         let now_u = u64::try_from(now).unwrap_or(0);
                         if totp.check(code, now_u).is_none() {
+                            self.factor_failed(&user, now)?;
+                            self.store.flush().await?;
                             return Err(Error::InvalidCode);
                         }
                         Some(pending.secret.clone())
@@ -655,6 +705,8 @@ impl Auth {
         let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
             return Err(Error::Forbidden);
         };
+        let now = self.now();
+        self.factor_budget(user, now)?;
         if let Some(step) = self.totp_step(user, code)? {
             Self::consume(user, &Matched::Totp(step));
             return Ok(());
@@ -663,11 +715,15 @@ impl Auth {
             Self::consume(user, &Matched::Recovery(index));
             return Ok(());
         }
-        let current = self
-            .store
-            .step_up(user.id, reason.as_str())?
-            .ok_or(Error::InvalidCode)?;
-        self.attempt(&current, user, code).await.map(|_| ())
+        match self.store.step_up(user.id, reason.as_str())? {
+            // The mailed code's own check counts a failure there.
+            Some(current) => self.attempt(&current, user, code).await.map(|_| ()),
+            None => {
+                self.factor_failed(user, now)?;
+                self.store.flush().await?;
+                Err(Error::InvalidCode)
+            }
+        }
     }
 }
 

@@ -23,10 +23,12 @@ pub enum Template {
     EmailChanged,
     /// `link`, `code`, `expires_at`: an account made by an operator (`keyhold user create`).
     Invite,
+    /// `failures`, `until`, `reset_link`: the account's second-factor budget is spent.
+    SecondFactorLocked,
 }
 
 impl Template {
-    pub const ALL: [Template; 7] = [
+    pub const ALL: [Template; 8] = [
         Template::VerifyEmail,
         Template::AccountExists,
         Template::TwoFactorCode,
@@ -34,6 +36,7 @@ impl Template {
         Template::PasswordChanged,
         Template::EmailChanged,
         Template::Invite,
+        Template::SecondFactorLocked,
     ];
 
     /// The file stem: `NAME.txt` and `NAME.html` in `mail.templates_dir` replace the built-ins.
@@ -46,6 +49,7 @@ impl Template {
             Template::PasswordChanged => "password_changed",
             Template::EmailChanged => "email_changed",
             Template::Invite => "invite",
+            Template::SecondFactorLocked => "second_factor_locked",
         }
     }
 
@@ -74,6 +78,10 @@ impl Template {
             Template::EmailChanged => (
                 include_str!("templates/email_changed.txt"),
                 include_str!("templates/email_changed.html"),
+            ),
+            Template::SecondFactorLocked => (
+                include_str!("templates/second_factor_locked.txt"),
+                include_str!("templates/second_factor_locked.html"),
             ),
             Template::Invite => (
                 include_str!("templates/invite.txt"),
@@ -172,6 +180,8 @@ mod tests {
             how => "changed",
             when => "2026-11-25T09:50:00Z",
             new_email => "new@example.com",
+            failures => 10,
+            until => "2026-11-25T10:50:00Z",
         };
         for template in Template::ALL {
             let (subject, text, html) = templates.render(template, ctx.clone()).unwrap();

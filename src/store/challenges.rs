@@ -5,7 +5,9 @@
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::keys::{CHALLENGES, ExpiryKind, STEP_UPS_BY_USER, challenge_by_user_key, step_up_key};
+use super::keys::{
+    CHALLENGES, ExpiryKind, FACTOR_FAILURES, STEP_UPS_BY_USER, challenge_by_user_key, step_up_key,
+};
 use super::mail_queue::queue_in;
 use super::records::{ChallengeRecord, QueuedMail, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
@@ -15,6 +17,14 @@ use super::{Store, StoreError, tx_result, uuid_from};
 pub struct Versioned<T> {
     pub record: T,
     raw: Vec<u8>,
+}
+
+/// `factor_failures`: an account's wrong second-factor codes in its current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FactorFailuresRecord {
+    /// When the window of the count began (Unix seconds): the first failure in it.
+    pub window_start: i64,
+    pub failures: u32,
 }
 
 pub trait ChallengeStore {
@@ -44,6 +54,16 @@ pub trait ChallengeStore {
         user_id: Uuid,
         reason: &str,
     ) -> Result<Option<Versioned<ChallengeRecord>>, StoreError>;
+    /// The account's wrong second-factor codes, if any were counted.
+    fn factor_failures(&self, user_id: Uuid) -> Result<Option<FactorFailuresRecord>, StoreError>;
+    /// Counts one wrong code at `now`, in a window of `window` seconds (a new one once the
+    /// last has passed), atomically against concurrent counts. Returns the count after.
+    fn record_factor_failure(
+        &self,
+        user_id: Uuid,
+        now: i64,
+        window: i64,
+    ) -> Result<FactorFailuresRecord, StoreError>;
 }
 
 impl ChallengeStore for Store {
@@ -152,6 +172,47 @@ impl ChallengeStore for Store {
         match self.step_ups_by_user.get(step_up_key(&user_id, reason))? {
             Some(id) => self.challenge(uuid_from(STEP_UPS_BY_USER, &id)?),
             None => Ok(None),
+        }
+    }
+
+    fn factor_failures(&self, user_id: Uuid) -> Result<Option<FactorFailuresRecord>, StoreError> {
+        match self.factor_failures.get(user_id.as_bytes())? {
+            Some(raw) => Ok(Some(decode(FACTOR_FAILURES, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn record_factor_failure(
+        &self,
+        user_id: Uuid,
+        now: i64,
+        window: i64,
+    ) -> Result<FactorFailuresRecord, StoreError> {
+        let _writing = self.writing();
+        let key = user_id.as_bytes();
+        loop {
+            let current = self.factor_failures.get(key)?;
+            let before: Option<FactorFailuresRecord> = match &current {
+                Some(raw) => Some(decode(FACTOR_FAILURES, raw)?),
+                None => None,
+            };
+            let after = match before {
+                Some(f) if f.window_start + window > now => FactorFailuresRecord {
+                    failures: f.failures.saturating_add(1),
+                    ..f
+                },
+                _ => FactorFailuresRecord {
+                    window_start: now,
+                    failures: 1,
+                },
+            };
+            let swapped =
+                self.factor_failures
+                    .compare_and_swap(key, current, Some(encode(&after)))?;
+            if swapped.is_ok() {
+                return Ok(after);
+            }
+            // Another failure was counted meanwhile: count this one on top of it.
         }
     }
 }

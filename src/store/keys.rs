@@ -22,6 +22,7 @@
 //! | `challenges` | challenge id (16 bytes) | `ChallengeRecord`: a pending sign-in second factor or step-up code |
 //! | `step_ups_by_user` | user id (16) ‖ reason (UTF-8) | challenge id (16 bytes): the one live step-up code per reason (and the pending password change, reason `PASSWORD_CHANGE`) |
 //! | `challenges_by_user` | user id (16) ‖ challenge id (16) | empty: every challenge of a user, to end them all at once |
+//! | `factor_failures` | user id (16 bytes) | `FactorFailuresRecord`: the account's wrong second-factor codes in the current window |
 //! | `reset_codes` | HMAC-SHA256 of the reset code (32 bytes) | `ResetCodeRecord` |
 //! | `reset_by_user` | user id (16 bytes) | keyed hash of the user's one live reset code (32 bytes) |
 //! | `audit` | time (`u64` BE, Unix seconds) ‖ id (`u64` BE) | `AuditRecord`: one security event |
@@ -58,6 +59,7 @@ pub const SESSIONS_BY_USER: &str = "sessions_by_user";
 pub const REFRESH_TOKENS: &str = "refresh_tokens";
 pub const EMAIL_CODES: &str = "email_codes";
 pub const SIGNING_KEYS: &str = "signing_keys";
+pub const FACTOR_FAILURES: &str = "factor_failures";
 pub const CHALLENGES: &str = "challenges";
 pub const STEP_UPS_BY_USER: &str = "step_ups_by_user";
 pub const CHALLENGES_BY_USER: &str = "challenges_by_user";

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use accounts::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
 pub use audit::{AuditRecord, AuditStore};
-pub use challenges::{ChallengeStore, Versioned};
+pub use challenges::{ChallengeStore, FactorFailuresRecord, Versioned};
 pub use expiry::SweepReport;
 pub use mail_queue::MailQueueStore;
 pub use passwords::PasswordStore;

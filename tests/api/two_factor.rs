@@ -675,3 +675,114 @@ async fn turning_two_factor_on_or_off_ends_the_other_devices_sessions() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_second_factor_path_draws_on_one_stored_budget() {
+    let app = TestApp::spawn_with(|c| c.two_factor.max_failures_per_account = 4).await;
+    let (token, recovery) = with_email_2fa(&app, "hal@example.com").await;
+    let id = challenge(&app, "hal@example.com").await;
+    let code = app
+        .mailbox
+        .wait_for_subject("hal@example.com", "security code")
+        .await
+        .six_digit_code();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    // Two wrong codes on the sign-in, one on disable2Fa, one on an address change.
+    for _ in 0..2 {
+        let body = confirm(&app, wrong, &id, "hal@example.com").await;
+        assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+    }
+    let body = app
+        .graphql_as(
+            &token,
+            DISABLE,
+            json!({ "password": PASSWORD, "code": wrong }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+    let update = "mutation($data: String!, $code: String, $password: String) { updateProfile(input: { data: $data }, code: $code, password: $password) { status } }";
+    let change = json!({ "data": json!({ "email": "hal@new.example" }).to_string(), "password": PASSWORD, "code": wrong });
+    let body = app.graphql_as(&token, update, change).await;
+    assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+    // Spent: the right mailed code and a recovery code are refused alike, with a wait.
+    let body = confirm(&app, &code, &id, "hal@example.com").await;
+    assert_eq!(error_code(&body), "TOO_MANY_ATTEMPTS", "{body}");
+    let retry = body["errors"][0]["extensions"]["retryAfter"]
+        .as_u64()
+        .unwrap();
+    assert!(retry > 3500 && retry <= 3600, "{retry}");
+    let body = app
+        .graphql_as(
+            &token,
+            DISABLE,
+            json!({ "password": PASSWORD, "code": recovery[0] }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "TOO_MANY_ATTEMPTS", "{body}");
+    let notice = app
+        .mailbox
+        .wait_for_subject("hal@example.com", "Too many wrong security codes")
+        .await;
+    assert!(notice.text().contains("4 times"), "{}", notice.text());
+
+    // It survives a restart.
+    let smtp_port = app.app.config().mail.smtp.port;
+    let now = app.clock.now();
+    let kept = app.stop_keeping_storage().await;
+    let mut config = crate::helpers::test_config(kept.path().join("data"), smtp_port);
+    config.two_factor.max_failures_per_account = 4;
+    let clock = keyhold::Clock::manual(now);
+    let app = keyhold::Application::build_with_clock(config, clock.clone())
+        .await
+        .unwrap();
+    let body = crate::helpers::graphql_on(
+        &app,
+        None,
+        CONFIRM,
+        json!({ "code": code, "id": id, "email": "hal@example.com" }),
+    )
+    .await;
+    assert_eq!(error_code(&body), "TOO_MANY_ATTEMPTS", "{body}");
+    // A right password changes nothing of it; the window's end does.
+    let login = "mutation($e: EmailAddress!, $p: String!) { login(credentials: { email: $e, password: $p, deviceInfo: { deviceId: \"d2\" } }) { status sessionId } }";
+    let body = crate::helpers::graphql_on(
+        &app,
+        None,
+        login,
+        json!({ "e": "hal@example.com", "p": PASSWORD }),
+    )
+    .await;
+    let id = body["data"]["login"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = crate::helpers::graphql_on(
+        &app,
+        None,
+        CONFIRM,
+        json!({ "code": recovery[1], "id": id, "email": "hal@example.com" }),
+    )
+    .await;
+    assert_eq!(error_code(&body), "TOO_MANY_ATTEMPTS", "{body}");
+    clock.advance(Duration::from_secs(3601));
+    let body = crate::helpers::graphql_on(
+        &app,
+        None,
+        login,
+        json!({ "e": "hal@example.com", "p": PASSWORD }),
+    )
+    .await;
+    let id = body["data"]["login"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = crate::helpers::graphql_on(
+        &app,
+        None,
+        CONFIRM,
+        json!({ "code": recovery[1], "id": id, "email": "hal@example.com" }),
+    )
+    .await;
+    assert_eq!(body["data"]["confirm2Fa"]["status"], 200, "{body}");
+    app.shutdown().await.unwrap();
+}
