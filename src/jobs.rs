@@ -285,7 +285,7 @@ mod tests {
             email: ada.email.clone(),
             expires_at: 100,
         };
-        store.create_user(&ada, &[1; 32], &code, &[], &[]).unwrap();
+        store.create_user(&ada, &[1; 32], &code, &[]).unwrap();
         let old = session(&ada, "old-phone", 200, 2);
         let fresh = session(&ada, "laptop", 10_000, 3);
         store.start_session(&ada, &old).unwrap();

@@ -60,9 +60,9 @@ impl Auth {
         // A generated username may clash; try a few suffixes before giving up.
         let mut attempt = 0;
         loop {
-            let outcome =
-                self.store
-                    .create_user(&user, &hash, &code_record, welcome.as_slice(), &[])?;
+            let outcome = self
+                .store
+                .create_user(&user, &hash, &code_record, welcome.as_slice())?;
             match outcome {
                 CreateOutcome::Created => break,
                 CreateOutcome::EmailTaken { existing } => {

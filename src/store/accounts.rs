@@ -42,15 +42,14 @@ pub trait UserStore {
     fn user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError>;
     fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
     fn username_taken(&self, username: &str) -> Result<bool, StoreError>;
-    /// Creates the account and its first verification code and queues `on_created`; or, when
-    /// the address has an account, changes nothing but queueing `on_taken`.
+    /// Creates the account and its first verification code and queues `on_created`; when the
+    /// address or username is taken, changes nothing.
     fn create_user(
         &self,
         user: &UserRecord,
         code_hash: &[u8; 32],
         code: &EmailCodeRecord,
         on_created: &[QueuedMail],
-        on_taken: &[QueuedMail],
     ) -> Result<CreateOutcome, StoreError>;
     /// Adds an account as it is, with its address and username indexes and no verification
     /// code: for accounts made by an operator or imported. Changes nothing on a clash.
@@ -129,7 +128,6 @@ impl UserStore for Store {
         code_hash: &[u8; 32],
         code: &EmailCodeRecord,
         on_created: &[QueuedMail],
-        on_taken: &[QueuedMail],
     ) -> Result<CreateOutcome, StoreError> {
         let _writing = self.writing();
         self.index_expiry(ExpiryKind::EmailCode, code_hash, code.expires_at)?;
@@ -145,13 +143,9 @@ impl UserStore for Store {
             )
                 .transaction(|(users, by_email, by_username, codes, queue)| {
                     let outcome = add_account(users, by_email, by_username, user, &record)?;
-                    match outcome {
-                        CreateOutcome::Created => {
-                            codes.insert(code_hash, code.as_slice())?;
-                            queue_in(queue, on_created)?;
-                        }
-                        CreateOutcome::EmailTaken { .. } => queue_in(queue, on_taken)?,
-                        CreateOutcome::UsernameTaken => {}
+                    if outcome == CreateOutcome::Created {
+                        codes.insert(code_hash, code.as_slice())?;
+                        queue_in(queue, on_created)?;
                     }
                     Ok(outcome)
                 }),
