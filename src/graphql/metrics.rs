@@ -68,6 +68,7 @@ impl ExtensionFactory for RequestMetrics {
             auth: self.auth.clone(),
             parsed: self.parsed.clone(),
             operation_name: Mutex::new(None),
+            found: Mutex::new(None),
             document: Mutex::new(None),
             reusable: Mutex::new(None),
             root: Mutex::new(Root::None),
@@ -96,6 +97,8 @@ struct PerRequest {
     auth: Arc<Auth>,
     parsed: Arc<Mutex<HashMap<String, Arc<Kept>>>>,
     operation_name: Mutex<Option<String>>,
+    /// The kept parse of this request's query text, looked up once in `prepare_request`.
+    found: Mutex<Option<Arc<Kept>>>,
     /// This request's document, for `execute` to find its root fields in.
     document: Mutex<Option<Arc<ExecutableDocument>>>,
     /// The kept document, when this request's variables cannot change its validation.
@@ -247,7 +250,7 @@ impl Extension for PerRequest {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let found = self.parsed.lock().get(query).cloned();
+        let found = self.found.lock().take();
         let kept = match found {
             Some(kept) => kept,
             None => {
@@ -289,12 +292,14 @@ impl Extension for PerRequest {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         *self.operation_name.lock() = request.operation_name.clone();
-        if !self.parsed.lock().contains_key(&request.query) {
+        let found = self.parsed.lock().get(&request.query).cloned();
+        if found.is_none() {
             super::guard::check_text(&request.query)?;
             let document = async_graphql::parser::parse_query(&request.query)?;
             super::guard::check_fragments(&document)?;
             request.set_parsed_query(document);
         }
+        *self.found.lock() = found;
         next.run(ctx, request).await
     }
 
