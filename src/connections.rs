@@ -118,10 +118,6 @@ impl PerNetwork {
             network,
         })
     }
-
-    fn held(&self) -> usize {
-        self.held.lock().values().sum()
-    }
 }
 
 impl Drop for NetworkSlot {
@@ -209,7 +205,7 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(
-            open = per_network.held(),
+            open = tracker.len(),
             "server.shutdown_timeout passed; closing the connections still open"
         );
         force.cancel();
