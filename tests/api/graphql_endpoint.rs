@@ -103,14 +103,7 @@ async fn a_body_that_is_not_a_graphql_request_is_bad_user_input() {
         "\"{}\"",
         "{\"query\": \"{ __typename }\", \"variables\": [1]}",
     ] {
-        let response = app
-            .client
-            .post(app.url("/graphql"))
-            .header("content-type", "application/json")
-            .body(raw)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_raw_json(raw).await.unwrap();
         assert_eq!(response.status().as_u16(), 400, "{raw}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(error_code(&body), "BAD_USER_INPUT", "{raw}");

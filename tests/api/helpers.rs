@@ -107,6 +107,19 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// POSTs `body` as it is to `/graphql`, as `application/json`.
+    pub async fn post_raw_json(
+        &self,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.client
+            .post(self.url("/graphql"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+    }
+
     /// `GET /metrics`, as text.
     pub async fn metrics(&self) -> String {
         self.client

@@ -373,14 +373,7 @@ async fn sixty_and_more_bad_inputs_each_get_their_code_and_change_nothing() {
             400,
         ),
     ] {
-        let response = app
-            .client
-            .post(app.url("/graphql"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_raw_json(body).await.unwrap();
         assert_eq!(response.status().as_u16(), status, "{name}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(

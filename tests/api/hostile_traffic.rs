@@ -93,11 +93,7 @@ async fn no_document_nested_2500_or_20000_deep_crashes_the_server() {
             let single = raw_request(&query, &variables);
             for (how, body) in [("POST", single.clone()), ("batch", format!("[{single}]"))] {
                 let response = app
-                    .client
-                    .post(app.url("/graphql"))
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
+                    .post_raw_json(body)
                     .await
                     .unwrap_or_else(|e| panic!("{how} {name} at {n}: {e}"));
                 let status = response.status().as_u16();

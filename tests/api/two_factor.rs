@@ -744,45 +744,31 @@ async fn every_second_factor_path_draws_on_one_stored_budget() {
     .await;
     assert_eq!(error_code(&body), "TOO_MANY_ATTEMPTS", "{body}");
     // A right password changes nothing of it; the window's end does.
-    let login = "mutation($e: EmailAddress!, $p: String!) { login(credentials: { email: $e, password: $p, deviceInfo: { deviceId: \"d2\" } }) { status sessionId } }";
-    let body = crate::helpers::graphql_on(
-        &app,
-        None,
-        login,
-        json!({ "e": "hal@example.com", "p": PASSWORD }),
-    )
-    .await;
-    let id = body["data"]["login"]["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let body = crate::helpers::graphql_on(
-        &app,
-        None,
-        CONFIRM,
-        json!({ "code": recovery[1], "id": id, "email": "hal@example.com" }),
-    )
-    .await;
+    let with_recovery_code = || async {
+        let login = "mutation($e: EmailAddress!, $p: String!) { login(credentials: { email: $e, password: $p, deviceInfo: { deviceId: \"d2\" } }) { status sessionId } }";
+        let body = crate::helpers::graphql_on(
+            &app,
+            None,
+            login,
+            json!({ "e": "hal@example.com", "p": PASSWORD }),
+        )
+        .await;
+        let id = body["data"]["login"]["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        crate::helpers::graphql_on(
+            &app,
+            None,
+            CONFIRM,
+            json!({ "code": recovery[1], "id": id, "email": "hal@example.com" }),
+        )
+        .await
+    };
+    let body = with_recovery_code().await;
     assert_eq!(error_code(&body), "TOO_MANY_ATTEMPTS", "{body}");
     clock.advance(Duration::from_secs(3601));
-    let body = crate::helpers::graphql_on(
-        &app,
-        None,
-        login,
-        json!({ "e": "hal@example.com", "p": PASSWORD }),
-    )
-    .await;
-    let id = body["data"]["login"]["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let body = crate::helpers::graphql_on(
-        &app,
-        None,
-        CONFIRM,
-        json!({ "code": recovery[1], "id": id, "email": "hal@example.com" }),
-    )
-    .await;
+    let body = with_recovery_code().await;
     assert_eq!(body["data"]["confirm2Fa"]["status"], 200, "{body}");
     app.shutdown().await.unwrap();
 }
