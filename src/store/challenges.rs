@@ -216,3 +216,36 @@ impl ChallengeStore for Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_factor_failures_are_all_counted_and_a_window_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let user = Uuid::new_v4();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..50 {
+                        store.record_factor_failure(user, 1_000, 3600).unwrap();
+                    }
+                });
+            }
+        });
+        let counted = store.factor_failures(user).unwrap().unwrap();
+        assert_eq!(
+            counted,
+            FactorFailuresRecord {
+                window_start: 1_000,
+                failures: 400
+            }
+        );
+        let next = store.record_factor_failure(user, 4_600, 3600).unwrap();
+        assert_eq!(next.failures, 1, "the window ended");
+        assert_eq!(next.window_start, 4_600);
+        assert!(store.factor_failures(Uuid::new_v4()).unwrap().is_none());
+    }
+}
