@@ -36,7 +36,7 @@ use keyhold::Config;
 use keyhold::auth::sessions::issue_refresh_token;
 use keyhold::auth::{PasswordHasher, Secrets};
 use keyhold::store::records::{SessionRecord, UserRecord};
-use keyhold::store::{SessionStore, Store, UserStore};
+use keyhold::store::{Store, UserStore};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
@@ -371,7 +371,7 @@ async fn seed(config: &Config, users: usize) -> anyhow::Result<Seeded> {
             refresh_expires_at: now + refresh_ttl,
             refresh_generation: 0,
         };
-        store.start_session(user, &session)?;
+        store.start_session_unchecked(&session)?;
         Ok(token)
     };
     if marker.exists() {

@@ -139,7 +139,7 @@ fn refresh_rotation(c: &mut Criterion) {
         refresh_expires_at: now() + 3600,
         refresh_generation: 0,
     };
-    store.start_session(&user, &session).unwrap();
+    store.start_session_unchecked(&session).unwrap();
     let (mut generation, mut current) = (0, first);
     c.bench_function("store/refresh_rotation", |b| {
         b.iter(|| {
@@ -182,8 +182,9 @@ fn code_issue_and_check(c: &mut Criterion) {
                 resends: 0,
                 last_sent_at: now(),
                 expires_at: now() + 600,
+                stamp: 0,
             };
-            store.put_challenge(&challenge, &[]).unwrap();
+            store.put_challenge(&challenge, usize::MAX, &[]).unwrap();
             let current = store.challenge(challenge.id).unwrap().unwrap();
             let typed = secrets.keyed_hash("two-factor-code", &code);
             assert_eq!(current.record.code_hash, Some(typed));

@@ -291,6 +291,8 @@ pub struct TokensConfig {
     /// refreshed.
     #[serde(with = "duration")]
     pub session_max_age: Duration,
+    /// Device sessions one user may have; a sign-in past it ends the oldest.
+    pub max_sessions_per_user: usize,
 }
 
 impl Default for TokensConfig {
@@ -301,6 +303,7 @@ impl Default for TokensConfig {
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             session_max_age: Duration::from_secs(90 * 24 * 3600),
+            max_sessions_per_user: 50,
         }
     }
 }
@@ -322,6 +325,8 @@ pub struct TwoFactorConfig {
     pub max_failures_per_account: u32,
     #[serde(with = "duration")]
     pub failure_window: Duration,
+    /// Sign-in challenges one user may have waiting; a new one past it ends the oldest.
+    pub max_pending_challenges: usize,
 }
 
 impl Default for TwoFactorConfig {
@@ -334,6 +339,7 @@ impl Default for TwoFactorConfig {
             totp_issuer: "Keyhold".to_string(),
             max_failures_per_account: 10,
             failure_window: Duration::from_secs(3600),
+            max_pending_challenges: 10,
         }
     }
 }
@@ -472,6 +478,18 @@ impl Config {
         positive("server.request_timeout", self.server.request_timeout)?;
         positive("tokens.session_max_age", self.tokens.session_max_age)?;
         positive("two_factor.failure_window", self.two_factor.failure_window)?;
+        if self.tokens.max_sessions_per_user < 1 {
+            return Err(ConfigError::key(
+                "tokens.max_sessions_per_user",
+                "must be at least 1",
+            ));
+        }
+        if self.two_factor.max_pending_challenges < 1 {
+            return Err(ConfigError::key(
+                "two_factor.max_pending_challenges",
+                "must be at least 1",
+            ));
+        }
         if self.two_factor.max_failures_per_account < 1 {
             return Err(ConfigError::key(
                 "two_factor.max_failures_per_account",

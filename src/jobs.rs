@@ -288,8 +288,8 @@ mod tests {
         store.create_user(&ada, &[1; 32], &code, &[]).unwrap();
         let old = session(&ada, "old-phone", 200, 2);
         let fresh = session(&ada, "laptop", 10_000, 3);
-        store.start_session(&ada, &old).unwrap();
-        store.start_session(&ada, &fresh).unwrap();
+        store.start_session_unchecked(&old).unwrap();
+        store.start_session_unchecked(&fresh).unwrap();
         // Left from storage format 1: refresh tokens had records of their own.
         for (hash, session) in [(2, &old), (3, &fresh)] {
             let record = RefreshRecord {
@@ -312,6 +312,7 @@ mod tests {
             resends: 0,
             last_sent_at: 0,
             expires_at: 150,
+            stamp: 0,
         };
         store.put_step_up(&challenge, "GENERIC", &[]).unwrap();
         store
@@ -361,8 +362,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let ada = user();
+        store.insert_user(&ada).unwrap();
         let s = session(&ada, "phone", 100, 7);
-        store.start_session(&ada, &s).unwrap();
+        store.start_session_unchecked(&s).unwrap();
         // A refresh moves the session's expiry to 500.
         let rotated = store
             .rotate_refresh(s.id, 0, &[7; 32], &[8; 32], 500, i64::MAX, 50)

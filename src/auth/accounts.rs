@@ -10,8 +10,10 @@ use super::{Auth, Caller, Origin, StepUpReason, iso, passwords, seconds};
 use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, username_from};
 use crate::error::{Error, Result};
 use crate::mail::Template;
-use crate::store::records::{EmailCodeRecord, QueuedMail, UserRecord};
-use crate::store::{CreateOutcome, MailQueueStore, UpdateOutcome, UserStore, VerifyOutcome};
+use crate::store::records::{EmailCodeRecord, PendingEmailRecord, QueuedMail, UserRecord};
+use crate::store::{
+    AccountChange, Changed, CreateOutcome, Ends, MailQueueStore, UserStore, VerifyOutcome,
+};
 
 /// Purpose tag of e-mail verification codes in the keyed hash.
 const EMAIL_CODE: &str = "email-verification";
@@ -146,28 +148,58 @@ impl Auth {
         )
     }
 
-    /// Marks the address the code was sent to verified. The code works once.
+    /// Marks the address the code was sent to verified. The code works once. A code mailed
+    /// to a pending new address makes it the account's address, and ends the account's other
+    /// device sessions, challenges and codes.
     pub async fn verify_email(&self, code: &str) -> Result<()> {
         let hash = self.secrets.keyed_hash(EMAIL_CODE, code.trim());
-        match self.store.verify_email(&hash, self.now())? {
-            VerifyOutcome::Verified { user_id } => {
+        let outcome = self.store.verify_email(&hash, self.now())?;
+        self.store.flush().await?;
+        let user_id = match outcome {
+            VerifyOutcome::Verified { user_id } => user_id,
+            VerifyOutcome::Changed {
+                user_id,
+                old_email,
+                new_email,
+                ended,
+            } => {
+                self.forget_sessions(&ended);
+                let notice = self.queue_mail(
+                    &old_email,
+                    Template::EmailChanged,
+                    context! { new_email => new_email, when => iso(self.now()) },
+                )?;
+                self.store.enqueue(notice.as_slice())?;
+                self.store.flush().await?;
+                self.mail_queued();
                 self.audit(
-                    Event::Verified,
+                    Event::EmailChanged,
                     Subject {
                         user_id: Some(user_id),
                         ..Subject::default()
                     },
                     "ok",
                 );
-                self.store.flush().await?;
-                Ok(())
+                user_id
             }
-            VerifyOutcome::Expired => {
-                self.store.flush().await?;
-                Err(Error::CodeExpired)
+            VerifyOutcome::Taken => {
+                return Err(Error::bad_input(
+                    "code",
+                    "the new address has been taken by another account meanwhile",
+                ));
             }
-            VerifyOutcome::Unknown => Err(Error::InvalidCode),
-        }
+            VerifyOutcome::Expired => return Err(Error::CodeExpired),
+            VerifyOutcome::Unknown => return Err(Error::InvalidCode),
+        };
+        self.audit(
+            Event::Verified,
+            Subject {
+                user_id: Some(user_id),
+                ..Subject::default()
+            },
+            "ok",
+        );
+        Ok(())
     }
 
     /// The caller's account.
@@ -175,11 +207,12 @@ impl Auth {
         self.store.user(caller.user_id)?.ok_or(Error::InvalidToken)
     }
 
-    /// Applies the fields of the document. A new address is unverified until its new code is
-    /// used; the old address is told of the change.
-    /// An address change needs the current `password` (a wrong one counts like a failed
-    /// sign-in) and, with two-factor sign-in on, `code`: a CHANGE_EMAIL step-up code, a
-    /// current TOTP code or a recovery code.
+    /// Applies the fields of the document. A new address needs the current `password` (a
+    /// wrong one counts like a failed sign-in) and, with two-factor sign-in on, `code`: a
+    /// CHANGE_EMAIL step-up code, a current TOTP code or a recovery code. It stays pending
+    /// until the code mailed to it is used (`verify_email`); the old address is told. The
+    /// answer is the same whether or not the new address is taken: its holder is told instead,
+    /// and no code is mailed.
     pub async fn update_profile(
         &self,
         caller: &Caller,
@@ -192,62 +225,94 @@ impl Auth {
         if update.is_empty() {
             return Ok(before);
         }
-        let mut after = before.clone();
-        let changes_email = update
+        let new_email = update
             .email
             .as_ref()
-            .is_some_and(|e| e.as_str() != before.email);
-        if changes_email {
+            .filter(|e| e.as_str() != before.email)
+            .map(|e| e.as_str().to_string());
+        let mut matched = None;
+        if new_email.is_some() {
             self.check_password(&before, password).await?;
-        }
-        if changes_email && before.two_factor.is_some() {
-            self.use_step_up(&mut after, StepUpReason::ChangeEmail, code)
-                .await?;
-        }
-        apply_profile(&mut after, &update.profile);
-        if let Some(name) = &update.profile.username {
-            after.username = name.clone();
+            if before.two_factor.is_some() {
+                matched = Some(
+                    self.use_step_up(&before, StepUpReason::ChangeEmail, code)
+                        .await?,
+                );
+            }
         }
         let now = self.now();
         let mut new_code = None;
-        if let Some(email) = update.email.as_ref().filter(|e| e.as_str() != before.email) {
-            after.email = email.as_str().to_string();
-            after.email_verified = false;
-            let code = random_token::<16>();
-            let record = EmailCodeRecord {
-                user_id: after.id,
-                email: after.email.clone(),
-                expires_at: now + seconds(self.config.registration.verification_ttl),
-            };
-            new_code = Some((self.secrets.keyed_hash(EMAIL_CODE, &code), record, code));
-        }
         let mut mail = Vec::new();
-        if let Some((_, record, code)) = &new_code {
-            mail.extend(self.verification_mail(&after.email, code, record.expires_at)?);
+        if let Some(email) = &new_email {
+            let taken = self
+                .store
+                .user_by_email(email)?
+                .is_some_and(|u| u.id != before.id);
+            if taken {
+                // Told to the holder, at most a few times an hour.
+                if self
+                    .limits
+                    .hit(Limit::NoticesPerAddress, email, now)
+                    .is_ok()
+                {
+                    mail.extend(self.queue_mail(
+                        email,
+                        Template::AddressInUse,
+                        context! { reset_link => self.page("forgot-password").to_string() },
+                    )?);
+                }
+            } else {
+                let code = random_token::<16>();
+                let record = EmailCodeRecord {
+                    user_id: before.id,
+                    email: email.clone(),
+                    expires_at: now + seconds(self.config.registration.verification_ttl),
+                };
+                mail.extend(self.verification_mail(email, &code, record.expires_at)?);
+                new_code = Some((self.secrets.keyed_hash(EMAIL_CODE, &code), record));
+            }
             mail.extend(self.queue_mail(
                 &before.email,
-                Template::EmailChanged,
-                context! { new_email => after.email.clone(), when => iso(now) },
+                Template::EmailChangeRequested,
+                context! {
+                    new_email => email.clone(),
+                    when => iso(now),
+                    reset_link => self.page("forgot-password").to_string(),
+                },
             )?);
         }
-        let outcome = self.store.update_user(
-            &before,
-            &after,
-            new_code.as_ref().map(|(hash, record, _)| (hash, record)),
-            &mail,
-        )?;
-        match outcome {
-            UpdateOutcome::Updated => {}
-            UpdateOutcome::EmailTaken => {
-                return Err(Error::bad_input("email", "cannot be used for this account"));
+        let how = AccountChange {
+            email_code: new_code.as_ref().map(|(hash, record)| (hash, record)),
+            mail: &mail,
+            ..AccountChange::ending(Ends::Nothing)
+        };
+        let changed = self.store.change_user(before.id, how, |u| {
+            if let Some(matched) = &matched {
+                Self::spend(u, matched)?;
             }
-            UpdateOutcome::UsernameTaken => {
-                return Err(Error::bad_input("username", "is already taken"));
+            apply_profile(u, &update.profile);
+            if let Some(name) = &update.profile.username {
+                u.username = name.clone();
             }
-        }
-        if new_code.is_some() {
-            self.end_other_sessions(caller)?;
-        }
+            if let Some(email) = &new_email {
+                u.pending_email = Some(PendingEmailRecord {
+                    email: email.clone(),
+                    session_id: Some(caller.session_id),
+                    requested_at: now,
+                });
+            }
+            Ok(())
+        });
+        let (after, ()) = match changed? {
+            Changed::Done { user, value, ended } => {
+                self.forget_sessions(&ended);
+                (*user, value)
+            }
+            refused => {
+                self.none_queued(&mail);
+                self.changed(refused)?
+            }
+        };
         self.store.flush().await?;
         self.mail_queued();
         Ok(after)

@@ -13,6 +13,7 @@ use crate::store::{AuditRecord, AuditStore};
 pub enum Event {
     Registered,
     Verified,
+    EmailChanged,
     SignedIn,
     SignInFailed,
     TwoFactorCodeSent,
@@ -36,6 +37,7 @@ impl Event {
         match self {
             Event::Registered => "registered",
             Event::Verified => "verified",
+            Event::EmailChanged => "email_changed",
             Event::SignedIn => "signed_in",
             Event::SignInFailed => "sign_in_failed",
             Event::TwoFactorCodeSent => "two_factor_code_sent",

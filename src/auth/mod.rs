@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use crate::mail::{Mailer, OutgoingMail, Template};
 use crate::store::records::{AccountState, UserRecord};
 use crate::store::records::{MailQueueRecord, QueuedMail};
-use crate::store::{MailQueueStore, Store};
+use crate::store::{Changed, MailQueueStore, Store};
 
 pub use password_change::ChangeOutcome;
 pub use passwords::PasswordHasher;
@@ -247,6 +247,11 @@ impl Auth {
         }
     }
 
+    /// Like [`Auth::not_queued`], for several messages.
+    pub(crate) fn none_queued(&self, mail: &[QueuedMail]) {
+        self.mail_backlog.fetch_sub(mail.len(), Ordering::Relaxed);
+    }
+
     /// Tells the mail worker that something was queued.
     pub(crate) fn mail_queued(&self) {
         self.mail_ready.notify_one();
@@ -275,6 +280,27 @@ impl Auth {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&session_id)
             .copied()
+    }
+
+    /// The account as a change left it (forgetting the sessions it ended), or why the change
+    /// was not written.
+    pub(crate) fn changed<T>(
+        &self,
+        changed: Changed<T, crate::error::Error>,
+    ) -> crate::error::Result<(UserRecord, T)> {
+        use crate::error::Error;
+        match changed {
+            Changed::Done { user, value, ended } => {
+                self.forget_sessions(&ended);
+                Ok((*user, value))
+            }
+            Changed::Refused(e) => Err(e),
+            Changed::Missing => Err(Error::InvalidToken),
+            Changed::EmailTaken => {
+                Err(Error::bad_input("email", "cannot be used for this account"))
+            }
+            Changed::UsernameTaken => Err(Error::bad_input("username", "is already taken")),
+        }
     }
 
     pub(crate) fn forget_sessions(&self, ids: &[Uuid]) {

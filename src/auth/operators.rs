@@ -10,7 +10,7 @@ use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::mail::Template;
 use crate::store::records::{AccountState, SecondFactor, SessionRecord, UserRecord};
-use crate::store::{CreateOutcome, SessionStore, UserStore};
+use crate::store::{AccountChange, Changed, CreateOutcome, Ends, SessionStore, UserStore};
 
 /// One account, as `keyhold user list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -164,18 +164,22 @@ impl Auth {
         Ok(self.summary(&user, 0))
     }
 
-    /// Disables (every device session ends; sign-in answers `ACCOUNT_DISABLED`) or enables.
+    /// Disables (in one transaction, every device session, pending challenge, step-up code
+    /// and reset code ends; sign-in answers `ACCOUNT_DISABLED`) or enables.
     pub async fn set_disabled(&self, email: &str, disabled: bool) -> Result<UserSummary> {
-        let mut user = self.account(email)?;
-        user.state = if disabled {
-            AccountState::Disabled
+        let id = self.account(email)?.id;
+        let (state, ends) = if disabled {
+            (AccountState::Disabled, Ends::Everything { keep: None })
         } else {
-            AccountState::Active
+            (AccountState::Active, Ends::Nothing)
         };
-        self.store.put_user(&user)?;
-        if disabled {
-            self.end_every_session(&user)?;
-        }
+        let changed = self
+            .store
+            .change_user(id, AccountChange::ending(ends), |u| {
+                u.state = state;
+                Ok(())
+            })?;
+        let (user, ()) = self.operator_change(changed)?;
         self.store.flush().await?;
         let event = if disabled {
             Event::AccountDisabled
@@ -186,26 +190,42 @@ impl Auth {
         Ok(self.summary(&user, 0))
     }
 
-    /// Removes the account; its device sessions end first.
+    /// Removes the account with its device sessions, challenges and codes, in one
+    /// transaction.
     pub async fn delete_user(&self, email: &str) -> Result<()> {
-        let user = self.account(email)?;
-        self.end_every_session(&user)?;
-        self.store.delete_user(&user)?;
+        let id = self.account(email)?.id;
+        let (user, ended) = self.store.delete_user(id)?.ok_or_else(gone)?;
+        self.forget_sessions(&ended);
         self.store.flush().await?;
         self.operator_event(Event::AccountDeleted, &user);
         Ok(())
     }
 
     /// Turns two-factor sign-in off (a lost phone): the next sign-in needs the password only.
+    /// Every device session ends with it (one may be the lost phone).
     pub async fn reset_two_factor(&self, email: &str) -> Result<UserSummary> {
-        let mut user = self.account(email)?;
-        user.two_factor = None;
-        user.pending_totp = None;
-        self.store.put_user(&user)?;
+        let id = self.account(email)?.id;
+        let changed = self.store.change_user(
+            id,
+            AccountChange::ending(Ends::Everything { keep: None }),
+            |u| {
+                u.two_factor = None;
+                u.pending_totp = None;
+                Ok(())
+            },
+        )?;
+        let (user, ()) = self.operator_change(changed)?;
         self.store.flush().await?;
         self.operator_event(Event::TwoFactorDisabled, &user);
-        let sessions = self.store.sessions_of(user.id)?.len();
-        Ok(self.summary(&user, sessions))
+        Ok(self.summary(&user, 0))
+    }
+
+    /// An operator's change, where a vanished account is `NOT_FOUND`.
+    fn operator_change(&self, changed: Changed<(), Error>) -> Result<(UserRecord, ())> {
+        match changed {
+            Changed::Missing => Err(gone()),
+            other => self.changed(other),
+        }
     }
 
     /// Ends every device session of the account. Returns how many.
@@ -228,4 +248,9 @@ impl Auth {
         self.forget_sessions(&ids);
         Ok(ids.len())
     }
+}
+
+/// An account that went away while an operator changed it.
+fn gone() -> Error {
+    Error::bad_input("email", "no account has this address")
 }

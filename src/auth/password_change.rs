@@ -10,13 +10,16 @@ use uuid::Uuid;
 use super::audit::{Event, Subject};
 use super::secrets::random_token;
 use super::sessions::SignedIn;
+use super::two_factor::Matched;
 use super::two_factor::PendingSignIn;
 use super::{Auth, Caller, iso, passwords, seconds};
 use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::mail::Template;
 use crate::store::records::{ChallengePurpose, QueuedMail, ResetCodeRecord, UserRecord};
-use crate::store::{ChallengeStore, PasswordStore, SessionStore, UserStore};
+use crate::store::{
+    AccountChange, ChallengeStore, Changed, Ends, PasswordStore, SessionStore, UserStore,
+};
 
 /// Purpose tag of reset codes in the keyed hash.
 const RESET_CODE: &str = "password-reset";
@@ -47,10 +50,8 @@ impl Auth {
         self.check_new_password(&new_password, &user)?;
         let new_hash = self.passwords.hash(new_password).await?;
         let Some(two_factor) = &user.two_factor else {
-            let mut user = user;
-            user.password_hash = new_hash;
             let signed_in = self
-                .apply_new_password(user, Some(caller.session_id), "changed")
+                .apply_new_password(&user, new_hash, None, Some(caller.session_id), "changed")
                 .await?;
             return signed_in
                 .map(|s| ChangeOutcome::Changed(Box::new(s)))
@@ -82,7 +83,7 @@ impl Auth {
 
     /// Applies the waiting password change with its second-factor code.
     pub async fn confirm_change_password(&self, caller: &Caller, code: &str) -> Result<SignedIn> {
-        let mut user = self.profile(caller)?;
+        let user = self.profile(caller)?;
         let current = self
             .store
             .step_up(user.id, PASSWORD_CHANGE)?
@@ -98,12 +99,19 @@ impl Auth {
             // Asked for on another device: confirm it there.
             return Err(Error::InvalidCode);
         }
+        if current.record.stamp != user.stamp {
+            return Err(Error::InvalidCode);
+        }
         let matched = self.attempt(&current, &user, code).await?;
-        Self::consume(&mut user, &matched);
-        user.password_hash = new_hash;
-        self.apply_new_password(user, Some(caller.session_id), "changed")
-            .await?
-            .ok_or(Error::InvalidToken)
+        self.apply_new_password(
+            &user,
+            new_hash,
+            Some(matched),
+            Some(caller.session_id),
+            "changed",
+        )
+        .await?
+        .ok_or(Error::InvalidToken)
     }
 
     /// Mails the waiting password change's code again.
@@ -117,11 +125,14 @@ impl Auth {
             .await
     }
 
-    /// Writes the new password and ends what it must; keeps `keep` (the caller's device)
-    /// with fresh tokens.
+    /// Writes the new password (spending `matched`, the second factor that allowed it) and
+    /// ends what it must, in one transaction; keeps `keep` (the caller's device) with fresh
+    /// tokens.
     async fn apply_new_password(
         &self,
-        user: UserRecord,
+        user: &UserRecord,
+        new_hash: String,
+        matched: Option<Matched>,
         keep: Option<Uuid>,
         how: &str,
     ) -> Result<Option<SignedIn>> {
@@ -143,19 +154,22 @@ impl Auth {
             }
             None => None,
         };
-        let notice = self.password_notice(&user, how, now)?;
-        let ended = self
-            .store
-            .apply_password(
-                &user,
-                kept.as_ref().map(|(s, _)| s),
-                None,
-                notice.as_slice(),
-            )?
-            .unwrap_or_default();
+        let notice = self.password_notice(user, how, now)?;
+        let how_it_ends = AccountChange {
+            rewrite_session: kept.as_ref().map(|(s, _)| s),
+            mail: notice.as_slice(),
+            ..AccountChange::ending(Ends::Everything { keep })
+        };
+        let changed = self.store.change_user(user.id, how_it_ends, |u| {
+            if let Some(matched) = &matched {
+                Self::spend(u, matched)?;
+            }
+            u.password_hash = new_hash.clone();
+            Ok(())
+        })?;
+        let (user, ()) = self.changed(changed)?;
         self.store.flush().await?;
         self.mail_queued();
-        self.forget_sessions(&ended);
         self.audit(
             Event::PasswordChanged,
             Subject {
@@ -257,24 +271,37 @@ impl Auth {
         if record.expires_at <= self.now() {
             return Err(Error::CodeExpired);
         }
-        let mut user = self
+        let user = self
             .store
             .user(record.user_id)?
             .filter(|u| u.email == record.email)
             .ok_or(Error::InvalidCode)?;
         self.check_new_password(&new_password, &user)?;
-        user.password_hash = self.passwords.hash(new_password).await?;
-        // The reset mail reached this address: that proves it.
-        user.email_verified = true;
+        let new_hash = self.passwords.hash(new_password).await?;
         let now = self.now();
         let notice = self.password_notice(&user, "reset", now)?;
-        let ended = self
-            .store
-            .apply_password(&user, None, Some(&hash), notice.as_slice())?
-            .ok_or(Error::InvalidCode)?;
+        let how = AccountChange {
+            reset_code: Some(&hash),
+            mail: notice.as_slice(),
+            ..AccountChange::ending(Ends::Everything { keep: None })
+        };
+        let changed = self.store.change_user(user.id, how, |u| {
+            // The address the code was mailed to must still be the account's.
+            if u.email != record.email {
+                return Err(Error::InvalidCode);
+            }
+            u.password_hash = new_hash.clone();
+            // The reset mail reached this address: that proves it.
+            u.email_verified = true;
+            Ok(())
+        })?;
+        if let Changed::Missing = changed {
+            // Used meanwhile by another request, or the account is gone.
+            return Err(Error::InvalidCode);
+        }
+        self.changed(changed)?;
         self.store.flush().await?;
         self.mail_queued();
-        self.forget_sessions(&ended);
         self.audit(
             Event::PasswordReset,
             Subject {

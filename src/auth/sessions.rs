@@ -14,7 +14,9 @@ use super::{Auth, Caller, Origin, seconds};
 use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::store::records::{AccountState, SessionRecord, UserRecord};
-use crate::store::{LegacyRefresh, RotateOutcome, SessionStore, UserStore};
+use crate::store::{
+    AccountChange, Changed, Ends, LegacyRefresh, RotateOutcome, SessionStore, UserStore,
+};
 
 /// Purpose tag of refresh tokens in the keyed hash.
 pub const REFRESH_TOKEN: &str = "refresh-token";
@@ -160,7 +162,7 @@ impl Auth {
                 user.as_ref().map(|u| u.password_hash.clone()),
             )
             .await?;
-        let Some(mut user) = user.filter(|_| verified.matches) else {
+        let Some(user) = user.filter(|_| verified.matches) else {
             // Unknown addresses count too, so the limit says nothing about which exist.
             self.limits.record_failure(email.as_str(), now);
             self.audit(Event::SignInFailed, who, "INVALID_CREDENTIALS");
@@ -179,13 +181,25 @@ impl Auth {
             self.audit(Event::SignInFailed, who, "EMAIL_NOT_VERIFIED");
             return Err(Error::EmailNotVerified);
         }
-        if verified.needs_rehash {
-            user.password_hash = self.passwords.hash(password).await?;
-        }
+        // Decided on the account as read before the hash: if it changes meanwhile (a new
+        // password, a disable, 2FA on or off), this sign-in does not finish.
+        let stamp = user.stamp;
+        let new_hash = match verified.needs_rehash {
+            true => Some(self.passwords.hash(password).await?),
+            false => None,
+        };
         let device_id = device_id.unwrap_or_else(|| Uuid::new_v4().to_string());
         if user.two_factor.is_some() {
-            if verified.needs_rehash {
-                self.store.put_user(&user)?;
+            if let Some(new_hash) = new_hash {
+                let old_hash = user.password_hash.clone();
+                // Only over the hash it was made from: never brings back an older password.
+                self.store
+                    .change_user(user.id, AccountChange::ending(Ends::Nothing), |u| {
+                        if u.password_hash == old_hash {
+                            u.password_hash = new_hash.clone();
+                        }
+                        Ok::<_, Error>(())
+                    })?;
             }
             let pending = self
                 .challenge_sign_in(user, device_id, name, origin)
@@ -197,30 +211,41 @@ impl Auth {
             device: Some(&device_id),
             ..who
         };
-        self.audit(Event::SignedIn, who, "ok");
         let signed_in = self
-            .open_session(user, device_id.clone(), name, origin)
-            .await?;
-        Ok(LoginOutcome::SignedIn(Box::new(signed_in)))
+            .open_session(user.id, device_id.clone(), name, origin, |u| {
+                if u.stamp != stamp {
+                    return Err(Error::InvalidCredentials);
+                }
+                if let Some(hash) = &new_hash {
+                    u.password_hash = hash.clone();
+                }
+                Ok(())
+            })
+            .await;
+        match &signed_in {
+            Ok(_) => self.audit(Event::SignedIn, who, "ok"),
+            Err(e) => self.audit(Event::SignInFailed, who, e.code()),
+        }
+        Ok(LoginOutcome::SignedIn(Box::new(signed_in?)))
     }
 
-    /// Starts a device session for `user` (replacing the one the device had), durable before
-    /// it returns.
+    /// Starts a device session for the user (replacing the one the device had), durable
+    /// before it returns, if `check` (on the account as it is then) lets it: a disabled
+    /// account is refused here, whatever was read before.
     pub(crate) async fn open_session(
         &self,
-        mut user: UserRecord,
+        user_id: Uuid,
         device_id: String,
         name: Option<String>,
         origin: &Origin,
+        check: impl Fn(&mut UserRecord) -> Result<()>,
     ) -> Result<SignedIn> {
         let now = self.now();
-        user.last_login_at = user.current_login_at;
-        user.current_login_at = Some(now);
         let id = Uuid::new_v4();
         let (refresh_token, refresh_hash) = issue_refresh_token(&self.secrets, id, 0);
         let session = SessionRecord {
             id,
-            user_id: user.id,
+            user_id,
             device_id,
             name,
             ip_address: origin.ip.map(|ip| ip.to_string()),
@@ -231,9 +256,22 @@ impl Auth {
             refresh_expires_at: self.refresh_expiry(now, now),
             refresh_generation: 0,
         };
-        if let Some(replaced) = self.store.start_session(&user, &session)? {
-            self.forget_sessions(&[replaced.id]);
-        }
+        let started =
+            self.store
+                .start_session(&session, self.config.tokens.max_sessions_per_user, |u| {
+                    if u.state == AccountState::Disabled {
+                        return Err(Error::AccountDisabled);
+                    }
+                    check(u)?;
+                    u.last_login_at = u.current_login_at;
+                    u.current_login_at = Some(now);
+                    Ok(())
+                })?;
+        let user = match started {
+            // Deleted meanwhile.
+            Changed::Missing => return Err(Error::InvalidCredentials),
+            other => self.changed(other)?.0,
+        };
         self.store.flush().await?;
         self.hand_out(user, session, refresh_token, now)
     }
@@ -365,22 +403,6 @@ impl Auth {
             user_id,
             session_id,
         })
-    }
-
-    /// Ends every device session of the caller's user but the caller's own: after a change of
-    /// the e-mail address or of two-factor sign-in, a device signed in before it (perhaps by
-    /// whoever the change keeps out) must sign in again.
-    pub(crate) fn end_other_sessions(&self, caller: &Caller) -> Result<()> {
-        let others: Vec<Uuid> = self
-            .store
-            .sessions_of(caller.user_id)?
-            .into_iter()
-            .map(|s| s.id)
-            .filter(|id| *id != caller.session_id)
-            .collect();
-        self.store.end_sessions(&others)?;
-        self.forget_sessions(&others);
-        Ok(())
     }
 
     /// Ends the caller's own session, another of its devices, or all of them. Returns the

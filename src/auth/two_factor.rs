@@ -18,7 +18,9 @@ use crate::store::records::{
     ChallengePurpose, ChallengeRecord, PendingTotpRecord, QueuedMail, SecondFactor,
     TwoFactorRecord, UserRecord,
 };
-use crate::store::{ChallengeStore, MailQueueStore, UserStore, Versioned};
+use crate::store::{
+    AccountChange, ChallengeStore, Changed, Ends, MailQueueStore, UserStore, Versioned,
+};
 
 /// Purpose tag of mailed second-factor and step-up codes in the keyed hash.
 const MAILED_CODE: &str = "two-factor-code";
@@ -98,8 +100,10 @@ pub enum Enabled {
 /// A code the caller typed: which kind it turned out to be.
 pub(crate) enum Matched {
     Mailed,
+    /// The time step of the app's code.
     Totp(u64),
-    Recovery(usize),
+    /// The keyed hash of the recovery code.
+    Recovery([u8; 32]),
 }
 
 /// Six decimal digits, uniform, from the CSPRNG.
@@ -151,14 +155,16 @@ impl Auth {
         Ok(step.filter(|s| tf.totp_last_step.is_none_or(|last| *s > last)))
     }
 
-    fn recovery_index(&self, user: &UserRecord, code: &str) -> Option<usize> {
+    /// The keyed hash of `code` if it is one of the account's unused recovery codes.
+    fn recovery_match(&self, user: &UserRecord, code: &str) -> Option<[u8; 32]> {
         let tf = user.two_factor.as_ref()?;
         let hash = self
             .secrets
             .keyed_hash(RECOVERY_CODE, &normalize_recovery(code));
         tf.recovery_codes
             .iter()
-            .position(|h| verify_slices_are_equal(h, &hash).is_ok())
+            .any(|h| verify_slices_are_equal(h, &hash).is_ok())
+            .then_some(hash)
     }
 
     fn mailed_code_matches(&self, challenge: &ChallengeRecord, code: &str) -> bool {
@@ -168,17 +174,34 @@ impl Auth {
             .is_some_and(|h| verify_slices_are_equal(&h, &hash).is_ok())
     }
 
-    /// Applies what a matched code uses up to the account.
-    pub(crate) fn consume(user: &mut UserRecord, matched: &Matched) {
-        if let Some(tf) = user.two_factor.as_mut() {
-            match matched {
-                Matched::Totp(step) => tf.totp_last_step = Some(*step),
-                Matched::Recovery(index) => {
-                    tf.recovery_codes.remove(*index);
-                }
-                Matched::Mailed => {}
-            }
+    /// Uses up what a matched code spends, on the account as it is inside the transaction
+    /// that makes the session or applies the change: a TOTP step no newer than the last one
+    /// used, or a recovery code already gone, is refused, so one code never counts twice
+    /// however the requests race.
+    pub(crate) fn spend(user: &mut UserRecord, matched: &Matched) -> Result<()> {
+        if let Matched::Mailed = matched {
+            // The challenge holding it was removed by compare-and-swap already.
+            return Ok(());
         }
+        let tf = user.two_factor.as_mut().ok_or(Error::InvalidCode)?;
+        match matched {
+            Matched::Totp(step) => {
+                if tf.totp_last_step.is_some_and(|last| *step <= last) {
+                    return Err(Error::InvalidCode);
+                }
+                tf.totp_last_step = Some(*step);
+            }
+            Matched::Recovery(hash) => {
+                let index = tf
+                    .recovery_codes
+                    .iter()
+                    .position(|h| verify_slices_are_equal(h, hash).is_ok())
+                    .ok_or(Error::InvalidCode)?;
+                tf.recovery_codes.remove(index);
+            }
+            Matched::Mailed => {}
+        }
+        Ok(())
     }
 
     /// A new challenge with a fresh mailed code (EMAIL) or none (TOTP).
@@ -202,6 +225,7 @@ impl Auth {
             resends: 0,
             last_sent_at: now,
             expires_at: now + seconds(self.config.two_factor.code_ttl),
+            stamp: user.stamp,
         };
         (record, code)
     }
@@ -250,7 +274,14 @@ impl Auth {
             "sign in",
             challenge.expires_at,
         )?;
-        self.store.put_challenge(&challenge, &mail)?;
+        let ended = self.store.put_challenge(
+            &challenge,
+            self.config.two_factor.max_pending_challenges,
+            &mail,
+        )?;
+        if ended > 0 {
+            tracing::debug!(user = %user.id, ended, "the oldest pending sign-ins gave way to a new one");
+        }
         self.store.flush().await?;
         self.mail_queued();
         Ok(PendingSignIn {
@@ -301,7 +332,7 @@ impl Auth {
         } else if let Some(step) = self.totp_step(user, code)? {
             Some(Matched::Totp(step))
         } else {
-            self.recovery_index(user, code).map(Matched::Recovery)
+            self.recovery_match(user, code).map(Matched::Recovery)
         };
         let next = match matched {
             Some(_) => None,
@@ -373,7 +404,7 @@ impl Auth {
         challenge_id: &str,
         email: &Email,
     ) -> Result<SignedIn> {
-        let (current, mut user) = self.sign_in_challenge(challenge_id, email)?;
+        let (current, user) = self.sign_in_challenge(challenge_id, email)?;
         // Disabled while the challenge waited: no code signs it in.
         if user.state == crate::store::records::AccountState::Disabled {
             return Err(Error::AccountDisabled);
@@ -398,8 +429,7 @@ impl Auth {
             }
         };
         self.audit(Event::TwoFactorAccepted, who.clone(), "ok");
-        self.audit(Event::SignedIn, who, "ok");
-        Self::consume(&mut user, &matched);
+        let stamp = current.record.stamp;
         let ChallengePurpose::SignIn {
             device_id,
             device_name,
@@ -413,8 +443,22 @@ impl Auth {
             ip: ip_address.and_then(|ip| ip.parse().ok()),
             user_agent,
         };
-        self.open_session(user, device_id, device_name, &origin)
-            .await
+        let address = email.as_str();
+        let signed_in = self
+            .open_session(user.id, device_id, device_name, &origin, |u| {
+                // Changed since the challenge was made (a new password, a new address, 2FA
+                // off and on): the challenge signs nobody in.
+                if u.stamp != stamp || u.email != address {
+                    return Err(Error::InvalidCode);
+                }
+                Self::spend(u, &matched)
+            })
+            .await;
+        match &signed_in {
+            Ok(_) => self.audit(Event::SignedIn, who, "ok"),
+            Err(e) => self.audit(Event::SignInFailed, who, e.code()),
+        }
+        signed_in
     }
 
     /// Mails a fresh code for a pending sign-in, replacing the old one, within the cooldown
@@ -529,8 +573,9 @@ impl Auth {
         (codes, hashes)
     }
 
-    /// Turns two-factor sign-in on. EMAIL needs a verified address; TOTP first hands out a
-    /// secret, and is on once a code from the app comes back. Already on: changes nothing.
+    /// Turns two-factor sign-in on; both methods need a verified address. TOTP first hands
+    /// out a secret, and is on once a code from the app comes back. Already on: changes
+    /// nothing.
     pub async fn enable_2fa(
         &self,
         caller: &Caller,
@@ -538,21 +583,20 @@ impl Auth {
         method: SecondFactor,
         code: Option<String>,
     ) -> Result<Enabled> {
-        let mut user = self.profile(caller)?;
+        let user = self.profile(caller)?;
         self.check_password(&user, password).await?;
         if user.two_factor.is_some() {
             return Ok(Enabled::On {
                 recovery_codes: None,
             });
         }
+        // No second factor is tied to an address nobody has shown to be theirs.
+        if !user.email_verified {
+            return Err(Error::EmailNotVerified);
+        }
         let now = self.now();
-        let totp_secret = match method {
-            SecondFactor::Email => {
-                if !user.email_verified {
-                    return Err(Error::EmailNotVerified);
-                }
-                None
-            }
+        let (totp_secret, last_step) = match method {
+            SecondFactor::Email => (None, None),
             SecondFactor::Totp => {
                 let code = code.as_deref().map(str::trim).filter(|c| !c.is_empty());
                 match (code, &user.pending_totp) {
@@ -560,12 +604,12 @@ impl Auth {
                         self.factor_budget(&user, now)?;
                         let totp = self.totp(&pending.secret, &user.email)?;
                         let now_u = u64::try_from(now).unwrap_or(0);
-                        if totp.check(code, now_u).is_none() {
+                        let Some(step) = totp.check(code, now_u) else {
                             self.factor_failed(&user, now)?;
                             self.store.flush().await?;
                             return Err(Error::InvalidCode);
-                        }
-                        Some(pending.secret.clone())
+                        };
+                        (Some(pending.secret.clone()), Some(step))
                     }
                     (Some(_), None) => {
                         return Err(Error::bad_input(
@@ -573,41 +617,53 @@ impl Auth {
                             "start the TOTP set-up first: call enable2Fa without a code",
                         ));
                     }
-                    (None, _) => {
-                        let secret = Secret::from(&random_bytes::<20>()[..]).to_base32();
-                        let totp = self.totp(&secret, &user.email)?;
-                        let uri = totp
-                            .to_url()
-                            .map_err(|e| Error::internal(anyhow::anyhow!("TOTP URI: {e:?}")))?;
-                        let qr_png_base64 = totp
-                            .to_qr_base64()
-                            .map_err(|e| Error::internal(anyhow::anyhow!("TOTP QR: {e:?}")))?;
-                        user.pending_totp = Some(PendingTotpRecord {
-                            secret,
-                            created_at: now,
-                        });
-                        self.store.put_user(&user)?;
-                        self.store.flush().await?;
-                        return Ok(Enabled::TotpPending { uri, qr_png_base64 });
-                    }
+                    (None, _) => return self.start_totp(&user, now).await,
                 }
             }
         };
         let (codes, hashes) = self.new_recovery_codes();
-        let last_step = totp_secret
-            .as_ref()
-            .map(|_| u64::try_from(now).unwrap_or(0) / 30);
-        user.two_factor = Some(TwoFactorRecord {
+        let two_factor = TwoFactorRecord {
             method,
             totp_secret,
             // The code that completed the set-up may not sign anyone in again.
             totp_last_step: last_step,
             recovery_codes: hashes,
             enabled_at: now,
-        });
-        user.pending_totp = None;
-        self.store.put_user(&user)?;
-        self.end_other_sessions(caller)?;
+        };
+        let changed = self.store.change_user(
+            user.id,
+            AccountChange::ending(Ends::Sessions {
+                keep: Some(caller.session_id),
+            }),
+            |u| {
+                if u.two_factor.is_some() {
+                    // Turned on meanwhile, by another request: that one's codes stand.
+                    return Err(None);
+                }
+                // The set-up that this code completes must be the one still pending.
+                if two_factor.totp_secret.is_some()
+                    && u.pending_totp.as_ref().map(|p| &p.secret) != two_factor.totp_secret.as_ref()
+                {
+                    return Err(Some(Error::InvalidCode));
+                }
+                if !u.email_verified {
+                    return Err(Some(Error::EmailNotVerified));
+                }
+                u.two_factor = Some(two_factor.clone());
+                u.pending_totp = None;
+                Ok(())
+            },
+        )?;
+        match changed {
+            Changed::Refused(None) => {
+                return Ok(Enabled::On {
+                    recovery_codes: None,
+                });
+            }
+            other => {
+                self.changed(refused_into(other))?;
+            }
+        }
         self.store.flush().await?;
         self.audit(
             Event::TwoFactorEnabled,
@@ -622,6 +678,31 @@ impl Auth {
         })
     }
 
+    /// Hands out a new TOTP secret, pending until a code from the app comes back.
+    async fn start_totp(&self, user: &UserRecord, now: i64) -> Result<Enabled> {
+        let secret = Secret::from(&random_bytes::<20>()[..]).to_base32();
+        let totp = self.totp(&secret, &user.email)?;
+        let uri = totp
+            .to_url()
+            .map_err(|e| Error::internal(anyhow::anyhow!("TOTP URI: {e:?}")))?;
+        let qr_png_base64 = totp
+            .to_qr_base64()
+            .map_err(|e| Error::internal(anyhow::anyhow!("TOTP QR: {e:?}")))?;
+        let pending = PendingTotpRecord {
+            secret,
+            created_at: now,
+        };
+        let changed =
+            self.store
+                .change_user(user.id, AccountChange::ending(Ends::Nothing), |u| {
+                    u.pending_totp = Some(pending.clone());
+                    Ok(())
+                })?;
+        self.changed(changed)?;
+        self.store.flush().await?;
+        Ok(Enabled::TotpPending { uri, qr_png_base64 })
+    }
+
     /// Turns two-factor sign-in off with the password and a DISABLE_TWO_FACTOR step-up code
     /// (or a current TOTP code, or a recovery code). Already off: changes nothing.
     pub async fn disable_2fa(
@@ -630,13 +711,28 @@ impl Auth {
         password: Option<String>,
         code: Option<String>,
     ) -> Result<()> {
-        let mut user = self.profile(caller)?;
+        let user = self.profile(caller)?;
         if user.two_factor.is_none() {
             return Ok(());
         }
         self.check_password(&user, password).await?;
-        self.use_step_up(&mut user, StepUpReason::DisableTwoFactor, code.as_deref())
+        let matched = self
+            .use_step_up(&user, StepUpReason::DisableTwoFactor, code.as_deref())
             .await?;
+        let changed = self.store.change_user(
+            user.id,
+            AccountChange::ending(Ends::Sessions {
+                keep: Some(caller.session_id),
+            }),
+            |u| {
+                Self::spend(u, &matched)?;
+                u.two_factor = None;
+                u.pending_totp = None;
+                Ok(())
+            },
+        )?;
+        self.changed(changed)?;
+        self.store.flush().await?;
         self.audit(
             Event::TwoFactorDisabled,
             Subject {
@@ -645,11 +741,6 @@ impl Auth {
             },
             "ok",
         );
-        user.two_factor = None;
-        user.pending_totp = None;
-        self.store.put_user(&user)?;
-        self.end_other_sessions(caller)?;
-        self.store.flush().await?;
         Ok(())
     }
 
@@ -694,36 +785,46 @@ impl Auth {
         })
     }
 
-    /// Uses up a proof for one operation of `reason`: that reason's step-up code, a current
-    /// TOTP code, or a recovery code. Marks on `user` what it used; the caller saves `user`.
+    /// Checks a proof for one operation of `reason`: that reason's step-up code (used up
+    /// here), a current TOTP code, or a recovery code. Returns what matched; the caller
+    /// spends it ([`Auth::spend`]) in the transaction that makes the change.
     pub(crate) async fn use_step_up(
         &self,
-        user: &mut UserRecord,
+        user: &UserRecord,
         reason: StepUpReason,
         code: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<Matched> {
         let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
             return Err(Error::Forbidden);
         };
         let now = self.now();
         self.factor_budget(user, now)?;
         if let Some(step) = self.totp_step(user, code)? {
-            Self::consume(user, &Matched::Totp(step));
-            return Ok(());
+            return Ok(Matched::Totp(step));
         }
-        if let Some(index) = self.recovery_index(user, code) {
-            Self::consume(user, &Matched::Recovery(index));
-            return Ok(());
+        if let Some(hash) = self.recovery_match(user, code) {
+            return Ok(Matched::Recovery(hash));
         }
         match self.store.step_up(user.id, reason.as_str())? {
             // The mailed code's own check counts a failure there.
-            Some(current) => self.attempt(&current, user, code).await.map(|_| ()),
+            Some(current) => self.attempt(&current, user, code).await,
             None => {
                 self.factor_failed(user, now)?;
                 self.store.flush().await?;
                 Err(Error::InvalidCode)
             }
         }
+    }
+}
+
+/// A change refused with `Some(error)` as one refused with that error.
+fn refused_into<T>(changed: Changed<T, Option<Error>>) -> Changed<T, Error> {
+    match changed {
+        Changed::Done { user, value, ended } => Changed::Done { user, value, ended },
+        Changed::Refused(e) => Changed::Refused(e.unwrap_or(Error::InvalidCode)),
+        Changed::Missing => Changed::Missing,
+        Changed::EmailTaken => Changed::EmailTaken,
+        Changed::UsernameTaken => Changed::UsernameTaken,
     }
 }
 

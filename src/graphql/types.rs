@@ -102,6 +102,9 @@ pub struct UserProfile {
     pub email: EmailAddress,
     /// extension
     pub email_verified: bool,
+    /// extension: a new address asked for, waiting for the code mailed to it; `email` stays
+    /// the account's address until then.
+    pub pending_email: Option<EmailAddress>,
     pub username: String,
     pub first_name: String,
     pub last_name: String,
@@ -133,6 +136,10 @@ impl From<&UserRecord> for UserProfile {
             id: RId(user.id),
             email,
             email_verified: user.email_verified,
+            pending_email: user
+                .pending_email
+                .as_ref()
+                .map(|p| EmailAddress::unchecked(&p.email)),
             username: user.username.clone(),
             first_name: p.first_name,
             last_name: p.last_name,

@@ -25,10 +25,15 @@ pub enum Template {
     Invite,
     /// `failures`, `until`, `reset_link`: the account's second-factor budget is spent.
     SecondFactorLocked,
+    /// `new_email`, `when`, `reset_link`: sent to the address when a change away from it is
+    /// asked for (it applies once the new address is verified).
+    EmailChangeRequested,
+    /// `reset_link`: an address change asked for an address that already has an account.
+    AddressInUse,
 }
 
 impl Template {
-    pub const ALL: [Template; 8] = [
+    pub const ALL: [Template; 10] = [
         Template::VerifyEmail,
         Template::AccountExists,
         Template::TwoFactorCode,
@@ -37,6 +42,8 @@ impl Template {
         Template::EmailChanged,
         Template::Invite,
         Template::SecondFactorLocked,
+        Template::EmailChangeRequested,
+        Template::AddressInUse,
     ];
 
     /// The file stem: `NAME.txt` and `NAME.html` in `mail.templates_dir` replace the built-ins.
@@ -50,6 +57,8 @@ impl Template {
             Template::EmailChanged => "email_changed",
             Template::Invite => "invite",
             Template::SecondFactorLocked => "second_factor_locked",
+            Template::EmailChangeRequested => "email_change_requested",
+            Template::AddressInUse => "address_in_use",
         }
     }
 
@@ -86,6 +95,14 @@ impl Template {
             Template::Invite => (
                 include_str!("templates/invite.txt"),
                 include_str!("templates/invite.html"),
+            ),
+            Template::EmailChangeRequested => (
+                include_str!("templates/email_change_requested.txt"),
+                include_str!("templates/email_change_requested.html"),
+            ),
+            Template::AddressInUse => (
+                include_str!("templates/address_in_use.txt"),
+                include_str!("templates/address_in_use.html"),
             ),
         }
     }

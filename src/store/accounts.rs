@@ -4,6 +4,7 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError as Tx;
 use uuid::Uuid;
 
+use super::account_tx::{AccountChange, Changed, Ends, username_key};
 use super::keys::{EMAIL_CODES, ExpiryKind, USERS, USERS_BY_EMAIL};
 use super::mail_queue::queue_in;
 use super::records::{EmailCodeRecord, QueuedMail, UserRecord, decode, encode};
@@ -21,18 +22,23 @@ pub enum CreateOutcome {
     UsernameTaken,
 }
 
-/// What `update_user` did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum UpdateOutcome {
-    Updated,
-    EmailTaken,
-    UsernameTaken,
-}
-
 /// What `verify_email` found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum VerifyOutcome {
-    Verified { user_id: Uuid },
+    /// The account's address is verified.
+    Verified {
+        user_id: Uuid,
+    },
+    /// The account's pending new address is verified and is now its address; its other
+    /// device sessions, challenges and codes have ended.
+    Changed {
+        user_id: Uuid,
+        old_email: String,
+        new_email: String,
+        ended: Vec<Uuid>,
+    },
+    /// The pending new address was taken by another account meanwhile: nothing changed.
+    Taken,
     Expired,
     Unknown,
 }
@@ -54,23 +60,23 @@ pub trait UserStore {
     /// Adds an account as it is, with its address and username indexes and no verification
     /// code: for accounts made by an operator or imported. Changes nothing on a clash.
     fn insert_user(&self, user: &UserRecord) -> Result<CreateOutcome, StoreError>;
-    /// Replaces the account, moving its indexes when the address or username changed, and
-    /// stores a new verification code if one is given. Changes nothing on a clash.
-    fn update_user(
+    /// Reads the account, changes it with `change` and writes it, with what `how` says, in
+    /// one transaction under the account's lock: concurrent changes never undo each other.
+    /// The indexes move when the address or username changed. `change` may run more than once
+    /// (on a conflict), each time on the account as it then is; an `Err` writes nothing.
+    fn change_user<T, E>(
         &self,
-        before: &UserRecord,
-        after: &UserRecord,
-        new_code: Option<(&[u8; 32], &EmailCodeRecord)>,
-        mail: &[QueuedMail],
-    ) -> Result<UpdateOutcome, StoreError>;
-    /// Writes the account as it is (its indexes unchanged).
-    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+        id: Uuid,
+        how: AccountChange<'_>,
+        change: impl Fn(&mut UserRecord) -> Result<T, E>,
+    ) -> Result<Changed<T, E>, StoreError>;
     /// Every account, in id order.
     fn all_users(&self) -> Result<Vec<UserRecord>, StoreError>;
-    /// Removes the account and its address and username indexes. Its device sessions are
-    /// ended first by the caller; codes left behind no longer find an account and expire.
-    fn delete_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
-    /// Marks the address of the code verified and uses the code up.
+    /// Removes the account, its indexes, its device sessions, challenges and codes, in one
+    /// transaction. Returns the account as it was and its ended sessions.
+    fn delete_user(&self, id: Uuid) -> Result<Option<(UserRecord, Vec<Uuid>)>, StoreError>;
+    /// Uses the code up and marks its address verified: the account's address, or the
+    /// pending new address, which then becomes the account's (see [`VerifyOutcome`]).
     fn verify_email(&self, code_hash: &[u8; 32], now: i64) -> Result<VerifyOutcome, StoreError>;
 }
 
@@ -95,10 +101,6 @@ fn add_account(
     by_email.insert(user.email.as_bytes(), user.id.as_bytes())?;
     by_username.insert(name, user.id.as_bytes())?;
     Ok(CreateOutcome::Created)
-}
-
-fn username_key(username: &str) -> Vec<u8> {
-    username.to_lowercase().into_bytes()
 }
 
 impl UserStore for Store {
@@ -164,57 +166,6 @@ impl UserStore for Store {
         )
     }
 
-    fn update_user(
-        &self,
-        before: &UserRecord,
-        after: &UserRecord,
-        new_code: Option<(&[u8; 32], &EmailCodeRecord)>,
-        mail: &[QueuedMail],
-    ) -> Result<UpdateOutcome, StoreError> {
-        let _writing = self.writing();
-        if let Some((hash, code)) = new_code {
-            self.index_expiry(ExpiryKind::EmailCode, hash, code.expires_at)?;
-        }
-        let record = encode(after);
-        let code = new_code.map(|(hash, code)| (*hash, encode(code)));
-        tx_result(
-            (
-                &self.users,
-                &self.users_by_email,
-                &self.users_by_username,
-                &self.email_codes,
-                &self.mail_queue,
-            )
-                .transaction(|(users, by_email, by_username, codes, queue)| {
-                    let id = after.id.as_bytes();
-                    if before.email != after.email {
-                        if by_email.get(after.email.as_bytes())?.is_some() {
-                            return Ok(UpdateOutcome::EmailTaken);
-                        }
-                        by_email.remove(before.email.as_bytes())?;
-                        by_email.insert(after.email.as_bytes(), id)?;
-                    }
-                    let (old_name, new_name) = (
-                        username_key(&before.username),
-                        username_key(&after.username),
-                    );
-                    if old_name != new_name {
-                        if by_username.get(&new_name)?.is_some() {
-                            return Ok(UpdateOutcome::UsernameTaken);
-                        }
-                        by_username.remove(old_name)?;
-                        by_username.insert(new_name, id)?;
-                    }
-                    users.insert(id, record.as_slice())?;
-                    if let Some((hash, code)) = &code {
-                        codes.insert(hash, code.as_slice())?;
-                    }
-                    queue_in(queue, mail)?;
-                    Ok(UpdateOutcome::Updated)
-                }),
-        )
-    }
-
     fn all_users(&self) -> Result<Vec<UserRecord>, StoreError> {
         self.users
             .iter()
@@ -223,63 +174,134 @@ impl UserStore for Store {
             .collect()
     }
 
-    fn delete_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
-        let _writing = self.writing();
-        tx_result(
-            (&self.users, &self.users_by_email, &self.users_by_username).transaction(
-                |(users, by_email, by_username)| {
-                    if users.remove(user.id.as_bytes())?.is_none() {
-                        return Ok(false);
-                    }
-                    if by_email.get(user.email.as_bytes())?.as_deref()
-                        == Some(user.id.as_bytes().as_slice())
-                    {
-                        by_email.remove(user.email.as_bytes())?;
-                    }
-                    let name = username_key(&user.username);
-                    if by_username.get(&name)?.as_deref() == Some(user.id.as_bytes().as_slice()) {
-                        by_username.remove(name)?;
-                    }
-                    Ok(true)
-                },
-            ),
-        )
+    fn change_user<T, E>(
+        &self,
+        id: Uuid,
+        how: AccountChange<'_>,
+        change: impl Fn(&mut UserRecord) -> Result<T, E>,
+    ) -> Result<Changed<T, E>, StoreError> {
+        if let Some(session) = how.rewrite_session {
+            let _writing = self.writing();
+            self.index_expiry(
+                ExpiryKind::Session,
+                session.id.as_bytes(),
+                session.refresh_expires_at,
+            )?;
+        }
+        if let Some((hash, code)) = how.email_code {
+            let _writing = self.writing();
+            self.index_expiry(ExpiryKind::EmailCode, hash, code.expires_at)?;
+        }
+        let rewrite = how.rewrite_session.map(|s| (s.id, encode(s)));
+        let email_code = how.email_code.map(|(hash, code)| (*hash, encode(code)));
+        self.with_account(id, |t, found| {
+            if let Some(code) = how.reset_code
+                && t.reset_codes.get(code)?.is_none()
+            {
+                return Ok(Changed::Missing);
+            }
+            let Some(before) = t.user(id)? else {
+                return Ok(Changed::Missing);
+            };
+            let mut after = before.clone();
+            let value = match change(&mut after) {
+                Ok(value) => value,
+                Err(refused) => return Ok(Changed::Refused(refused)),
+            };
+            if how.ends != Ends::Nothing {
+                after.stamp = before.stamp.wrapping_add(1);
+            }
+            if let Some(clash) = t.write_user(&before, &after)? {
+                return Ok(clash);
+            }
+            let ended = t.end(id, found, how.ends)?;
+            if let Some((session_id, bytes)) = &rewrite
+                && t.sessions
+                    .insert(session_id.as_bytes(), bytes.as_slice())?
+                    .is_none()
+            {
+                // It ended meanwhile (a logout): it stays ended.
+                t.sessions.remove(session_id.as_bytes())?;
+            }
+            if let Some((hash, code)) = &email_code {
+                t.email_codes.insert(hash, code.as_slice())?;
+            }
+            t.queue(how.mail)?;
+            Ok(Changed::Done {
+                user: Box::new(after),
+                value,
+                ended,
+            })
+        })
     }
 
-    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        self.users.insert(user.id.as_bytes(), encode(user))?;
-        Ok(())
+    fn delete_user(&self, id: Uuid) -> Result<Option<(UserRecord, Vec<Uuid>)>, StoreError> {
+        self.with_account(id, |t, found| {
+            let Some(user) = t.user(id)? else {
+                return Ok(None);
+            };
+            t.users.remove(id.as_bytes())?;
+            if t.by_email.get(user.email.as_bytes())?.as_deref() == Some(id.as_bytes().as_slice()) {
+                t.by_email.remove(user.email.as_bytes())?;
+            }
+            let name = username_key(&user.username);
+            if t.by_username.get(&name)?.as_deref() == Some(id.as_bytes().as_slice()) {
+                t.by_username.remove(name)?;
+            }
+            let ended = t.end(id, found, Ends::Everything { keep: None })?;
+            Ok(Some((user, ended)))
+        })
     }
 
     fn verify_email(&self, code_hash: &[u8; 32], now: i64) -> Result<VerifyOutcome, StoreError> {
-        let _writing = self.writing();
-        tx_result(
-            (&self.users, &self.email_codes).transaction(|(users, codes)| {
-                let Some(code) = codes.get(code_hash)? else {
-                    return Ok(VerifyOutcome::Unknown);
-                };
-                let code: EmailCodeRecord = decode(EMAIL_CODES, &code).map_err(Tx::Abort)?;
-                if code.expires_at <= now {
-                    codes.remove(code_hash)?;
-                    return Ok(VerifyOutcome::Expired);
-                }
-                let Some(user) = users.get(code.user_id.as_bytes())? else {
-                    codes.remove(code_hash)?;
-                    return Ok(VerifyOutcome::Unknown);
-                };
-                let mut user: UserRecord = decode(USERS, &user).map_err(Tx::Abort)?;
-                // A code sent to an address the account no longer has verifies nothing.
-                if user.email != code.email {
-                    codes.remove(code_hash)?;
-                    return Ok(VerifyOutcome::Unknown);
-                }
-                user.email_verified = true;
-                users.insert(user.id.as_bytes(), encode(&user))?;
-                codes.remove(code_hash)?;
-                Ok(VerifyOutcome::Verified { user_id: user.id })
-            }),
-        )
+        let Some(code) = self.email_codes.get(code_hash)? else {
+            return Ok(VerifyOutcome::Unknown);
+        };
+        let code: EmailCodeRecord = decode(EMAIL_CODES, &code)?;
+        self.with_account(code.user_id, |t, found| {
+            // Read again inside: another use of the same code may have won.
+            let Some(code) = t.email_codes.get(code_hash)? else {
+                return Ok(VerifyOutcome::Unknown);
+            };
+            let code: EmailCodeRecord = decode(EMAIL_CODES, &code).map_err(Tx::Abort)?;
+            t.email_codes.remove(code_hash)?;
+            if code.expires_at <= now {
+                return Ok(VerifyOutcome::Expired);
+            }
+            let Some(before) = t.user(code.user_id)? else {
+                return Ok(VerifyOutcome::Unknown);
+            };
+            let mut after = before.clone();
+            if before.email == code.email {
+                after.email_verified = true;
+                t.users.insert(after.id.as_bytes(), encode(&after))?;
+                return Ok(VerifyOutcome::Verified { user_id: after.id });
+            }
+            // A code for an address the account no longer has, or no longer waits for,
+            // verifies nothing.
+            let Some(pending) = before
+                .pending_email
+                .as_ref()
+                .filter(|p| p.email == code.email)
+            else {
+                return Ok(VerifyOutcome::Unknown);
+            };
+            let keep = pending.session_id;
+            after.email = pending.email.clone();
+            after.email_verified = true;
+            after.pending_email = None;
+            after.stamp = before.stamp.wrapping_add(1);
+            if t.write_user::<(), ()>(&before, &after)?.is_some() {
+                return Ok(VerifyOutcome::Taken);
+            }
+            let ended = t.end(after.id, found, Ends::Everything { keep })?;
+            Ok(VerifyOutcome::Changed {
+                user_id: after.id,
+                old_email: before.email.clone(),
+                new_email: after.email.clone(),
+                ended,
+            })
+        })
     }
 }
 

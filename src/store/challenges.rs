@@ -29,11 +29,14 @@ pub struct FactorFailuresRecord {
 
 pub trait ChallengeStore {
     fn challenge(&self, id: Uuid) -> Result<Option<Versioned<ChallengeRecord>>, StoreError>;
+    /// Stores a new challenge and queues `mail`, under the account's lock. Past `max_pending`
+    /// live challenges of the user, the oldest end; returns how many ended.
     fn put_challenge(
         &self,
         challenge: &ChallengeRecord,
+        max_pending: usize,
         mail: &[QueuedMail],
-    ) -> Result<(), StoreError>;
+    ) -> Result<usize, StoreError>;
     /// Replaces (or with `None` removes) the challenge if it is still as it was read, and
     /// then queues `mail`. False (and nothing done) if it changed in between.
     fn swap_challenge(
@@ -80,26 +83,32 @@ impl ChallengeStore for Store {
     fn put_challenge(
         &self,
         challenge: &ChallengeRecord,
+        max_pending: usize,
         mail: &[QueuedMail],
-    ) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        self.index_expiry(
-            ExpiryKind::Challenge,
-            challenge.id.as_bytes(),
-            challenge.expires_at,
-        )?;
+    ) -> Result<usize, StoreError> {
+        {
+            let _writing = self.writing();
+            self.index_expiry(
+                ExpiryKind::Challenge,
+                challenge.id.as_bytes(),
+                challenge.expires_at,
+            )?;
+        }
         let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
         let record = encode(challenge);
-        tx_result(
-            (&self.challenges, &self.challenges_by_user, &self.mail_queue).transaction(
-                |(challenges, by_user, queue)| {
-                    challenges.insert(challenge.id.as_bytes(), record.as_slice())?;
-                    by_user.insert(index.as_slice(), &[])?;
-                    queue_in(queue, mail)?;
-                    Ok(())
-                },
-            ),
-        )
+        self.with_account(challenge.user_id, |t, found| {
+            let live = Store::live_challenges(t, found)?;
+            let over = (live.len() + 1).saturating_sub(max_pending.max(1));
+            for (key, _) in live.iter().take(over) {
+                t.challenges.remove(&key[16..])?;
+                t.challenges_by_user.remove(key)?;
+            }
+            t.challenges
+                .insert(challenge.id.as_bytes(), record.as_slice())?;
+            t.challenges_by_user.insert(index.as_slice(), &[])?;
+            t.queue(mail)?;
+            Ok(over)
+        })
     }
 
     fn swap_challenge(
@@ -135,33 +144,29 @@ impl ChallengeStore for Store {
         reason: &str,
         mail: &[QueuedMail],
     ) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        self.index_expiry(
-            ExpiryKind::Challenge,
-            challenge.id.as_bytes(),
-            challenge.expires_at,
-        )?;
+        {
+            let _writing = self.writing();
+            self.index_expiry(
+                ExpiryKind::Challenge,
+                challenge.id.as_bytes(),
+                challenge.expires_at,
+            )?;
+        }
         let key = step_up_key(&challenge.user_id, reason);
         let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
         let record = encode(challenge);
-        tx_result(
-            (
-                &self.challenges,
-                &self.step_ups_by_user,
-                &self.challenges_by_user,
-                &self.mail_queue,
-            )
-                .transaction(|(challenges, by_user, all_of_user, queue)| {
-                    if let Some(old) = by_user.get(&key)? {
-                        challenges.remove(old)?;
-                    }
-                    by_user.insert(key.as_slice(), challenge.id.as_bytes())?;
-                    challenges.insert(challenge.id.as_bytes(), record.as_slice())?;
-                    all_of_user.insert(index.as_slice(), &[])?;
-                    queue_in(queue, mail)?;
-                    Ok(())
-                }),
-        )
+        // Under the account's lock, so that a change ending its codes sees this one.
+        self.with_account(challenge.user_id, |t, _| {
+            if let Some(old) = t.step_ups.get(&key)? {
+                t.challenges.remove(old)?;
+            }
+            t.step_ups.insert(key.as_slice(), challenge.id.as_bytes())?;
+            t.challenges
+                .insert(challenge.id.as_bytes(), record.as_slice())?;
+            t.challenges_by_user.insert(index.as_slice(), &[])?;
+            t.queue(mail)?;
+            Ok(())
+        })
     }
 
     fn step_up(

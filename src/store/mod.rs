@@ -1,6 +1,7 @@
 //! Storage: small traits that the use cases depend on, and sled behind them. Every sled call
 //! in Keyhold lives under this module.
 
+mod account_tx;
 mod accounts;
 pub mod audit;
 pub mod backup;
@@ -15,7 +16,8 @@ mod sled_store;
 
 use std::path::PathBuf;
 
-pub use accounts::{CreateOutcome, UpdateOutcome, UserStore, VerifyOutcome};
+pub use account_tx::{AccountChange, Changed, Ends};
+pub use accounts::{CreateOutcome, UserStore, VerifyOutcome};
 pub use audit::{AuditRecord, AuditStore};
 pub use challenges::{ChallengeStore, FactorFailuresRecord, Versioned};
 pub use expiry::SweepReport;

@@ -93,6 +93,26 @@ pub struct UserRecord {
     /// A TOTP secret shown to the user and waiting for its first code.
     #[serde(default)]
     pub pending_totp: Option<PendingTotpRecord>,
+    /// Moves on with every change that ends the account's sessions (a new password, a
+    /// disable, a change of address or of two-factor sign-in). A sign-in or challenge decided
+    /// on an older stamp cannot finish.
+    #[serde(default)]
+    pub stamp: u64,
+    /// A new address asked for and not yet verified: the account keeps signing in, and gets
+    /// its mail, at `email` until the code mailed to this one is used.
+    #[serde(default)]
+    pub pending_email: Option<PendingEmailRecord>,
+}
+
+/// An address change waiting for the code mailed to the new address.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PendingEmailRecord {
+    /// Normalised, like `UserRecord::email`.
+    pub email: String,
+    /// The device session that asked: it stays signed in when the change applies.
+    #[serde(default)]
+    pub session_id: Option<Uuid>,
+    pub requested_at: i64,
 }
 
 impl UserRecord {
@@ -111,6 +131,8 @@ impl UserRecord {
             current_login_at: None,
             two_factor: None,
             pending_totp: None,
+            stamp: 0,
+            pending_email: None,
         }
     }
 }
@@ -200,6 +222,10 @@ pub struct ChallengeRecord {
     pub resends: u32,
     pub last_sent_at: i64,
     pub expires_at: i64,
+    /// The account's stamp when the challenge was made: once the account has moved on (a
+    /// password change, a disable), the challenge signs nobody in.
+    #[serde(default)]
+    pub stamp: u64,
 }
 
 /// `sessions`: one signed-in device of a user.

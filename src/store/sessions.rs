@@ -6,9 +6,10 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError as Tx, TransactionalTree};
 use uuid::Uuid;
 
+use super::account_tx::Changed;
 use super::keys::{
     ExpiryKind, META, META_SESSION_COUNT, REFRESH_TOKENS, SESSIONS, SESSIONS_BY_USER, SIGNING_KEYS,
-    session_by_user_key,
+    USERS, session_by_user_key,
 };
 use super::records::{RefreshRecord, SessionRecord, SigningKeyRecord, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
@@ -43,13 +44,18 @@ pub trait SessionStore {
     /// read without decoding the rest of the record.
     fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError>;
     fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError>;
-    /// Writes the user (its sign-in times, maybe a new hash) and a new session with its
-    /// refresh token, replacing the session the same device had. Returns the replaced one.
-    fn start_session(
+    /// Starts a device session for its user, replacing the one the same device had, in one
+    /// transaction with `sign_in`'s change to the account (its sign-in times, maybe a new
+    /// hash), under the account's lock. `sign_in` sees the account as it is and may refuse
+    /// (disabled, or changed since the sign-in was decided): then nothing is written. Past
+    /// `max_sessions`, the user's oldest sessions end. `Done`'s `ended` holds the replaced and
+    /// the ended ones.
+    fn start_session<E>(
         &self,
-        user: &UserRecord,
         session: &SessionRecord,
-    ) -> Result<Option<SessionRecord>, StoreError>;
+        max_sessions: usize,
+        sign_in: impl Fn(&mut UserRecord) -> Result<(), E>,
+    ) -> Result<Changed<(), E>, StoreError>;
     /// Rotates the refresh token of generation `generation` of session `session_id`, whose
     /// keyed hash is `presented`, to the token with keyed hash `new` (generation + 1). An
     /// older generation ends the session. The new token expires at `new_expires_at`, but
@@ -113,49 +119,59 @@ impl SessionStore for Store {
         Ok(found)
     }
 
-    fn start_session(
+    fn start_session<E>(
         &self,
-        user: &UserRecord,
         session: &SessionRecord,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        let _writing = self.writing();
-        self.index_expiry(
-            ExpiryKind::Session,
-            session.id.as_bytes(),
-            session.refresh_expires_at,
-        )?;
-        let user_bytes = encode(user);
+        max_sessions: usize,
+        sign_in: impl Fn(&mut UserRecord) -> Result<(), E>,
+    ) -> Result<Changed<(), E>, StoreError> {
+        {
+            let _writing = self.writing();
+            self.index_expiry(
+                ExpiryKind::Session,
+                session.id.as_bytes(),
+                session.refresh_expires_at,
+            )?;
+        }
         let session_bytes = encode(session);
-        let index_key = session_by_user_key(&user.id, &session.device_id);
-        tx_result(
-            (
-                &self.users,
-                &self.sessions,
-                &self.sessions_by_user,
-                &self.meta,
-            )
-                .transaction(|(users, sessions, by_user, meta)| {
-                    let mut replaced = None;
-                    let mut added = 0;
-                    if let Some(old_id) = by_user.get(&index_key)?
-                        && let Some(old) = sessions.remove(old_id)?
-                    {
-                        let old: SessionRecord = decode(SESSIONS, &old).map_err(Tx::Abort)?;
-                        replaced = Some(old);
-                        added -= 1;
+        let index_key = session_by_user_key(&session.user_id, &session.device_id);
+        self.with_account(session.user_id, |t, found| {
+            let Some(before) = t.user(session.user_id)? else {
+                return Ok(Changed::Missing);
+            };
+            let mut user = before.clone();
+            if let Err(refused) = sign_in(&mut user) {
+                return Ok(Changed::Refused(refused));
+            }
+            t.users.insert(user.id.as_bytes(), encode(&user))?;
+            // The device's session before this one, then the oldest past the cap.
+            let mut ending = Vec::new();
+            let replaced = t.sessions_by_user.get(&index_key)?;
+            let mut others = Vec::new();
+            for id in &found.sessions {
+                match t.session(*id)? {
+                    Some(s) if replaced.as_deref() == Some(id.as_bytes().as_slice()) => {
+                        ending.push(s.id);
                     }
-                    users.insert(user.id.as_bytes(), user_bytes.as_slice())?;
-                    if sessions
-                        .insert(session.id.as_bytes(), session_bytes.as_slice())?
-                        .is_none()
-                    {
-                        added += 1;
-                    }
-                    by_user.insert(index_key.as_slice(), session.id.as_bytes())?;
-                    count_sessions(meta, added)?;
-                    Ok(replaced)
-                }),
-        )
+                    Some(s) => others.push((s.created_at, s.id)),
+                    None => {}
+                }
+            }
+            others.sort_unstable();
+            let over = (others.len() + 1).saturating_sub(max_sessions.max(1));
+            ending.extend(others.iter().take(over).map(|(_, id)| *id));
+            let ended = t.end_sessions(&ending)?;
+            t.sessions
+                .insert(session.id.as_bytes(), session_bytes.as_slice())?;
+            t.sessions_by_user
+                .insert(index_key.as_slice(), session.id.as_bytes())?;
+            count_sessions(t.meta, 1)?;
+            Ok(Changed::Done {
+                user: Box::new(user),
+                value: (),
+                ended,
+            })
+        })
     }
 
     fn rotate_refresh(
@@ -286,6 +302,19 @@ fn read_count(bytes: &[u8]) -> Result<u64, StoreError> {
 }
 
 impl Store {
+    /// Starts `session` as a sign-in would, with no cap and no check: for tests and
+    /// benchmarks. An error if its user does not exist.
+    #[doc(hidden)]
+    pub fn start_session_unchecked(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        match self.start_session(session, usize::MAX, |_| Ok::<_, ()>(()))? {
+            Changed::Done { .. } => Ok(()),
+            _ => Err(StoreError::Record {
+                tree: USERS.into(),
+                what: "the session's user does not exist".into(),
+            }),
+        }
+    }
+
     /// Writes a refresh token the way storage format 1 did (its expiry entry, then the
     /// record), for tests of the migration from that format.
     #[doc(hidden)]
@@ -342,7 +371,7 @@ impl SigningKeyStore for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{PasswordStore, UserStore};
+    use crate::store::{AccountChange, Ends, UserStore};
 
     /// A new session of `user` on `device`.
     fn session_on(user: &UserRecord, device: &str) -> SessionRecord {
@@ -370,12 +399,18 @@ mod tests {
         let ada = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
         store.insert_user(&ada).unwrap();
         let (laptop, phone) = (session_on(&ada, "laptop"), session_on(&ada, "phone"));
-        store.start_session(&ada, &laptop).unwrap();
-        store.start_session(&ada, &phone).unwrap();
+        store.start_session_unchecked(&laptop).unwrap();
+        store.start_session_unchecked(&phone).unwrap();
         assert_eq!(store.session_count().unwrap(), 2);
         // The same device signing in again replaces its session.
         let laptop_again = session_on(&ada, "laptop");
-        assert!(store.start_session(&ada, &laptop_again).unwrap().is_some());
+        let started = store
+            .start_session(&laptop_again, 10, |_| Ok::<_, ()>(()))
+            .unwrap();
+        assert!(
+            matches!(&started, Changed::Done { ended, .. } if ended == &[laptop.id]),
+            "{started:?}"
+        );
         assert_eq!(store.session_count().unwrap(), 2);
         // A session already gone, or named twice, is not counted again.
         store
@@ -384,19 +419,64 @@ mod tests {
         assert_eq!(store.session_count().unwrap(), 1);
         // A password change keeps the caller's session and ends the others.
         store
-            .start_session(&ada, &session_on(&ada, "tablet"))
+            .start_session_unchecked(&session_on(&ada, "tablet"))
             .unwrap();
-        store.start_session(&ada, &session_on(&ada, "tv")).unwrap();
+        store
+            .start_session_unchecked(&session_on(&ada, "tv"))
+            .unwrap();
         assert_eq!(store.session_count().unwrap(), 3);
-        let ended = store
-            .apply_password(&ada, Some(&laptop_again), None, &[])
-            .unwrap()
+        let how = AccountChange::ending(Ends::Everything {
+            keep: Some(laptop_again.id),
+        });
+        let changed = store
+            .change_user(ada.id, how, |u| {
+                u.password_hash = "$argon2id$new".into();
+                Ok::<_, ()>(())
+            })
             .unwrap();
+        let Changed::Done { user, ended, .. } = changed else {
+            panic!("{changed:?}");
+        };
         assert_eq!(ended.len(), 2);
+        assert_eq!(
+            user.stamp,
+            ada.stamp + 1,
+            "a change that ends sessions moves the stamp"
+        );
         assert_eq!(store.session_count().unwrap(), 1);
         assert_eq!(store.sessions.len(), 1);
         drop(store);
         assert_eq!(Store::open(&path).unwrap().session_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn past_the_cap_a_sign_in_ends_the_oldest_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let ada = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
+        store.insert_user(&ada).unwrap();
+        let mut made = Vec::new();
+        for n in 0..5 {
+            let session = SessionRecord {
+                created_at: n,
+                ..session_on(&ada, &format!("device-{n}"))
+            };
+            store
+                .start_session(&session, 3, |_| Ok::<_, ()>(()))
+                .unwrap();
+            made.push(session.id);
+        }
+        let left: Vec<Uuid> = store
+            .sessions_of(ada.id)
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(left.len(), 3);
+        for id in &made[2..] {
+            assert!(left.contains(id), "the three newest stay");
+        }
+        assert_eq!(store.session_count().unwrap(), 3);
     }
 
     #[test]
@@ -406,7 +486,7 @@ mod tests {
         let user = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
         store.insert_user(&user).unwrap();
         let session = session_on(&user, "laptop");
-        store.start_session(&user, &session).unwrap();
+        store.start_session_unchecked(&session).unwrap();
         assert_eq!(store.session_owner(session.id).unwrap(), Some(user.id));
         assert_eq!(store.session_owner(Uuid::new_v4()).unwrap(), None);
         store.end_sessions(&[session.id]).unwrap();

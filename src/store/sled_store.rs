@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::keys::{
     self, FORMAT_VERSION, META, META_FORMAT_VERSION, META_READY_PROBE, META_SESSION_COUNT,
@@ -36,9 +36,17 @@ pub struct Store {
     /// Writers hold it shared; a backup holds it alone, so that it copies one consistent
     /// state of every tree.
     gate: Arc<RwLock<()>>,
+    /// One of these is held by every change to an account or to the set of its sessions,
+    /// challenges and codes, from the scan of what it ends to its transaction: sled cannot
+    /// scan inside a transaction, so this is what keeps a session started meanwhile from
+    /// surviving a password change or a disable.
+    accounts: Arc<[Mutex<()>; ACCOUNT_LOCKS]>,
     flusher: Arc<Flusher>,
     path: PathBuf,
 }
+
+/// Stripes of the per-account lock: accounts whose ids share a stripe wait for each other.
+const ACCOUNT_LOCKS: usize = 64;
 
 /// How long opening waits for a lock that a handle closed just before still holds.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -131,6 +139,7 @@ impl Store {
             mail_queue: db.open_tree(keys::MAIL_QUEUE)?,
             audit: db.open_tree(keys::AUDIT)?,
             gate: Arc::new(RwLock::new(())),
+            accounts: Arc::new(std::array::from_fn(|_| Mutex::new(()))),
             flusher: Arc::new(Flusher::default()),
             db,
             path: path.to_path_buf(),
@@ -206,6 +215,13 @@ impl Store {
     /// that is itself waiting for the outer one.
     pub(super) fn writing(&self) -> RwLockReadGuard<'_, ()> {
         self.gate.read_recursive()
+    }
+
+    /// Held across every change to the account `id`, its sessions, challenges and codes.
+    /// Take it before [`Store::writing`], and never two at once.
+    pub(super) fn account(&self, id: &uuid::Uuid) -> MutexGuard<'_, ()> {
+        // Ids are random (v4), so their last byte spreads them evenly.
+        self.accounts[usize::from(id.as_bytes()[15]) % ACCOUNT_LOCKS].lock()
     }
 
     /// Held while copying everything: no write happens meanwhile.

@@ -489,7 +489,7 @@ async fn disabling_needs_the_password_and_a_step_up_code_of_its_reason() {
 async fn changing_the_address_with_2fa_on_needs_a_change_email_code_once() {
     let app = TestApp::spawn().await;
     let (token, _) = with_email_2fa(&app, "ivo@example.com").await;
-    let update = "mutation($data: String!, $code: String, $password: String) { updateProfile(input: { data: $data }, code: $code, password: $password) { status userProfile { email firstName } } }";
+    let update = "mutation($data: String!, $code: String, $password: String) { updateProfile(input: { data: $data }, code: $code, password: $password) { status userProfile { email pendingEmail firstName } } }";
     let body = app
         .graphql_as(
             &token,
@@ -517,7 +517,7 @@ async fn changing_the_address_with_2fa_on_needs_a_change_email_code_once() {
     with_code["code"] = json!(code);
     let body = app.graphql_as(&token, update, with_code.clone()).await;
     assert_eq!(
-        body["data"]["updateProfile"]["userProfile"]["email"], "ivo@new.example",
+        body["data"]["updateProfile"]["userProfile"]["pendingEmail"], "ivo@new.example",
         "{body}"
     );
     with_code["data"] = json!(json!({ "email": "ivo@third.example" }).to_string());
