@@ -352,3 +352,136 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+const CHANGE_ADDRESS: &str = "mutation($data: String!, $password: String) { updateProfile(input: { data: $data }, password: $password) { status userProfile { id email emailVerified pendingEmail username twoFactorAuth } } }";
+
+#[tokio::test]
+async fn an_address_change_answers_the_same_for_a_taken_address_whose_holder_is_told() {
+    let app = TestApp::spawn().await;
+    app.verified_user("holder@example.com", PASSWORD).await;
+    app.verified_user("una@example.com", PASSWORD).await;
+    let token = app.signed_in("una@example.com", PASSWORD, None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut answers = Vec::new();
+    for address in ["holder@example.com", "free@example.com"] {
+        let data = json!({ "email": address }).to_string();
+        let mut body = app
+            .graphql_as(
+                &token,
+                CHANGE_ADDRESS,
+                json!({ "data": data, "password": PASSWORD }),
+            )
+            .await;
+        let pending = &body["data"]["updateProfile"]["userProfile"]["pendingEmail"];
+        assert_eq!(pending, address, "{body}");
+        body["data"]["updateProfile"]["userProfile"]["pendingEmail"] = json!("the new address");
+        answers.push(body);
+    }
+    assert_eq!(answers[0], answers[1], "the whole answer is the same");
+    // The holder is told; only the free address gets a code.
+    let told = app
+        .mailbox
+        .wait_for_subject("holder@example.com", "move an account to your address")
+        .await;
+    assert!(!told.text().contains("una@example.com"), "{}", told.text());
+    app.mailbox
+        .wait_for_subject("free@example.com", "Confirm")
+        .await;
+    for asked in 1..=2 {
+        app.mailbox
+            .wait_for_nth("una@example.com", "change of your e-mail address", asked)
+            .await;
+    }
+    let confirms = app
+        .mailbox
+        .to("holder@example.com")
+        .iter()
+        .filter(|m| m.subject().contains("Confirm"))
+        .count();
+    assert_eq!(confirms, 1, "only the holder's own registration");
+    // The holder's account is untouched.
+    app.signed_in("holder@example.com", PASSWORD, None).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn no_reset_or_second_factor_code_goes_to_a_pending_address() {
+    const FORGOT: &str =
+        "mutation($email: EmailAddress!) { forgotPassword(email: $email) { message } }";
+    const ENABLE: &str = "mutation($password: String, $method: TwoFactorMethod) { enable2Fa(password: $password, method: $method) { status } }";
+    let app = TestApp::spawn().await;
+    app.verified_user("ola@example.com", PASSWORD).await;
+    let token = app.signed_in("ola@example.com", PASSWORD, None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = json!({ "email": "ola@new.example" }).to_string();
+    let body = app
+        .graphql_as(
+            &token,
+            CHANGE_ADDRESS,
+            json!({ "data": data, "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(body["data"]["updateProfile"]["status"], 200, "{body}");
+    app.mailbox
+        .wait_for_subject("ola@new.example", "Confirm")
+        .await;
+    // A reset asked for the pending address mails nothing; for the account's address, it
+    // goes there.
+    app.graphql(FORGOT, json!({ "email": "ola@new.example" }))
+        .await;
+    app.graphql(FORGOT, json!({ "email": "ola@example.com" }))
+        .await;
+    app.mailbox
+        .wait_for_subject("ola@example.com", "Reset")
+        .await;
+    // Two-factor codes go to the verified address too.
+    let body = app
+        .graphql_as(
+            &token,
+            ENABLE,
+            json!({ "password": PASSWORD, "method": "EMAIL" }),
+        )
+        .await;
+    assert_eq!(body["data"]["enable2Fa"]["status"], "ENABLED", "{body}");
+    app.login("ola@example.com", PASSWORD, Some("tablet")).await;
+    app.mailbox
+        .wait_for_subject("ola@example.com", "security code")
+        .await;
+    let to_pending: Vec<String> = app
+        .mailbox
+        .to("ola@new.example")
+        .iter()
+        .map(|m| m.subject())
+        .collect();
+    assert_eq!(
+        to_pending.len(),
+        1,
+        "only the verification code: {to_pending:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn totp_is_turned_on_only_for_a_verified_address() {
+    const ENABLE: &str = "mutation($password: String, $method: TwoFactorMethod) { enable2Fa(password: $password, method: $method) { status totpUri } }";
+    let app = TestApp::spawn_with(|c| c.registration.require_email_verification = false).await;
+    app.register(json!({ "email": "pia@example.com", "password": PASSWORD }))
+        .await;
+    let token = app.signed_in("pia@example.com", PASSWORD, None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = app
+        .graphql_as(
+            &token,
+            ENABLE,
+            json!({ "password": PASSWORD, "method": "TOTP" }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "EMAIL_NOT_VERIFIED", "{body}");
+    app.stop().await;
+}

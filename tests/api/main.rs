@@ -21,6 +21,7 @@ mod operations;
 mod passwords;
 mod process;
 mod properties;
+mod races;
 mod sessions;
 mod storage;
 mod transport;

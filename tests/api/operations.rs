@@ -463,3 +463,81 @@ async fn a_second_factor_confirmed_after_a_disable_signs_nobody_in() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_disable_ends_every_pending_challenge_step_up_code_and_reset_code_with_the_sessions() {
+    const SEND: &str = "mutation($reason: TwoFactorReason) { send2Fa(reason: $reason) { status } }";
+    const FORGOT: &str =
+        "mutation($email: EmailAddress!) { forgotPassword(email: $email) { message } }";
+    const RESET: &str = "mutation($code: String!, $new: String!) { confirmPasswordReset(passwordResetParams: { code: $code, newPassword: $new }) { reset } }";
+    let app = TestApp::spawn().await;
+    let email = "lea@example.com";
+    app.verified_user(email, PASSWORD).await;
+    let login = app.signed_in(email, PASSWORD, None).await;
+    let token = login["token"].as_str().unwrap().to_string();
+    let refresh = login["refreshToken"].as_str().unwrap().to_string();
+    let body = app
+        .graphql_as(&token, ENABLE_2FA, json!({ "password": PASSWORD }))
+        .await;
+    assert_eq!(body["data"]["enable2Fa"]["status"], "ENABLED", "{body}");
+    // Pending: a sign-in's challenge, a step-up code and a reset code.
+    let body = app.login(email, PASSWORD, Some("tablet")).await;
+    let challenge = body["data"]["login"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sign_in_code = app
+        .mailbox
+        .wait_for_nth(email, "security code", 1)
+        .await
+        .six_digit_code();
+    let body = app
+        .graphql_as(&token, SEND, json!({ "reason": "DISABLE_TWO_FACTOR" }))
+        .await;
+    assert_eq!(body["data"]["send2Fa"]["status"], "CODE_SENT", "{body}");
+    app.mailbox.wait_for_nth(email, "security code", 2).await;
+    app.graphql(FORGOT, json!({ "email": email })).await;
+    let reset_code = app
+        .mailbox
+        .wait_for_subject(email, "Reset")
+        .await
+        .link_code();
+
+    let disabled = user_admin(&app, "disable", Some(email)).await;
+    assert_eq!(disabled["state"], "disabled", "{disabled}");
+    use keyhold::store::{ChallengeStore, SessionStore, UserStore};
+    let store = app.app.store();
+    let user = store.user_by_email(email).unwrap().unwrap();
+    assert!(store.sessions_of(user.id).unwrap().is_empty());
+    assert!(
+        store
+            .step_up(user.id, "DISABLE_TWO_FACTOR")
+            .unwrap()
+            .is_none()
+    );
+    // The token is refused at the next request, and the refresh token is not spent on a
+    // disabled account.
+    let body = app.graphql_as(&token, PROFILE, Value::Null).await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN", "{body}");
+    let body = app.graphql(NEW_TOKEN, json!({ "t": refresh })).await;
+    assert_eq!(error_code(&body), "INVALID_TOKEN", "{body}");
+
+    // Enabled again, nothing that was pending works.
+    user_admin(&app, "enable", Some(email)).await;
+    let confirm = "mutation($c: String!, $id: String!, $e: EmailAddress!) { confirm2Fa(code: $c, sessionId: $id, email: $e) { token } }";
+    let body = app
+        .graphql(
+            confirm,
+            json!({ "c": sign_in_code, "id": challenge, "e": email }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+    let body = app
+        .graphql(
+            RESET,
+            json!({ "code": reset_code, "new": "another good passphrase" }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+    app.stop().await;
+}
