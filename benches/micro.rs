@@ -98,7 +98,9 @@ fn argon2(c: &mut Criterion) {
 fn jwt(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db")).unwrap();
-    let tokens = Tokens::load_or_create(&store, &Config::default().tokens, now()).unwrap();
+    let secrets = Secrets::load_or_create(&dir.path().join("keys")).unwrap();
+    let tokens =
+        Tokens::load_or_create(&store, &Config::default().tokens, &secrets, now()).unwrap();
     let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
     let mut group = c.benchmark_group("jwt");
     group.bench_function("sign", |b| {

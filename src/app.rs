@@ -89,6 +89,7 @@ impl Application {
             mailer,
             passwords,
         )?);
+        auth.seal_clear_secrets()?;
         let sweep_stats = Arc::new(SweepStats::default());
         let mail_stats = Arc::new(MailStats::default());
         let state = Arc::new(HttpState {

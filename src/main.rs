@@ -403,7 +403,9 @@ async fn rotate_keys(config: Option<PathBuf>) -> anyhow::Result<()> {
         Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
         None => {
             let store = keyhold::store::Store::open(&config.db_path())?;
-            let tokens = keyhold::auth::Tokens::load_or_create(&store, &config.tokens, now())?;
+            let secrets = keyhold::auth::Secrets::load_or_create(&config.keys_dir())?;
+            let tokens =
+                keyhold::auth::Tokens::load_or_create(&store, &config.tokens, &secrets, now())?;
             tokens.rotate(&store, now())?
         }
     };

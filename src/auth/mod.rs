@@ -99,8 +99,9 @@ impl Auth {
         mailer: Mailer,
         passwords: PasswordHasher,
     ) -> anyhow::Result<Auth> {
-        let tokens = Tokens::load_or_create(&store, &config.tokens, clock.unix_seconds())?;
         let secrets = Secrets::load_or_create(&config.keys_dir())?;
+        let tokens =
+            Tokens::load_or_create(&store, &config.tokens, &secrets, clock.unix_seconds())?;
         let limits = Arc::new(limits::Limits::new(&config.limits));
         let mail_backlog = AtomicUsize::new(store.mail_queue_len());
         Ok(Auth {

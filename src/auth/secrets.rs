@@ -12,11 +12,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::config::ConfigError;
 
+/// What sealed text in a record starts with; a value without it was written in clear by an
+/// older Keyhold.
+pub const SEALED_PREFIX: &str = "sealed:";
+
 /// The HMAC key for stored codes and tokens, and an AES-256-GCM key derived from it for
 /// what must be stored recoverably but never in clear (queued mail, which carries codes).
+#[derive(Clone)]
 pub struct Secrets {
     key: hmac::Key,
-    sealing: aead::LessSafeKey,
+    sealing: std::sync::Arc<aead::LessSafeKey>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -60,7 +65,7 @@ impl Secrets {
             .map_err(|_| ConfigError::file(&path, "cannot derive the sealing key"))?;
         Ok(Secrets {
             key,
-            sealing: aead::LessSafeKey::new(sealing),
+            sealing: std::sync::Arc::new(aead::LessSafeKey::new(sealing)),
         })
     }
 
@@ -94,6 +99,22 @@ impl Secrets {
             .open_in_place(nonce, aead::Aad::from(label), &mut body)
             .ok()?;
         Some(plain.to_vec())
+    }
+
+    /// `plain` sealed under `label`, as text to keep in a record: `sealed:` and base64.
+    pub fn seal_text(&self, label: &[u8], plain: &str) -> String {
+        use base64::engine::general_purpose::STANDARD;
+        format!(
+            "{SEALED_PREFIX}{}",
+            STANDARD.encode(self.seal(label, plain.as_bytes()))
+        )
+    }
+
+    /// What [`Secrets::seal_text`] sealed; `None` if it was altered or is not sealed text.
+    pub fn open_text(&self, label: &[u8], stored: &str) -> Option<String> {
+        use base64::engine::general_purpose::STANDARD;
+        let sealed = STANDARD.decode(stored.strip_prefix(SEALED_PREFIX)?).ok()?;
+        String::from_utf8(self.open(label, &sealed)?).ok()
     }
 
     /// The keyed hash under which a code or token is stored and looked up.

@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::secrets::random_bytes;
+use super::secrets::{SEALED_PREFIX, Secrets, random_bytes};
 use crate::config::TokensConfig;
 use crate::error::{Error, Result};
 use crate::store::records::SigningKeyRecord;
@@ -60,6 +60,8 @@ pub struct Tokens {
     /// its CPU time); a token seen before is the same bytes, so the same answer, and its
     /// expiry is still checked against the clock on every use.
     verified: Mutex<HashMap<[u8; 32], Arc<Claims>>>,
+    /// Seals the keys it stores.
+    secrets: Secrets,
 }
 
 /// Checked tokens remembered at most; past this, expired ones are dropped, then all.
@@ -79,15 +81,24 @@ impl Tokens {
     pub fn load_or_create(
         store: &Store,
         config: &TokensConfig,
+        secrets: &Secrets,
         now: i64,
     ) -> anyhow::Result<Tokens> {
         let records = store.signing_keys()?;
+        for mut record in records.iter().cloned() {
+            if !record.pkcs8.starts_with(SEALED_PREFIX) {
+                // Written in clear by an older Keyhold: sealed now, in place.
+                record.pkcs8 = secrets.seal_text(SIGNING_KEY, &record.pkcs8);
+                store.add_signing_key(&record)?;
+                tracing::info!(kid = %record.kid, "sealed a signing key stored in clear");
+            }
+        }
         if !records.iter().any(|r| r.retired_at.is_none()) {
-            let record = new_signing_key(now)?;
+            let record = new_signing_key(secrets, now)?;
             store.add_signing_key(&record)?;
             tracing::info!(kid = %record.kid, "generated the first access-token signing key");
         }
-        let keys = load_keys(store)?;
+        let keys = load_keys(store, secrets)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
@@ -103,6 +114,7 @@ impl Tokens {
             access_ttl: i64::try_from(config.access_ttl.as_secs()).unwrap_or(i64::MAX),
             validation,
             verified: Mutex::new(HashMap::new()),
+            secrets: secrets.clone(),
         })
     }
 
@@ -213,7 +225,7 @@ impl Tokens {
     /// the new key's id.
     pub fn rotate(&self, store: &Store, now: i64) -> anyhow::Result<String> {
         let mut keys = self.keys.write();
-        let fresh = new_signing_key(now)?;
+        let fresh = new_signing_key(&self.secrets, now)?;
         for mut record in store.signing_keys()? {
             if record.retired_at.is_none() {
                 record.retired_at = Some(now);
@@ -221,7 +233,7 @@ impl Tokens {
             }
         }
         store.add_signing_key(&fresh)?;
-        *keys = load_keys(store)?;
+        *keys = load_keys(store, &self.secrets)?;
         tracing::info!(kid = %fresh.kid, "rotated the access-token signing key");
         Ok(fresh.kid)
     }
@@ -241,7 +253,7 @@ impl Tokens {
             }
         }
         if dropped > 0 {
-            *keys = load_keys(store)?;
+            *keys = load_keys(store, &self.secrets)?;
         }
         Ok(dropped)
     }
@@ -253,27 +265,36 @@ impl Tokens {
 }
 
 /// The stored keys, the current one first, then the retired ones, newest first.
-fn load_keys(store: &Store) -> anyhow::Result<Vec<SigningKey>> {
+fn load_keys(store: &Store, secrets: &Secrets) -> anyhow::Result<Vec<SigningKey>> {
     let mut records = store.signing_keys()?;
     records.sort_by_key(|r| (r.retired_at.is_some(), std::cmp::Reverse(r.created_at)));
-    records.iter().map(signing_key).collect()
+    records.iter().map(|r| signing_key(r, secrets)).collect()
 }
 
-fn new_signing_key(now: i64) -> anyhow::Result<SigningKeyRecord> {
+/// The label signing keys are sealed under.
+const SIGNING_KEY: &[u8] = b"signing-key";
+
+fn new_signing_key(secrets: &Secrets, now: i64) -> anyhow::Result<SigningKeyRecord> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
         .map_err(|e| anyhow::anyhow!("cannot read the new Ed25519 key: {e}"))?;
     Ok(SigningKeyRecord {
         kid: thumbprint(&URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())),
-        pkcs8: STANDARD.encode(pkcs8.as_ref()),
+        pkcs8: secrets.seal_text(SIGNING_KEY, &STANDARD.encode(pkcs8.as_ref())),
         created_at: now,
         retired_at: None,
     })
 }
 
-fn signing_key(record: &SigningKeyRecord) -> anyhow::Result<SigningKey> {
-    let pkcs8 = STANDARD.decode(&record.pkcs8)?;
+fn signing_key(record: &SigningKeyRecord, secrets: &Secrets) -> anyhow::Result<SigningKey> {
+    let opened = secrets.open_text(SIGNING_KEY, &record.pkcs8).ok_or_else(|| {
+        anyhow::anyhow!(
+            "signing key {} does not open with keys/hmac.key: the database and the key file are not from the same install",
+            record.kid
+        )
+    })?;
+    let pkcs8 = STANDARD.decode(&opened)?;
     let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
         .map_err(|e| anyhow::anyhow!("signing key {}: {e}", record.kid))?;
     let public = pair.public_key().as_ref().to_vec();
@@ -298,11 +319,38 @@ fn thumbprint(x: &str) -> String {
 mod tests {
     use super::*;
 
+    fn secrets(dir: &tempfile::TempDir) -> Secrets {
+        Secrets::load_or_create(&dir.path().join("keys")).unwrap()
+    }
+
     fn tokens() -> (tempfile::TempDir, Tokens) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
-        let tokens = Tokens::load_or_create(&store, &TokensConfig::default(), 1_000).unwrap();
+        let tokens =
+            Tokens::load_or_create(&store, &TokensConfig::default(), &secrets(&dir), 1_000)
+                .unwrap();
         (dir, tokens)
+    }
+
+    #[test]
+    fn keys_are_stored_sealed_and_a_clear_one_is_sealed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let secrets = secrets(&dir);
+        let mut clear = new_signing_key(&secrets, 1).unwrap();
+        let document = secrets.open_text(SIGNING_KEY, &clear.pkcs8).unwrap();
+        clear.pkcs8 = document.clone();
+        store.add_signing_key(&clear).unwrap();
+        let tokens = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 2).unwrap();
+        assert_eq!(tokens.kids(), [clear.kid.clone()]);
+        let stored = &store.signing_keys().unwrap()[0];
+        assert!(stored.pkcs8.starts_with(SEALED_PREFIX));
+        assert!(!stored.pkcs8.contains(&document));
+        // With another install's key file, the database yields no key.
+        let other = tempfile::tempdir().unwrap();
+        let elsewhere = Secrets::load_or_create(&other.path().join("keys")).unwrap();
+        let refused = Tokens::load_or_create(&store, &TokensConfig::default(), &elsewhere, 3);
+        assert!(refused.is_err());
     }
 
     #[test]
@@ -333,9 +381,12 @@ mod tests {
     fn a_token_is_byte_for_byte_what_jsonwebtoken_encode_writes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
-        let tokens = Tokens::load_or_create(&store, &TokensConfig::default(), 1_000).unwrap();
+        let secrets = secrets(&dir);
+        let tokens =
+            Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 1_000).unwrap();
         let record = &store.signing_keys().unwrap()[0];
-        let key = jsonwebtoken::EncodingKey::from_ed_der(&STANDARD.decode(&record.pkcs8).unwrap());
+        let document = secrets.open_text(SIGNING_KEY, &record.pkcs8).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ed_der(&STANDARD.decode(&document).unwrap());
         let (token, _) = tokens.issue(Uuid::new_v4(), Uuid::new_v4(), 1_000).unwrap();
         let claims = tokens.verify(&token, 1_001).unwrap();
         let mut header = Header::new(Algorithm::EdDSA);
@@ -383,9 +434,10 @@ mod tests {
     fn the_key_is_kept_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
-        let a = Tokens::load_or_create(&store, &TokensConfig::default(), 1).unwrap();
+        let secrets = secrets(&dir);
+        let a = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 1).unwrap();
         let (token, _) = a.issue(Uuid::new_v4(), Uuid::new_v4(), 1).unwrap();
-        let b = Tokens::load_or_create(&store, &TokensConfig::default(), 2).unwrap();
+        let b = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 2).unwrap();
         assert!(b.verify(&token, 2).is_ok());
         assert_eq!(a.jwks(), b.jwks());
     }
@@ -413,13 +465,15 @@ mod tests {
         assert!(ours.verify(&unsigned, 1_001).is_err(), "alg none");
 
         let store = Store::open(&_dir.path().join("db2")).unwrap();
-        let ours = Tokens::load_or_create(&store, &TokensConfig::default(), 1_000).unwrap();
+        let ours = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets(&_dir), 1_000)
+            .unwrap();
         let other_issuer = Tokens::load_or_create(
             &store,
             &TokensConfig {
                 issuer: "someone-else".into(),
                 ..TokensConfig::default()
             },
+            &secrets(&_dir),
             1_000,
         )
         .unwrap();

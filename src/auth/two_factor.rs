@@ -8,7 +8,7 @@ use totp_rs::{Builder, Secret, Totp};
 use uuid::Uuid;
 
 use super::audit::{Event, Subject};
-use super::secrets::random_bytes;
+use super::secrets::{SEALED_PREFIX, random_bytes};
 use super::sessions::SignedIn;
 use super::{Auth, Caller, Origin, iso, seconds};
 use crate::domain::Email;
@@ -106,6 +106,9 @@ pub(crate) enum Matched {
     Recovery([u8; 32]),
 }
 
+/// The label TOTP secrets are sealed under.
+const TOTP_SECRET: &[u8] = b"totp-secret";
+
 /// Six decimal digits, uniform, from the CSPRNG.
 pub fn six_digits() -> String {
     loop {
@@ -131,7 +134,19 @@ fn normalize_recovery(code: &str) -> String {
 }
 
 impl Auth {
-    fn totp(&self, secret_base32: &str, account: &str) -> Result<Totp> {
+    /// The TOTP generator of a stored secret: sealed (`Secrets::seal_text`), or in clear
+    /// as an older Keyhold stored it until [`Auth::seal_clear_secrets`] ran.
+    fn totp(&self, stored: &str, account: &str) -> Result<Totp> {
+        let opened;
+        let secret_base32 = if stored.starts_with(SEALED_PREFIX) {
+            opened = self
+                .secrets
+                .open_text(TOTP_SECRET, stored)
+                .ok_or_else(|| Error::internal(anyhow::anyhow!("a TOTP secret does not open")))?;
+            opened.as_str()
+        } else {
+            stored
+        };
         let secret = Secret::try_from_base32(secret_base32)
             .map_err(|e| Error::internal(anyhow::anyhow!("stored TOTP secret: {e:?}")))?;
         Builder::new()
@@ -678,6 +693,47 @@ impl Auth {
         })
     }
 
+    /// Seals every TOTP secret that an older Keyhold stored in clear. Run at start; each
+    /// account is changed in its own transaction. Returns how many were sealed.
+    pub fn seal_clear_secrets(&self) -> Result<usize> {
+        let clear = |s: &String| !s.starts_with(SEALED_PREFIX);
+        let mut sealed = 0;
+        for user in self.store.all_users()? {
+            let has_clear = user
+                .two_factor
+                .as_ref()
+                .and_then(|tf| tf.totp_secret.as_ref())
+                .is_some_and(clear)
+                || user.pending_totp.as_ref().is_some_and(|p| clear(&p.secret));
+            if !has_clear {
+                continue;
+            }
+            let changed =
+                self.store
+                    .change_user(user.id, AccountChange::ending(Ends::Nothing), |u| {
+                        if let Some(secret) =
+                            u.two_factor.as_mut().and_then(|tf| tf.totp_secret.as_mut())
+                            && clear(secret)
+                        {
+                            *secret = self.secrets.seal_text(TOTP_SECRET, secret);
+                        }
+                        if let Some(p) = u.pending_totp.as_mut()
+                            && clear(&p.secret)
+                        {
+                            p.secret = self.secrets.seal_text(TOTP_SECRET, &p.secret);
+                        }
+                        Ok::<_, Error>(())
+                    })?;
+            if let Changed::Done { .. } = changed {
+                sealed += 1;
+            }
+        }
+        if sealed > 0 {
+            tracing::info!(accounts = sealed, "sealed TOTP secrets stored in clear");
+        }
+        Ok(sealed)
+    }
+
     /// Hands out a new TOTP secret, pending until a code from the app comes back.
     async fn start_totp(&self, user: &UserRecord, now: i64) -> Result<Enabled> {
         let secret = Secret::from(&random_bytes::<20>()[..]).to_base32();
@@ -689,7 +745,7 @@ impl Auth {
             .to_qr_base64()
             .map_err(|e| Error::internal(anyhow::anyhow!("TOTP QR: {e:?}")))?;
         let pending = PendingTotpRecord {
-            secret,
+            secret: self.secrets.seal_text(TOTP_SECRET, &secret),
             created_at: now,
         };
         let changed =

@@ -274,7 +274,9 @@ pub struct EmailCodeRecord {
 #[derive(Serialize, Deserialize, Clone)]
 pub struct SigningKeyRecord {
     pub kid: String,
-    /// PKCS#8 document, base64.
+    /// The PKCS#8 document, sealed (`Secrets::seal_text`): a copy of the database alone
+    /// yields no key. Records written in clear by an older Keyhold (base64 of the document)
+    /// are sealed at start.
     pub pkcs8: String,
     pub created_at: i64,
     /// When a newer key took over signing. A retired key still verifies the tokens it

@@ -321,6 +321,22 @@ async fn no_code_token_or_password_is_stored_in_clear() {
     app.verify_email(&code).await;
     let signed_in = app.signed_in("jo@example.com", PASSWORD, None).await;
     let refresh = signed_in["refreshToken"].as_str().unwrap().to_string();
+    // A TOTP secret handed out (pending), and the signing key's private half.
+    let token = signed_in["token"].as_str().unwrap();
+    let body = app
+        .graphql_as(
+            token,
+            "mutation($p: String) { enable2Fa(password: $p, method: TOTP) { totpUri } }",
+            json!({ "p": PASSWORD }),
+        )
+        .await;
+    let uri = body["data"]["enable2Fa"]["totpUri"].as_str().unwrap();
+    let totp_secret = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .unwrap()
+        .to_string();
     let kept = app.stop_keeping_storage().await;
     let dir = kept.path().join("data/db");
 
@@ -330,7 +346,7 @@ async fn no_code_token_or_password_is_stored_in_clear() {
     }
     // The scan does see what is stored in clear: the address is an index key.
     assert!(everything.windows(14).any(|w| w == b"jo@example.com"));
-    for secret in [PASSWORD, &pending, &refresh] {
+    for secret in [PASSWORD, &pending, &refresh, &totp_secret] {
         assert!(
             !everything
                 .windows(secret.len())

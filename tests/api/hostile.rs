@@ -262,6 +262,7 @@ async fn sixty_and_more_bad_inputs_each_get_their_code_and_change_nothing() {
             issuer: "someone-else".into(),
             ..Default::default()
         },
+        &keyhold::auth::Secrets::load_or_create(&other_dir.path().join("keys")).unwrap(),
         app.clock.unix_seconds(),
     )
     .unwrap()

@@ -58,6 +58,7 @@ fn tokens() -> &'static keyhold::auth::Tokens {
             let tokens = keyhold::auth::Tokens::load_or_create(
                 &store,
                 &keyhold::config::TokensConfig::default(),
+                &keyhold::auth::Secrets::load_or_create(&dir.path().join("keys")).unwrap(),
                 0,
             )
             .unwrap();
