@@ -1,5 +1,6 @@
 //! Backups of a running or stopped Keyhold: the database (one consistent state) and the key
-//! file kept beside it, in one file; scheduled backups with pruning; restore.
+//! file kept beside it, in one file encrypted to the operator's age key; scheduled backups
+//! with pruning; restore.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,19 +10,39 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::backup::{BackupSummary, restore_into};
+use crate::store::backup::{BackupSummary, Staged, stage_restore};
 use crate::store::{Store, create_private_dir};
 
 /// The files beside the database that a backup carries, relative to `storage.path`.
 const ATTACHMENTS: [&str; 1] = ["keys/hmac.key"];
+/// The key file among them: without it, nothing sealed in the database opens.
+const KEY_FILE: &str = "keys/hmac.key";
 
-/// Backs up `store` (open in this process) with its key file to `file`.
+/// The age recipient of `config`'s backups: there is no backup without one, since a backup
+/// carries the key file.
+fn recipient(config: &Config) -> anyhow::Result<age::x25519::Recipient> {
+    let text = config.storage.backup_recipient.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "storage.backup_recipient is not set: a backup carries the key file, so it is written only encrypted to a key kept away from this server (make one with `keyhold backup-key FILE`)"
+        )
+    })?;
+    text.trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("storage.backup_recipient: {e}"))
+}
+
+/// Backs up `store` (open in this process) with its key file to `file`, encrypted to
+/// `storage.backup_recipient` (age, X25519): the file alone yields nothing, and any change to
+/// it, or a cut, is found on restore.
 pub fn backup_store(
     config: &Config,
     store: &Store,
     file: &Path,
     now: i64,
 ) -> anyhow::Result<BackupSummary> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let recipient = recipient(config)?;
     let mut attachments = Vec::new();
     for name in ATTACHMENTS {
         let path = config.storage.path.join(name);
@@ -35,29 +56,107 @@ pub fn backup_store(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
+    let tmp = file.with_extension("partial");
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .context("encrypting the backup")?;
+    let mut sealed = encryptor.wrap_output(std::io::BufWriter::new(out))?;
     let summary = store
-        .backup_to(file, &attachments, now)
+        .backup_to(&mut sealed, file, &attachments, now)
         .with_context(|| format!("writing the backup {}", file.display()))?;
+    let mut out = sealed.finish()?;
+    out.flush()?;
+    let out = out.into_inner().map_err(|e| e.into_error())?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
     tracing::info!(file = %file.display(), entries = summary.entries, "backup written");
     Ok(summary)
 }
 
-/// Restores `file` into the storage of a stopped server.
-pub fn restore(config: &Config, file: &Path, now: i64) -> anyhow::Result<BackupSummary> {
+/// Restores `file` into the storage of a stopped server, opening it with the age identity
+/// in `identity` (the file `keyhold backup-key` wrote). The whole backup is decrypted, read
+/// into a new database and checked (its key file opens its signing keys) before anything
+/// of the live storage changes.
+pub fn restore(
+    config: &Config,
+    file: &Path,
+    identity: &Path,
+    now: i64,
+) -> anyhow::Result<BackupSummary> {
+    let identities = age::IdentityFile::from_file(identity.display().to_string())
+        .and_then(|f| f.into_identities().map_err(std::io::Error::other))
+        .with_context(|| format!("reading the identity {}", identity.display()))?;
+    let input = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let decryptor = age::Decryptor::new_buffered(std::io::BufReader::new(input)).map_err(|e| {
+        anyhow::anyhow!("{} is not an encrypted Keyhold backup: {e}", file.display())
+    })?;
+    let plain = decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| anyhow::anyhow!("{} does not open with this identity: {e}", file.display()))?;
     create_private_dir(&config.storage.path)?;
-    let restored = restore_into(&config.db_path(), file, now)
+    let db_path = config.db_path();
+    let staged = stage_restore(&db_path, file, std::io::BufReader::new(plain), &ATTACHMENTS)
         .with_context(|| format!("restoring {}", file.display()))?;
-    for (name, data) in &restored.attachments {
-        if !ATTACHMENTS.contains(&name.as_str()) {
-            anyhow::bail!("the backup carries an unexpected file {name}");
-        }
+    let checked = check_staged(&staged);
+    if let Err(e) = checked {
+        staged.discard();
+        return Err(e.context(format!("restoring {}", file.display())));
+    }
+    for (name, data) in &staged.attachments {
         let path = config.storage.path.join(name);
         if let Some(parent) = path.parent() {
             create_private_dir(parent)?;
         }
         write_private(&path, data)?;
     }
-    Ok(restored.summary)
+    Ok(staged.install(&db_path, now)?)
+}
+
+/// Makes a new age identity in `file` (mode 0600; an existing file is left alone and is an
+/// error). Returns its recipient, for `storage.backup_recipient`.
+pub fn make_identity(file: &Path) -> anyhow::Result<String> {
+    use age::secrecy::ExposeSecret;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    writeln!(
+        out,
+        "# Keyhold backup identity: restores backups encrypted to"
+    )?;
+    writeln!(out, "# public key: {recipient}")?;
+    writeln!(out, "{}", identity.to_string().expose_secret())?;
+    out.sync_all()?;
+    Ok(recipient)
+}
+
+/// Whether a staged backup is whole: its key file is there and opens its signing keys.
+fn check_staged(staged: &Staged) -> anyhow::Result<()> {
+    let (_, key) = staged
+        .attachments
+        .iter()
+        .find(|(name, _)| name == KEY_FILE)
+        .ok_or_else(|| anyhow::anyhow!("the backup carries no key file"))?;
+    let secrets = crate::auth::Secrets::from_key(Path::new(KEY_FILE), key)?;
+    let store = Store::open(&staged.path)?;
+    let keys = crate::auth::tokens::check_sealed_keys(&store, &secrets)?;
+    if keys == 0 {
+        anyhow::bail!("the backup holds no signing key");
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
@@ -113,6 +212,12 @@ pub async fn run_backups(
 ) {
     let interval = config.storage.backup_interval;
     if interval == Duration::ZERO {
+        return;
+    }
+    if config.storage.backup_recipient.is_none() {
+        tracing::warn!(
+            "no scheduled backups: storage.backup_recipient is not set (a backup is written only encrypted to a key kept away from this server; `keyhold backup-key FILE` makes one)"
+        );
         return;
     }
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);

@@ -150,6 +150,10 @@ pub struct StorageConfig {
     pub backup_interval: Duration,
     /// How many of those backups are kept.
     pub backup_keep: usize,
+    /// The age recipient (`age1…`) every backup is encrypted to. Its identity (the private
+    /// half, from `keyhold backup-key`) is kept away from the server and is needed to
+    /// restore. Unset: no backup is written.
+    pub backup_recipient: Option<String>,
 }
 
 impl Default for StorageConfig {
@@ -159,6 +163,7 @@ impl Default for StorageConfig {
             sweep_interval: Duration::from_secs(60),
             backup_interval: Duration::from_secs(24 * 3600),
             backup_keep: 7,
+            backup_recipient: None,
         }
     }
 }
@@ -562,6 +567,14 @@ impl Config {
             return Err(ConfigError::key("storage.path", "must not be empty"));
         }
         positive("storage.sweep_interval", self.storage.sweep_interval)?;
+        if let Some(recipient) = &self.storage.backup_recipient
+            && recipient.trim().parse::<age::x25519::Recipient>().is_err()
+        {
+            return Err(ConfigError::key(
+                "storage.backup_recipient",
+                "must be an age X25519 recipient (age1…), as `keyhold backup-key` prints",
+            ));
+        }
         if self.storage.backup_keep < 1 {
             return Err(ConfigError::key(
                 "storage.backup_keep",

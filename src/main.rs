@@ -78,12 +78,20 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
-    /// Restore FILE into the storage of a stopped server (the old database is kept aside).
+    /// Restore FILE into the storage of a stopped server (the old database is kept aside),
+    /// opening it with the age identity that `backup-key` wrote.
     Restore {
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// The age identity file (the private key the backups are encrypted to).
+        #[arg(long, short, value_name = "PATH")]
+        identity: PathBuf,
         file: PathBuf,
     },
+    /// Make the age key pair that backups are encrypted to: the identity (private) goes to
+    /// FILE, to keep away from this server; set the printed recipient as
+    /// storage.backup_recipient.
+    BackupKey { file: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -195,7 +203,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(config).await,
             Command::Backup { config, file } => backup(config, file).await,
-            Command::Restore { config, file } => restore(config, file),
+            Command::Restore {
+                config,
+                identity,
+                file,
+            } => restore(config, file, identity),
+            Command::BackupKey { file } => backup_key(file),
             Command::User { command } => user(command).await,
             Command::Keys {
                 command: KeysCommand::Rotate { config },
@@ -294,9 +307,19 @@ async fn audit(
     Ok(())
 }
 
-fn restore(config: Option<PathBuf>, file: PathBuf) -> anyhow::Result<()> {
+fn backup_key(file: PathBuf) -> anyhow::Result<()> {
+    let recipient = keyhold::backup::make_identity(&file)?;
+    println!(
+        "wrote the backup identity to {}: keep it away from this server",
+        file.display()
+    );
+    println!("set in config.toml:\n\n[storage]\nbackup_recipient = \"{recipient}\"");
+    Ok(())
+}
+
+fn restore(config: Option<PathBuf>, file: PathBuf, identity: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
-    let summary = keyhold::backup::restore(&config, &file, now())?;
+    let summary = keyhold::backup::restore(&config, &file, &identity, now())?;
     println!(
         "restored {} ({} records in {} trees) into {}",
         file.display(),

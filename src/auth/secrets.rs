@@ -56,13 +56,18 @@ impl Secrets {
             }
             Err(e) => return Err(ConfigError::file(&path, format!("cannot read: {e}"))),
         };
+        Secrets::from_key(&path, &bytes)
+    }
+
+    /// The secrets of the key file `path` holding `bytes`.
+    pub fn from_key(path: &Path, bytes: &[u8]) -> Result<Secrets, ConfigError> {
         if bytes.len() != 32 {
-            return Err(ConfigError::file(&path, "must hold exactly 32 bytes"));
+            return Err(ConfigError::file(path, "must hold exactly 32 bytes"));
         }
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
+        let key = hmac::Key::new(hmac::HMAC_SHA256, bytes);
         let derived = hmac::sign(&key, b"keyhold sealing key v1");
         let sealing = aead::UnboundKey::new(&aead::AES_256_GCM, derived.as_ref())
-            .map_err(|_| ConfigError::file(&path, "cannot derive the sealing key"))?;
+            .map_err(|_| ConfigError::file(path, "cannot derive the sealing key"))?;
         Ok(Secrets {
             key,
             sealing: std::sync::Arc::new(aead::LessSafeKey::new(sealing)),

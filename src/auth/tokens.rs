@@ -264,6 +264,16 @@ impl Tokens {
     }
 }
 
+/// Checks that every signing key in `store` opens with `secrets`: what a restore verifies
+/// before it replaces anything. Returns how many there are.
+pub fn check_sealed_keys(store: &Store, secrets: &Secrets) -> anyhow::Result<usize> {
+    let records = store.signing_keys()?;
+    for record in &records {
+        signing_key(record, secrets)?;
+    }
+    Ok(records.len())
+}
+
 /// The stored keys, the current one first, then the retired ones, newest first.
 fn load_keys(store: &Store, secrets: &Secrets) -> anyhow::Result<Vec<SigningKey>> {
     let mut records = store.signing_keys()?;

@@ -1,9 +1,9 @@
-//! Backups: a consistent copy of every tree (writers are held off while it is taken) in a
-//! line-oriented file, and restoring one into a stopped server's storage.
+//! Backups: a consistent copy of every tree (writers are held off while it is taken) as a
+//! stream of lines, and restoring one into a stopped server's storage. The file around the
+//! stream (its encryption) is `crate::backup`'s.
 
-use std::io::{BufRead, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -13,7 +13,7 @@ use super::keys::FORMAT_VERSION;
 use super::{Store, StoreError};
 
 /// The backup file's own format.
-const BACKUP_VERSION: u32 = 1;
+const BACKUP_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", untagged)]
@@ -45,13 +45,6 @@ pub struct BackupSummary {
     pub entries: u64,
 }
 
-/// What a restore found besides the trees: files kept outside the database.
-#[derive(Debug)]
-pub struct Restored {
-    pub summary: BackupSummary,
-    pub attachments: Vec<(String, Vec<u8>)>,
-}
-
 fn io(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::CreateDir {
         path: path.to_path_buf(),
@@ -67,28 +60,20 @@ fn bad(path: &Path, what: &str) -> StoreError {
 }
 
 impl Store {
-    /// Writes every tree, and `attachments` (files kept beside the database), to `file`
-    /// (mode 0600, written under a temporary name and renamed when complete). No write
-    /// happens while the trees are read, so the copy is one consistent state.
+    /// Writes every tree, and `attachments` (files kept beside the database), to `out`. No
+    /// write happens while the trees are read, so the copy is one consistent state. `file`
+    /// names the destination in errors.
     pub fn backup_to(
         &self,
+        out: &mut dyn Write,
         file: &Path,
         attachments: &[(&str, Vec<u8>)],
         created_at: i64,
     ) -> Result<BackupSummary, StoreError> {
-        let tmp = file.with_extension("partial");
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io(&tmp, e))?;
-        let mut out = BufWriter::new(out);
         let mut write = |line: &Line| -> Result<(), StoreError> {
             let mut bytes = serde_json::to_vec(line).unwrap_or_default();
             bytes.push(b'\n');
-            out.write_all(&bytes).map_err(|e| io(&tmp, e))
+            out.write_all(&bytes).map_err(|e| io(file, e))
         };
         write(&Line::Header {
             keyhold_backup: BACKUP_VERSION,
@@ -125,31 +110,73 @@ impl Store {
             end: true,
             entries: summary.entries,
         })?;
-        let out = out.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
-        out.sync_all().map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, file).map_err(|e| io(file, e))?;
         Ok(summary)
     }
 }
 
-/// Restores `file` as the database at `db_path`, which no process may have open. The backup
-/// is read into a new database first; only when that is complete does it take the place of
-/// the old one, which is kept beside it as `db.replaced-<time>`.
-pub fn restore_into(db_path: &Path, file: &Path, now: i64) -> Result<Restored, StoreError> {
+/// A backup read whole into a new database beside the live one, which is not touched yet.
+#[derive(Debug)]
+pub struct Staged {
+    pub summary: BackupSummary,
+    pub attachments: Vec<(String, Vec<u8>)>,
+    /// The new database.
+    pub path: PathBuf,
+}
+
+impl Staged {
+    /// Puts the staged database in the place of the one at `db_path`, which is kept beside
+    /// it as `db.replaced-<now>`.
+    pub fn install(self, db_path: &Path, now: i64) -> Result<BackupSummary, StoreError> {
+        if db_path.exists() {
+            let aside = db_path.with_extension(format!("replaced-{now}"));
+            std::fs::rename(db_path, &aside).map_err(|e| io(db_path, e))?;
+        }
+        std::fs::rename(&self.path, db_path).map_err(|e| io(db_path, e))?;
+        Ok(self.summary)
+    }
+
+    /// Removes the staged database: the backup is not restored.
+    pub fn discard(self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Reads the backup stream `input` (from `file`) whole into a new database beside the one at
+/// `db_path`, which no process may have open, and which is left as it is. Every line is
+/// checked: its frame, its version, the attachment names (`allowed`), and the count at its
+/// end. Anything wrong leaves nothing behind.
+pub fn stage_restore(
+    db_path: &Path,
+    file: &Path,
+    input: impl BufRead,
+    allowed: &[&str],
+) -> Result<Staged, StoreError> {
     // Refuses while a server holds the database.
     drop(Store::open(db_path)?);
-    let reader = std::io::BufReader::new(std::fs::File::open(file).map_err(|e| io(file, e))?);
     let staging = db_path.with_extension("restoring");
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| io(&staging, e))?;
     }
-    let db = sled::Config::new().path(&staging).open()?;
+    let staged = read_into(&staging, file, input, allowed);
+    if staged.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    staged
+}
+
+fn read_into(
+    staging: &Path,
+    file: &Path,
+    input: impl BufRead,
+    allowed: &[&str],
+) -> Result<Staged, StoreError> {
+    let db = sled::Config::new().path(staging).open()?;
     let mut attachments = Vec::new();
     let mut trees = std::collections::BTreeSet::new();
     let mut entries = 0u64;
     let mut header = false;
     let mut ended = None;
-    for line in reader.lines() {
+    for line in input.lines() {
         let line = line.map_err(|e| io(file, e))?;
         let decode = |s: &str| STANDARD.decode(s).map_err(|_| bad(file, "bad base64"));
         match serde_json::from_str::<Line>(&line).map_err(|_| bad(file, "not a Keyhold backup"))? {
@@ -159,11 +186,16 @@ pub fn restore_into(db_path: &Path, file: &Path, now: i64) -> Result<Restored, S
                 ..
             } => {
                 if keyhold_backup != BACKUP_VERSION || storage_format > FORMAT_VERSION {
-                    return Err(bad(file, "made by a newer Keyhold"));
+                    return Err(bad(file, "made by another version of Keyhold"));
                 }
                 header = true;
             }
-            Line::Attachment { attachment, data } => attachments.push((attachment, decode(&data)?)),
+            Line::Attachment { attachment, data } => {
+                if !allowed.contains(&attachment.as_str()) {
+                    return Err(bad(file, "it carries an unexpected file"));
+                }
+                attachments.push((attachment, decode(&data)?));
+            }
             Line::Entry { tree, key, value } => {
                 if !header || ended.is_some() {
                     return Err(bad(file, "entries outside the backup's frame"));
@@ -182,16 +214,12 @@ pub fn restore_into(db_path: &Path, file: &Path, now: i64) -> Result<Restored, S
     }
     db.flush()?;
     drop(db);
-    if db_path.exists() {
-        let aside = db_path.with_extension(format!("replaced-{now}"));
-        std::fs::rename(db_path, &aside).map_err(|e| io(db_path, e))?;
-    }
-    std::fs::rename(&staging, db_path).map_err(|e| io(db_path, e))?;
-    Ok(Restored {
+    Ok(Staged {
         summary: BackupSummary {
             trees: trees.len(),
             entries,
         },
         attachments,
+        path: staging.to_path_buf(),
     })
 }

@@ -5,9 +5,24 @@ use serde_json::json;
 
 use crate::helpers::{PASSWORD, TestApp, graphql_on, test_config};
 
+/// A backup key pair made away from the server: the identity's folder and path, and the
+/// recipient to configure.
+fn backup_key() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = dir.path().join("backup.key");
+    let recipient = keyhold::backup::make_identity(&identity).unwrap();
+    (dir, identity, recipient)
+}
+
+async fn with_backups(recipient: &str) -> TestApp {
+    let recipient = recipient.to_string();
+    TestApp::spawn_with(move |c| c.storage.backup_recipient = Some(recipient)).await
+}
+
 #[tokio::test]
 async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
-    let app = TestApp::spawn().await;
+    let (_away, identity, recipient) = backup_key();
+    let app = with_backups(&recipient).await;
     app.verified_user("ada@example.com", PASSWORD).await;
     let login = app.signed_in("ada@example.com", PASSWORD, None).await;
     let file = app.dir.path().join("manual.backup");
@@ -25,6 +40,13 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    // On its own the file yields nothing: not the key file, not a record, not an address.
+    let bytes = std::fs::read(&file).unwrap();
+    let key = std::fs::read(app.app.config().keys_dir().join("hmac.key")).unwrap();
+    for clear in [&key[..], b"keyhold_backup", b"ada@example.com"] {
+        assert!(!bytes.windows(clear.len()).any(|w| w == clear));
+    }
+    assert!(bytes.starts_with(b"age-encryption.org/v1"));
 
     // Changes after the backup.
     app.register(json!({ "email": "late@example.com", "password": PASSWORD }))
@@ -33,7 +55,9 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     let kept = app.stop_keeping_storage().await;
 
     let config = test_config(kept.path().join("data"), smtp_port);
-    keyhold::backup::restore(&config, &file, 0).unwrap();
+    // A new machine: the storage is gone; the backup and the identity are all there is.
+    std::fs::remove_dir_all(&config.storage.path).unwrap();
+    keyhold::backup::restore(&config, &file, &identity, 0).unwrap();
     let app = Application::build(config).await.unwrap();
     use keyhold::store::UserStore;
     assert!(
@@ -64,39 +88,81 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
 }
 
 #[tokio::test]
-async fn restore_refuses_a_running_server_and_a_cut_short_file() {
-    let app = TestApp::spawn().await;
+async fn restore_refuses_a_running_server_a_cut_or_altered_file_and_a_wrong_identity() {
+    let (_away, identity, recipient) = backup_key();
+    let app = with_backups(&recipient).await;
+    app.verified_user("bo@example.com", PASSWORD).await;
     let file = app.dir.path().join("b.backup");
-    keyhold::admin::call(
+    let answer = keyhold::admin::call(
         &app.app.config().admin_socket(),
         &json!({ "command": "backup", "file": file }),
     )
     .await
+    .unwrap()
     .unwrap();
+    assert_eq!(answer["ok"], true, "{answer}");
     let config = test_config(app.dir.path().join("data"), 1);
-    let err = keyhold::backup::restore(&config, &file, 0).unwrap_err();
+    let err = keyhold::backup::restore(&config, &file, &identity, 0).unwrap_err();
     assert!(format!("{err:#}").contains("in use"), "{err:#}");
     let kept = app.stop_keeping_storage().await;
-
-    let text = std::fs::read_to_string(&file).unwrap();
-    let cut = kept.path().join("cut.backup");
-    std::fs::write(&cut, &text[..text.len() / 2]).unwrap();
     let config = test_config(kept.path().join("data"), 1);
-    let err = keyhold::backup::restore(&config, &cut, 0).unwrap_err();
+
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = kept.path().join("cut.backup");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 40;
+    flipped[at] ^= 1;
+    let altered = kept.path().join("altered.backup");
+    std::fs::write(&altered, &flipped).unwrap();
+    let (_elsewhere, stranger, _) = backup_key();
+    for (file, identity) in [(&cut, &identity), (&altered, &identity), (&file, &stranger)] {
+        let err = keyhold::backup::restore(&config, file, identity, 0).unwrap_err();
+        assert!(!format!("{err:#}").is_empty());
+        // The live storage was left as it was, and nothing was left beside it.
+        use keyhold::store::UserStore;
+        let store = keyhold::store::Store::open(&config.db_path()).unwrap();
+        assert!(store.user_by_email("bo@example.com").unwrap().is_some());
+        drop(store);
+        let beside: Vec<String> = std::fs::read_dir(&config.storage.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("db."))
+            .collect();
+        assert!(beside.is_empty(), "{beside:?}");
+    }
+}
+
+#[tokio::test]
+async fn no_backup_is_written_without_a_recipient() {
+    let app = TestApp::spawn().await;
+    let file = app.dir.path().join("plain.backup");
+    let answer = keyhold::admin::call(
+        &app.app.config().admin_socket(),
+        &json!({ "command": "backup", "file": file }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(answer["ok"], false, "{answer}");
     assert!(
-        format!("{err:#}").contains("cut short")
-            || format!("{err:#}").contains("not a Keyhold backup"),
-        "{err:#}"
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("storage.backup_recipient"),
+        "{answer}"
     );
-    // The database was left as it was.
-    keyhold::store::Store::open(&config.db_path()).unwrap();
+    assert!(!file.exists());
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn scheduled_backups_are_made_and_pruned() {
-    let app = TestApp::spawn_with(|c| {
+    let (_away, _identity, recipient) = backup_key();
+    let app = TestApp::spawn_with(move |c| {
         c.storage.backup_interval = Duration::from_millis(50);
         c.storage.backup_keep = 2;
+        c.storage.backup_recipient = Some(recipient);
     })
     .await;
     let dir = app.app.config().backups_dir();

@@ -385,11 +385,21 @@ async fn acknowledged_writes_survive_a_sigkill() {
 #[tokio::test]
 async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one() {
     let dir = tempfile::tempdir().unwrap();
+    // The backup key is made away from the server's folder.
+    let away = tempfile::tempdir().unwrap();
+    let identity = away.path().join("backup.key");
+    let printed = keyhold_ok(away.path(), &["backup-key", "backup.key"]).await;
+    let recipient = printed
+        .split('"')
+        .find(|part| part.starts_with("age1"))
+        .unwrap_or_else(|| panic!("{printed}"))
+        .to_string();
     std::fs::write(
         dir.path().join("config.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[storage]\nbackup_recipient = \"{recipient}\"\n"),
     )
     .unwrap();
+    let identity = identity.to_str().unwrap();
     let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
     let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
     let client = https_client(&certificate, addr);
@@ -423,7 +433,14 @@ async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one()
 
     call(&client, addr, None, register, doc("after@example.com")).await;
     let output = keyhold(dir.path())
-        .args(["restore", "--config", "config.toml", "saved.backup"])
+        .args([
+            "restore",
+            "--config",
+            "config.toml",
+            "--identity",
+            identity,
+            "saved.backup",
+        ])
         .output()
         .await
         .unwrap();
@@ -433,7 +450,14 @@ async fn the_command_line_backs_up_a_running_server_and_restores_a_stopped_one()
 
     keyhold_ok(
         dir.path(),
-        &["restore", "--config", "config.toml", "saved.backup"],
+        &[
+            "restore",
+            "--config",
+            "config.toml",
+            "--identity",
+            identity,
+            "saved.backup",
+        ],
     )
     .await;
     // Stopped, a backup is taken directly.
