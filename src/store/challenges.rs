@@ -227,6 +227,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn past_the_cap_a_new_challenge_ends_the_oldest() {
+        use crate::store::records::{ChallengePurpose, SecondFactor};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let user = Uuid::new_v4();
+        let made: Vec<ChallengeRecord> = (0..5)
+            .map(|n| ChallengeRecord {
+                id: Uuid::new_v4(),
+                user_id: user,
+                purpose: ChallengePurpose::StepUp {
+                    reason: "GENERIC".into(),
+                },
+                method: SecondFactor::Email,
+                code_hash: None,
+                attempts: 0,
+                resends: 0,
+                last_sent_at: n,
+                expires_at: 1_000,
+                stamp: 0,
+            })
+            .collect();
+        let ended: Vec<usize> = made
+            .iter()
+            .map(|c| store.put_challenge(c, 3, &[]).unwrap())
+            .collect();
+        assert_eq!(ended, [0, 0, 0, 1, 1]);
+        for (n, c) in made.iter().enumerate() {
+            let live = store.challenge(c.id).unwrap().is_some();
+            assert_eq!(live, n >= 2, "challenge {n}: the two oldest gave way");
+        }
+    }
+
+    #[test]
     fn concurrent_factor_failures_are_all_counted_and_a_window_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
