@@ -41,7 +41,6 @@ pub fn backup_store(
     now: i64,
 ) -> anyhow::Result<BackupSummary> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let recipient = recipient(config)?;
     let mut attachments = Vec::new();
     for name in ATTACHMENTS {
@@ -57,13 +56,7 @@ pub fn backup_store(
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     let tmp = file.with_extension("partial");
-    let out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    let out = create_private(&tmp)?;
     let encryptor =
         age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
             .context("encrypting the backup")?;
@@ -159,17 +152,22 @@ fn check_staged(staged: &Staged) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
+/// `path`, created (or emptied) for writing with mode 0600.
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = create_private(&tmp)?;
     file.write_all(data)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;

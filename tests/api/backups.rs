@@ -14,6 +14,17 @@ fn backup_key() -> (tempfile::TempDir, std::path::PathBuf, String) {
     (dir, identity, recipient)
 }
 
+/// Asks the running server for a backup to `file`: its answer.
+async fn backup_through(app: &TestApp, file: &std::path::Path) -> serde_json::Value {
+    keyhold::admin::call(
+        &app.app.config().admin_socket(),
+        &json!({ "command": "backup", "file": file }),
+    )
+    .await
+    .unwrap()
+    .expect("the running server answers")
+}
+
 async fn with_backups(recipient: &str) -> TestApp {
     let recipient = recipient.to_string();
     TestApp::spawn_with(move |c| c.storage.backup_recipient = Some(recipient)).await
@@ -26,13 +37,7 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     app.verified_user("ada@example.com", PASSWORD).await;
     let login = app.signed_in("ada@example.com", PASSWORD, None).await;
     let file = app.dir.path().join("manual.backup");
-    let answer = keyhold::admin::call(
-        &app.app.config().admin_socket(),
-        &json!({ "command": "backup", "file": file }),
-    )
-    .await
-    .unwrap()
-    .expect("the running server answers");
+    let answer = backup_through(&app, &file).await;
     assert_eq!(answer["ok"], true, "{answer}");
     assert!(answer["entries"].as_u64().unwrap() > 5);
     use std::os::unix::fs::PermissionsExt;
@@ -93,13 +98,7 @@ async fn restore_refuses_a_running_server_a_cut_or_altered_file_and_a_wrong_iden
     let app = with_backups(&recipient).await;
     app.verified_user("bo@example.com", PASSWORD).await;
     let file = app.dir.path().join("b.backup");
-    let answer = keyhold::admin::call(
-        &app.app.config().admin_socket(),
-        &json!({ "command": "backup", "file": file }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let answer = backup_through(&app, &file).await;
     assert_eq!(answer["ok"], true, "{answer}");
     let config = test_config(app.dir.path().join("data"), 1);
     let err = keyhold::backup::restore(&config, &file, &identity, 0).unwrap_err();
@@ -137,13 +136,7 @@ async fn restore_refuses_a_running_server_a_cut_or_altered_file_and_a_wrong_iden
 async fn no_backup_is_written_without_a_recipient() {
     let app = TestApp::spawn().await;
     let file = app.dir.path().join("plain.backup");
-    let answer = keyhold::admin::call(
-        &app.app.config().admin_socket(),
-        &json!({ "command": "backup", "file": file }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let answer = backup_through(&app, &file).await;
     assert_eq!(answer["ok"], false, "{answer}");
     assert!(
         answer["error"]
