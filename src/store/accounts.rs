@@ -181,7 +181,6 @@ impl UserStore for Store {
         change: impl Fn(&mut UserRecord) -> Result<T, E>,
     ) -> Result<Changed<T, E>, StoreError> {
         if let Some(session) = how.rewrite_session {
-            let _writing = self.writing();
             self.index_expiry(
                 ExpiryKind::Session,
                 session.id.as_bytes(),
@@ -189,7 +188,6 @@ impl UserStore for Store {
             )?;
         }
         if let Some((hash, code)) = how.email_code {
-            let _writing = self.writing();
             self.index_expiry(ExpiryKind::EmailCode, hash, code.expires_at)?;
         }
         let rewrite = how.rewrite_session.map(|s| (s.id, encode(s)));

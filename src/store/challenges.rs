@@ -86,14 +86,11 @@ impl ChallengeStore for Store {
         max_pending: usize,
         mail: &[QueuedMail],
     ) -> Result<usize, StoreError> {
-        {
-            let _writing = self.writing();
-            self.index_expiry(
-                ExpiryKind::Challenge,
-                challenge.id.as_bytes(),
-                challenge.expires_at,
-            )?;
-        }
+        self.index_expiry(
+            ExpiryKind::Challenge,
+            challenge.id.as_bytes(),
+            challenge.expires_at,
+        )?;
         let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
         let record = encode(challenge);
         self.with_account(challenge.user_id, |t, found| {
@@ -144,14 +141,11 @@ impl ChallengeStore for Store {
         reason: &str,
         mail: &[QueuedMail],
     ) -> Result<(), StoreError> {
-        {
-            let _writing = self.writing();
-            self.index_expiry(
-                ExpiryKind::Challenge,
-                challenge.id.as_bytes(),
-                challenge.expires_at,
-            )?;
-        }
+        self.index_expiry(
+            ExpiryKind::Challenge,
+            challenge.id.as_bytes(),
+            challenge.expires_at,
+        )?;
         let key = step_up_key(&challenge.user_id, reason);
         let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
         let record = encode(challenge);

@@ -39,13 +39,15 @@ impl SweepReport {
 }
 
 impl Store {
-    /// Records that `id` of `kind` falls due at `at`. Written before the record.
+    /// Records that `id` of `kind` falls due at `at`. Written before the record, as a write
+    /// that a backup waits for (the guard is recursive, so a caller may hold it already).
     pub(super) fn index_expiry(
         &self,
         kind: ExpiryKind,
         id: &[u8],
         at: i64,
     ) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.expiry.insert(expiry_key(at, kind, id), &[])?;
         Ok(())
     }

@@ -125,14 +125,11 @@ impl SessionStore for Store {
         max_sessions: usize,
         sign_in: impl Fn(&mut UserRecord) -> Result<(), E>,
     ) -> Result<Changed<(), E>, StoreError> {
-        {
-            let _writing = self.writing();
-            self.index_expiry(
-                ExpiryKind::Session,
-                session.id.as_bytes(),
-                session.refresh_expires_at,
-            )?;
-        }
+        self.index_expiry(
+            ExpiryKind::Session,
+            session.id.as_bytes(),
+            session.refresh_expires_at,
+        )?;
         let session_bytes = encode(session);
         let index_key = session_by_user_key(&session.user_id, &session.device_id);
         self.with_account(session.user_id, |t, found| {
