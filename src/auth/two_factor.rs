@@ -693,9 +693,13 @@ impl Auth {
         })
     }
 
-    /// Seals every TOTP secret that an older Keyhold stored in clear. Run at start; each
-    /// account is changed in its own transaction. Returns how many were sealed.
+    /// Seals every TOTP secret that an older Keyhold stored in clear. Run at start, once per
+    /// database (a mark in `meta` says it has run); each account is changed in its own
+    /// transaction. Returns how many were sealed.
     pub fn seal_clear_secrets(&self) -> Result<usize> {
+        if self.store.secrets_sealed()? {
+            return Ok(0);
+        }
         let clear = |s: &String| !s.starts_with(SEALED_PREFIX);
         let mut sealed = 0;
         for user in self.store.all_users()? {
@@ -731,6 +735,7 @@ impl Auth {
         if sealed > 0 {
             tracing::info!(accounts = sealed, "sealed TOTP secrets stored in clear");
         }
+        self.store.mark_secrets_sealed()?;
         Ok(sealed)
     }
 

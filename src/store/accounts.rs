@@ -5,7 +5,7 @@ use sled::transaction::ConflictableTransactionError as Tx;
 use uuid::Uuid;
 
 use super::account_tx::{AccountChange, Changed, Ends, username_key};
-use super::keys::{EMAIL_CODES, ExpiryKind, USERS, USERS_BY_EMAIL};
+use super::keys::{EMAIL_CODES, ExpiryKind, META_SECRETS_SEALED, USERS, USERS_BY_EMAIL};
 use super::mail_queue::queue_in;
 use super::records::{EmailCodeRecord, QueuedMail, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
@@ -300,6 +300,20 @@ impl UserStore for Store {
                 ended,
             })
         })
+    }
+}
+
+impl Store {
+    /// Whether the TOTP secrets stored in clear by older versions have been sealed.
+    pub fn secrets_sealed(&self) -> Result<bool, StoreError> {
+        Ok(self.meta.contains_key(META_SECRETS_SEALED)?)
+    }
+
+    /// Records that they have. Lost in a crash, the sealing runs once more: it finds nothing.
+    pub fn mark_secrets_sealed(&self) -> Result<(), StoreError> {
+        let _writing = self.writing();
+        self.meta.insert(META_SECRETS_SEALED, &[1])?;
+        Ok(())
     }
 }
 

@@ -51,6 +51,10 @@ pub const META_READY_PROBE: &[u8] = b"ready_probe";
 /// `meta` key: the number of device sessions, a `u64` big-endian (since format 3).
 pub const META_SESSION_COUNT: &[u8] = b"session_count";
 
+/// `meta` key: present once the TOTP secrets that older versions stored in clear have been
+/// sealed, so that start-up does not read every account again.
+pub const META_SECRETS_SEALED: &[u8] = b"secrets_sealed";
+
 pub const USERS: &str = "users";
 pub const USERS_BY_EMAIL: &str = "users_by_email";
 pub const USERS_BY_USERNAME: &str = "users_by_username";

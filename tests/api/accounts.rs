@@ -501,3 +501,43 @@ async fn totp_is_turned_on_only_for_a_verified_address() {
     assert_eq!(error_code(&body), "EMAIL_NOT_VERIFIED", "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_totp_secret_stored_in_clear_is_sealed_at_the_first_start_only() {
+    use keyhold::store::records::{SecondFactor, TwoFactorRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::helpers::test_config(dir.path().join("data"), 1);
+    let clear = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+    let id = {
+        std::fs::create_dir_all(&config.storage.path).unwrap();
+        let store = Store::open(&config.db_path()).unwrap();
+        let mut user = keyhold::store::records::UserRecord::new(
+            "old@example.com",
+            "old",
+            "$argon2id$stub".into(),
+            1,
+        );
+        user.two_factor = Some(TwoFactorRecord {
+            method: SecondFactor::Totp,
+            totp_secret: Some(clear.into()),
+            totp_last_step: None,
+            recovery_codes: Vec::new(),
+            enabled_at: 1,
+        });
+        store.insert_user(&user).unwrap();
+        assert!(!store.secrets_sealed().unwrap());
+        user.id
+    };
+    let app = keyhold::Application::build(config.clone()).await.unwrap();
+    let user = app.store().user(id).unwrap().unwrap();
+    let stored = user.two_factor.unwrap().totp_secret.unwrap();
+    assert!(
+        stored.starts_with("sealed:") && !stored.contains(clear),
+        "{stored}"
+    );
+    assert!(
+        app.store().secrets_sealed().unwrap(),
+        "marked: later starts skip the scan"
+    );
+    app.shutdown().await.unwrap();
+}
