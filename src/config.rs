@@ -435,6 +435,13 @@ pub struct TestingConfig {
     pub expose_codes: bool,
 }
 
+/// Whether `KEYHOLD_<key>` names configuration: only `<SECTION>__<KEY>` does. Other
+/// `KEYHOLD_*` names are someone else's, such as the `KEYHOLD_PORT=tcp://…` and
+/// `KEYHOLD_SERVICE_HOST` that Kubernetes gives every pod beside a Service named `keyhold`.
+fn is_config_key(key: &figment::value::UncasedStr) -> bool {
+    key.as_str().contains("__")
+}
+
 impl Config {
     /// Reads the configuration the way `keyhold serve` does: defaults, then the file (`path`, or
     /// `./config.toml` when it exists), then `KEYHOLD_*` variables; then [`Config::validate`].
@@ -457,7 +464,20 @@ impl Config {
                 }
             }
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).filter(is_config_key).split("__"));
+        let ignored: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| {
+                name.strip_prefix(ENV_PREFIX)
+                    .is_some_and(|key| !is_config_key(figment::value::UncasedStr::new(key)))
+            })
+            .collect();
+        if !ignored.is_empty() {
+            tracing::debug!(
+                names = %ignored.join(" "),
+                "environment variables ignored: not KEYHOLD_<SECTION>__<KEY>"
+            );
+        }
         Self::extract(figment)
     }
 

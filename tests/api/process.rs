@@ -77,6 +77,58 @@ async fn a_bad_value_in_the_environment_stops_start_up_naming_the_key() {
 }
 
 #[tokio::test]
+async fn a_misspelt_key_in_the_environment_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused_start(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+        &[("KEYHOLD_SERVER__LISTN", "127.0.0.1:0")],
+    )
+    .await;
+    assert!(stderr.contains("server.listn"), "{stderr}");
+}
+
+/// Kubernetes gives every pod in the namespace of a Service named `keyhold` these.
+const KUBERNETES_SERVICE_VARIABLES: [(&str, &str); 7] = [
+    ("KEYHOLD_PORT", "tcp://10.0.0.1:8443"),
+    ("KEYHOLD_SERVICE_HOST", "10.0.0.1"),
+    ("KEYHOLD_SERVICE_PORT", "8443"),
+    ("KEYHOLD_PORT_8443_TCP", "tcp://10.0.0.1:8443"),
+    ("KEYHOLD_PORT_8443_TCP_ADDR", "10.0.0.1"),
+    ("KEYHOLD_PORT_8443_TCP_PORT", "8443"),
+    ("KEYHOLD_PORT_8443_TCP_PROTO", "tcp"),
+];
+
+#[tokio::test]
+async fn kubernetes_service_variables_are_not_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:1\"\n[storage]\npath = \"./data\"\n",
+    )
+    .unwrap();
+    let mut env = KUBERNETES_SERVICE_VARIABLES.to_vec();
+    // Configuration beside them still applies.
+    env.push(("KEYHOLD_SERVER__LISTEN", "127.0.0.1:0"));
+    env.push(("RUST_LOG", "info,keyhold=debug"));
+    let (mut child, addr, mut stderr, mut log) = start_server(dir.path(), &env).await;
+    assert_ne!(addr.port(), 1, "KEYHOLD_SERVER__LISTEN applies");
+    let ignored = log
+        .iter()
+        .find(|l| l.contains("environment variables ignored"))
+        .unwrap_or_else(|| panic!("one debug line names them: {log:#?}"));
+    for (name, _) in KUBERNETES_SERVICE_VARIABLES {
+        assert!(ignored.contains(name), "{ignored}");
+    }
+    assert!(
+        !ignored.contains("10.0.0.1"),
+        "names only, no values: {ignored}"
+    );
+    assert!(!ignored.contains("KEYHOLD_SERVER__LISTEN"), "{ignored}");
+    stops_cleanly_on_sigterm(&mut child, &mut stderr, &mut log).await;
+}
+
+#[tokio::test]
 async fn a_missing_config_file_named_on_the_command_line_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let output = keyhold(dir.path())
