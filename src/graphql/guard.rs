@@ -11,7 +11,9 @@
 //!   [`MAX_NESTING`], strings, block strings and comments left out;
 //! - [`check_fragments`] runs after it and before every other check: fragment spreads chain
 //!   at most [`MAX_FRAGMENT_DEPTH`] deep, form no cycle, and an operation with its fragments
-//!   written out has at most [`MAX_EXPANDED_SELECTIONS`] selections.
+//!   written out has at most [`MAX_EXPANDED_SELECTIONS`] selections;
+//! - [`check_depth`] then holds fields to `graphql.max_depth`, and introspection (which
+//!   GraphQL tools send nine `ofType` deep) to [`MAX_INTROSPECTION_DEPTH`].
 //!
 //! Variables are JSON, whose parser (serde_json) refuses nesting deeper than 128 by itself.
 
@@ -23,8 +25,8 @@ use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use super::error::bad_query;
 
 /// The deepest nesting of brackets a document may have. The deepest that GraphQL tools
-/// send, the standard introspection query, nests 13; Keyhold's own depth limit (12) and
-/// complexity limit then apply as before.
+/// send, the standard introspection query, nests 13; the depth and complexity limits then
+/// apply as before.
 pub const MAX_NESTING: usize = 64;
 /// The longest chain of fragments spreading fragments.
 pub const MAX_FRAGMENT_DEPTH: usize = 32;
@@ -172,6 +174,79 @@ pub fn check_fragments(doc: &ExecutableDocument) -> Result<(), ServerError> {
             .fold(count, |size, (_, s)| size.saturating_add(*s));
         if size > MAX_EXPANDED_SELECTIONS {
             return Err(too_large());
+        }
+    }
+    Ok(())
+}
+
+/// How deep an operation's fields may nest, its fragments written out.
+#[derive(Debug, Clone, Copy)]
+pub struct DepthLimits {
+    /// Every field outside introspection (`graphql.max_depth`).
+    pub fields: usize,
+    /// Fields under `__schema` and `__type`, counted from the root like the others; `None`
+    /// when introspection is off, and an operation that asks for it is refused.
+    pub introspection: Option<usize>,
+}
+
+/// The depth that introspection may reach: the standard introspection query of graphql-js
+/// and graphql-core (`getIntrospectionQuery`, with every option on) reaches 14, through
+/// nine levels of `ofType`.
+pub const MAX_INTROSPECTION_DEPTH: usize = 20;
+
+impl DepthLimits {
+    pub fn new(max_depth: usize, introspection: bool) -> DepthLimits {
+        DepthLimits {
+            fields: max_depth,
+            introspection: introspection.then(|| max_depth.max(MAX_INTROSPECTION_DEPTH)),
+        }
+    }
+
+    /// The deepest that anything may reach.
+    pub fn deepest(&self) -> usize {
+        self.introspection.unwrap_or(self.fields).max(self.fields)
+    }
+}
+
+/// Refuses an operation whose fields nest deeper than `limits` allow, counting depth as
+/// async-graphql does (each field one level, fragments written out in place). Run it after
+/// [`check_fragments`], which bounds the walk.
+pub fn check_depth(doc: &ExecutableDocument, limits: DepthLimits) -> Result<(), ServerError> {
+    let mut pending: Vec<(&SelectionSet, usize, bool)> = doc
+        .operations
+        .iter()
+        .map(|(_, operation)| (&operation.node.selection_set.node, 0, false))
+        .collect();
+    while let Some((set, depth, introspecting)) = pending.pop() {
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(field) => {
+                    let name = field.node.name.node.as_str();
+                    let introspecting =
+                        introspecting || (depth == 0 && matches!(name, "__schema" | "__type"));
+                    let limit = match (introspecting, limits.introspection) {
+                        (false, _) => limits.fields,
+                        (true, Some(limit)) => limit,
+                        (true, None) => {
+                            return Err(bad_query(
+                                "introspection is switched off (graphql.introspection)",
+                            ));
+                        }
+                    };
+                    if depth + 1 > limit {
+                        return Err(bad_query("Query is nested too deep."));
+                    }
+                    pending.push((&field.node.selection_set.node, depth + 1, introspecting));
+                }
+                Selection::FragmentSpread(spread) => {
+                    if let Some(fragment) = doc.fragments.get(&spread.node.fragment_name.node) {
+                        pending.push((&fragment.node.selection_set.node, depth, introspecting));
+                    }
+                }
+                Selection::InlineFragment(inline) => {
+                    pending.push((&inline.node.selection_set.node, depth, introspecting));
+                }
+            }
         }
     }
     Ok(())

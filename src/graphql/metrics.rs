@@ -32,6 +32,7 @@ const LONGEST_KEPT_QUERY: usize = 4096;
 /// validation was most of what `userProfile` costs beyond `{ __typename }`.
 pub struct RequestMetrics {
     pub auth: Arc<Auth>,
+    depths: super::guard::DepthLimits,
     parsed: Arc<Mutex<HashMap<String, Arc<Kept>>>>,
 }
 
@@ -54,9 +55,10 @@ impl Kept {
 }
 
 impl RequestMetrics {
-    pub fn new(auth: Arc<Auth>) -> RequestMetrics {
+    pub fn new(auth: Arc<Auth>, depths: super::guard::DepthLimits) -> RequestMetrics {
         RequestMetrics {
             auth,
+            depths,
             parsed: Arc::default(),
         }
     }
@@ -66,6 +68,7 @@ impl ExtensionFactory for RequestMetrics {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(PerRequest {
             auth: self.auth.clone(),
+            depths: self.depths,
             parsed: self.parsed.clone(),
             operation_name: Mutex::new(None),
             found: Mutex::new(None),
@@ -95,6 +98,7 @@ impl Root {
 
 struct PerRequest {
     auth: Arc<Auth>,
+    depths: super::guard::DepthLimits,
     parsed: Arc<Mutex<HashMap<String, Arc<Kept>>>>,
     operation_name: Mutex<Option<String>>,
     /// The kept parse of this request's query text, looked up once in `prepare_request`.
@@ -297,6 +301,7 @@ impl Extension for PerRequest {
             super::guard::check_text(&request.query)?;
             let document = async_graphql::parser::parse_query(&request.query)?;
             super::guard::check_fragments(&document)?;
+            super::guard::check_depth(&document, self.depths)?;
             request.set_parsed_query(document);
         }
         *self.found.lock() = found;

@@ -39,15 +39,18 @@ pub struct RootMutation(
 pub type KeyholdSchema = Schema<RootQuery, RootMutation, EmptySubscription>;
 
 /// The schema with the contract's limits: depth, complexity, and introspection on or off.
+/// Depth is [`guard::check_depth`]'s, which lets introspection reach as deep as GraphQL
+/// tools send it; async-graphql's own check stays behind it at the larger of the two.
 pub fn build_schema(config: &GraphqlConfig, auth: Arc<Auth>) -> KeyholdSchema {
+    let depths = guard::DepthLimits::new(config.max_depth, config.introspection);
     let mut builder = Schema::build(
         RootQuery::default(),
         RootMutation::default(),
         EmptySubscription,
     )
-    .limit_depth(config.max_depth)
+    .limit_depth(depths.deepest())
     .limit_complexity(config.max_complexity)
-    .extension(metrics::RequestMetrics::new(auth.clone()))
+    .extension(metrics::RequestMetrics::new(auth.clone(), depths))
     .data(auth);
     if !config.introspection {
         builder = builder.disable_introspection();

@@ -128,18 +128,144 @@ async fn a_batch_runs_each_operation_up_to_the_limit() {
     app.stop().await;
 }
 
+/// `{ a { a { … leaf … } } }`: `depth` fields, each inside the one before.
+fn nested(depth: usize, leaf: &str) -> String {
+    let mut query = leaf.to_string();
+    for _ in 1..depth {
+        query = format!("a {{ {query} }}");
+    }
+    format!("{{ {query} }}")
+}
+
 #[tokio::test]
 async fn a_query_deeper_than_the_limit_is_refused() {
     let app = TestApp::spawn().await;
-    // __schema > types > fields > type > ofType × 9: 13 levels against a limit of 12.
+    // 13 levels against a limit of 12: refused for its depth, before its fields are looked up.
+    let body = app.graphql(&nested(13, "a"), Value::Null).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(body["errors"][0]["message"], "Query is nested too deep.");
+    assert!(body["data"].is_null(), "{body}");
+    // 12 levels pass the depth check (and fail on the unknown field).
+    let body = app.graphql(&nested(12, "a"), Value::Null).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_ne!(body["errors"][0]["message"], "Query is nested too deep.");
+    // `__typename` deep inside ordinary fields is an ordinary field, and fragments count
+    // where they are spread.
+    let spread = "query { ...F } fragment F on RootQueryType { a { a { a { a { a { a { a { a { a { a { a { a { __typename } } } } } } } } } } } } }";
+    let body = app.graphql(spread, Value::Null).await;
+    assert_eq!(body["errors"][0]["message"], "Query is nested too deep.");
+    // Only the root's `__schema` and `__type` are introspection.
+    let hidden = nested(13, "__schema { description }");
+    let body = app.graphql(&hidden, Value::Null).await;
+    assert_eq!(body["errors"][0]["message"], "Query is nested too deep.");
+    app.stop().await;
+}
+
+/// The standard introspection queries of graphql-js and graphql-core, as GraphQL tools send
+/// them (`tests/fixtures/introspection`).
+const INTROSPECTION: [(&str, &str); 2] = [
+    (
+        "standard",
+        include_str!("../fixtures/introspection/standard.graphql"),
+    ),
+    (
+        "all options",
+        include_str!("../fixtures/introspection/all-options.graphql"),
+    ),
+];
+
+/// The named type `name` of an introspection answer.
+fn introspected<'a>(body: &'a Value, name: &str) -> &'a Value {
+    body["data"]["__schema"]["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no type {name}"))
+}
+
+#[tokio::test]
+async fn the_standard_introspection_queries_are_answered_in_full() {
+    let app = TestApp::spawn().await;
+    let sdl = keyhold::graphql::sdl();
+    for (what, query) in INTROSPECTION {
+        let body = app
+            .post_json(
+                "/graphql",
+                &json!({ "query": query, "operationName": "IntrospectionQuery" }),
+            )
+            .await
+            .1;
+        assert!(body.get("errors").is_none(), "{what}: {body}");
+        let schema = &body["data"]["__schema"];
+        assert_eq!(schema["queryType"]["name"], "RootQueryType", "{what}");
+        assert_eq!(schema["mutationType"]["name"], "RootMutationType", "{what}");
+        // Every type of the served schema is there.
+        for line in sdl.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let [
+                "type" | "input" | "enum" | "scalar" | "interface" | "union",
+                name,
+                ..,
+            ] = words[..]
+            {
+                introspected(&body, name);
+            }
+        }
+        // Fields with their arguments, and type references unwrapped to the named type.
+        let mutations = introspected(&body, "RootMutationType")["fields"]
+            .as_array()
+            .unwrap();
+        let update = mutations
+            .iter()
+            .find(|f| f["name"] == "updateProfile")
+            .expect("updateProfile");
+        assert!(
+            update["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["name"] == "password"),
+            "{what}: {update}"
+        );
+        let login = mutations.iter().find(|f| f["name"] == "login").unwrap();
+        let credentials = &login["args"][0]["type"];
+        assert_eq!(credentials["kind"], "NON_NULL", "{what}: {login}");
+        assert_eq!(credentials["ofType"]["kind"], "INPUT_OBJECT", "{what}");
+        assert!(!schema["directives"].as_array().unwrap().is_empty());
+        if what == "all options" {
+            assert!(schema.get("description").is_some(), "{what}");
+            let directive = &schema["directives"][0];
+            assert!(directive["isRepeatable"].is_boolean(), "{directive}");
+            assert!(
+                introspected(&body, "String")
+                    .get("specifiedByURL")
+                    .is_some()
+            );
+            assert!(login["args"][0]["isDeprecated"].is_boolean(), "{login}");
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn introspection_nested_past_what_tools_send_is_refused() {
+    let app = TestApp::spawn().await;
     let mut inner = "name".to_string();
-    for _ in 0..9 {
+    for _ in 0..40 {
         inner = format!("ofType {{ {inner} }}");
     }
     let query = format!("{{ __schema {{ types {{ fields {{ type {{ {inner} }} }} }} }} }}");
     let body = app.graphql(&query, Value::Null).await;
     assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(body["errors"][0]["message"], "Query is nested too deep.");
     assert!(body["data"].is_null(), "{body}");
+    // Fragments do not hide it.
+    let query = format!(
+        "query {{ __schema {{ types {{ ...T }} }} }} fragment T on __Type {{ fields {{ type {{ {inner} }} }} }}"
+    );
+    let body = app.graphql(&query, Value::Null).await;
+    assert_eq!(body["errors"][0]["message"], "Query is nested too deep.");
     app.stop().await;
 }
 
@@ -172,6 +298,12 @@ async fn introspection_can_be_switched_off() {
     on.stop().await;
 
     let off = TestApp::spawn_with(|c| c.graphql.introspection = false).await;
+    for (what, standard) in INTROSPECTION {
+        let body = off.graphql(standard, Value::Null).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{what}: {body}");
+        assert!(body["data"].is_null(), "{what}: {body}");
+        assert!(!body.to_string().contains("RootMutationType"), "{body}");
+    }
     let body = off.graphql(query, Value::Null).await;
     assert!(body["data"]["__schema"].is_null(), "{body}");
     assert!(!body.to_string().contains("RootMutationType"), "{body}");
