@@ -1095,15 +1095,18 @@ impl SegmentAccountant {
         let config = self.config.clone();
 
         io_fail!(&config, "file truncation");
-        threadpool::spawn(move || {
-            debug!("truncating file to length {}", at);
-            let res = config
-                .file
-                .set_len(at)
-                .and_then(|_| config.file.sync_all())
-                .map_err(|e| e.into());
-            completer.fill(res);
-        })?;
+        // Keyhold: the file is truncated here, on the thread that holds the segment
+        // accountant, not on the I/O pool. `bump_tip` waits for a truncation while it holds
+        // the accountant, and every pool thread could be waiting for the accountant in
+        // `write_to_log` (`sa_stabilize`): then the truncation never ran and the database
+        // hung (vendor/sled/PATCHES.md, change 5).
+        debug!("truncating file to length {}", at);
+        let res = config
+            .file
+            .set_len(at)
+            .and_then(|_| config.file.sync_all())
+            .map_err(|e| e.into());
+        completer.fill(res);
 
         if self.async_truncations.insert(at, promise).is_some() {
             panic!(
