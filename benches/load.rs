@@ -28,6 +28,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -67,7 +68,7 @@ struct Args {
     /// Concurrent sign-ins in the `storm` scenario.
     #[arg(long, default_value_t = 64)]
     storm: usize,
-    /// Scenarios to run (comma separated): floor,login,newToken,userProfile,storm.
+    /// Scenarios to run (comma separated): floor,login,newToken,userProfile,storm,backup.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep the storage here (and reuse it when already seeded) instead of a temporary folder.
@@ -138,7 +139,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // close, so the server reads the whole log again.
     let mut ready_after_crash = None;
     if let Some(image) = &seeded.crash_image {
-        let server = Server::start(&binary, image, args.keyhold.is_none()).await?;
+        let server = Server::start(&binary, image, args.keyhold.is_none(), false).await?;
         ready_after_crash = server.ready_after;
         server.kill().await;
         std::fs::remove_dir_all(image)?;
@@ -159,6 +160,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.passwords.argon2_parallelism
     );
 
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     // The other build's store: a copy made while no server holds the first.
     let ab_root = root.join("ab");
     if args.ab.is_some() {
@@ -167,10 +169,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let server = match &args.url {
         Some(url) => Server::external(url, &root, args.pid)?,
-        None => Server::start(&binary, &root, args.keyhold.is_none()).await?,
+        None => Server::start(&binary, &root, args.keyhold.is_none(), wanted("backup")).await?,
     };
     let other = match &args.ab {
-        Some(other) => Some(Server::start(other, &ab_root, false).await?),
+        Some(other) => Some(Server::start(other, &ab_root, false, false).await?),
         None => None,
     };
     if let Some(ready) = server.ready_after {
@@ -191,7 +193,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("idle RSS: {:.1} MiB", rss.current as f64 / 1048576.0);
     }
 
-    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let pool = args.clients.max(args.storm + STORM_REFRESHERS);
     let clients = connect(&server, pool).await?;
     let tokens = if args.url.is_some() {
@@ -299,6 +300,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             rows.push(row);
         }
     }
+    if wanted("backup") {
+        let tokens = take_tokens(c - c / 2)?;
+        let file = root.join("bench-backup.age");
+        rows.extend(
+            measure_backup(&server, &binary, &clients[..c], tokens, duration, &file).await?,
+        );
+        let _ = std::fs::remove_file(&file);
+    }
     server.stop().await;
 
     print_report(&Report {
@@ -326,15 +335,22 @@ fn bench_config(root: &Path) -> Config {
 
 /// The server's `config.toml`. Every client connects from 127.0.0.1, so the bench's own
 /// build lifts the per-address connection cap; another build (`--keyhold`, `--ab`) gets only
-/// the keys that every build since the first knows.
-fn config_toml(root: &Path, own_build: bool) -> String {
+/// the keys that every build since the first knows, and the backup key (a key made for this
+/// run) only when the `backup` scenario runs.
+fn config_toml(root: &Path, own_build: bool, backup: bool) -> String {
     let per_ip = if own_build {
         "max_connections_per_ip = 1024\n"
     } else {
         ""
     };
+    let recipient = if backup || own_build {
+        let key = age::x25519::Identity::generate().to_public();
+        format!("backup_recipient = \"{key}\"\n")
+    } else {
+        String::new()
+    };
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{per_ip}[storage]\npath = \"{}\"\n[limits]\nenabled = false\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n{per_ip}[storage]\npath = \"{}\"\n{recipient}[limits]\nenabled = false\n",
         root.join("data").display()
     )
 }
@@ -542,6 +558,8 @@ async fn argon2_capacity(config: &Config, phc: &str, cores: usize) -> anyhow::Re
 /// The server under load: a child process this benchmark started, or one given by URL.
 struct Server {
     url: String,
+    /// The configuration file of a server this benchmark started.
+    config_file: Option<PathBuf>,
     certificate: String,
     addr: std::net::SocketAddr,
     pid: Option<u32>,
@@ -556,9 +574,14 @@ struct Rss {
 }
 
 impl Server {
-    async fn start(binary: &Path, root: &Path, own_build: bool) -> anyhow::Result<Server> {
+    async fn start(
+        binary: &Path,
+        root: &Path,
+        own_build: bool,
+        backup: bool,
+    ) -> anyhow::Result<Server> {
         let config_file = root.join("bench-config.toml");
-        std::fs::write(&config_file, config_toml(root, own_build))?;
+        std::fs::write(&config_file, config_toml(root, own_build, backup))?;
         let started = Instant::now();
         let mut child = tokio::process::Command::new(binary)
             .arg("serve")
@@ -604,6 +627,7 @@ impl Server {
         let ready_after = started.elapsed();
         Ok(Server {
             url,
+            config_file: Some(config_file),
             certificate,
             addr,
             pid: child.id(),
@@ -621,6 +645,7 @@ impl Server {
             .context("resolve --url")?;
         Ok(Server {
             url: format!("https://localhost:{port}"),
+            config_file: None,
             certificate: std::fs::read_to_string(root.join("data/tls/cert.pem"))?,
             addr,
             pid,
@@ -808,6 +833,8 @@ async fn connect(server: &Server, n: usize) -> anyhow::Result<Vec<Client>> {
 /// What one client does, request after request.
 enum Plan {
     Floor,
+    /// `GET /healthz`.
+    Health,
     /// Signs in as user `next`, then `next + step`, … (wrapping at `users`).
     Login {
         next: usize,
@@ -829,6 +856,14 @@ impl Plan {
         match self {
             Plan::Floor => {
                 client.call(None, "{ __typename }", Value::Null).await?;
+            }
+            Plan::Health => {
+                client
+                    .http
+                    .get(format!("{}/healthz", client.url))
+                    .send()
+                    .await?
+                    .error_for_status()?;
             }
             Plan::Login { next, step, users } => {
                 let vars = json!({ "email": email(*next % *users), "password": PASSWORD });
@@ -869,9 +904,9 @@ impl Sample {
     }
 }
 
-async fn drive(client: Client, mut plan: Plan, until: Instant) -> (Plan, Sample) {
+async fn drive(client: Client, mut plan: Plan, done: Arc<AtomicBool>) -> (Plan, Sample) {
     let mut sample = Sample::default();
-    while Instant::now() < until {
+    while !done.load(Ordering::Relaxed) {
         let started = Instant::now();
         match plan.step(&client).await {
             Ok(()) => sample.latencies.push(started.elapsed()),
@@ -895,12 +930,26 @@ async fn load(
     plans: Vec<Plan>,
     duration: Duration,
 ) -> anyhow::Result<(Vec<Plan>, Sample, Sample)> {
-    let until = Instant::now() + duration;
+    let done = Arc::new(AtomicBool::new(false));
+    let timer = done.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(duration).await;
+        timer.store(true, Ordering::Relaxed);
+    });
+    load_until(clients, plans, done).await
+}
+
+/// Runs every client's plan until `done` is set; returns what [`load`] does.
+async fn load_until(
+    clients: &[Client],
+    plans: Vec<Plan>,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<Plan>, Sample, Sample)> {
     let tasks: Vec<_> = clients
         .iter()
         .cloned()
         .zip(plans)
-        .map(|(client, plan)| tokio::spawn(drive(client, plan, until)))
+        .map(|(client, plan)| tokio::spawn(drive(client, plan, done.clone())))
         .collect();
     let (mut plans, mut logins, mut others) = (Vec::new(), Sample::default(), Sample::default());
     for task in tasks {
@@ -1093,6 +1142,100 @@ async fn measure_storm(
         row.throughput()
     );
     Ok((row, login_rate))
+}
+
+/// `GET /healthz` (half the clients) and `newToken` (the other half) while `keyhold backup`
+/// writes a backup of the whole store through the running server, beside the same load
+/// for `duration` without one. The rows during the backup last as long as it does.
+async fn measure_backup(
+    server: &Server,
+    binary: &Path,
+    clients: &[Client],
+    tokens: Vec<String>,
+    duration: Duration,
+    file: &Path,
+) -> anyhow::Result<Vec<Row>> {
+    let config_file = server
+        .config_file
+        .as_ref()
+        .context("the backup scenario needs a server this benchmark started")?;
+    if clients.len() < 2 {
+        bail!("the backup scenario needs two clients or more");
+    }
+    let (health_clients, refresh_clients) = clients.split_at(clients.len() / 2);
+    let mut refresh_plans: Vec<Plan> = tokens.into_iter().map(Plan::Refresh).collect();
+    let mut rows = Vec::new();
+    for during in [false, true] {
+        let done = Arc::new(AtomicBool::new(false));
+        server.reset_peak();
+        let started = Instant::now();
+        let backup = async {
+            let result = if during {
+                tokio::process::Command::new(binary)
+                    .arg("backup")
+                    .arg("--config")
+                    .arg(config_file)
+                    .arg(file)
+                    .output()
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|out| {
+                        if out.status.success() {
+                            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+                        } else {
+                            bail!("keyhold backup: {}", String::from_utf8_lossy(&out.stderr))
+                        }
+                    })
+            } else {
+                tokio::time::sleep(duration).await;
+                Ok(String::new())
+            };
+            done.store(true, Ordering::Relaxed);
+            result.map(|said| (said, started.elapsed()))
+        };
+        let health_plans = health_clients.iter().map(|_| Plan::Health).collect();
+        let (backup, health, refresh) = tokio::join!(
+            backup,
+            load_until(health_clients, health_plans, done.clone()),
+            load_until(
+                refresh_clients,
+                std::mem::take(&mut refresh_plans),
+                done.clone()
+            ),
+        );
+        let (said, took) = backup?;
+        let (_, _, health) = health?;
+        let (plans, _, refresh) = refresh?;
+        refresh_plans = plans;
+        let when = if during {
+            let bytes = std::fs::metadata(file).map_or(0, |m| m.len());
+            println!(
+                "  {said}: {:.2} s, {:.1} MiB",
+                took.as_secs_f64(),
+                bytes as f64 / 1048576.0
+            );
+            "during a backup"
+        } else {
+            "no backup"
+        };
+        for (what, n, sample) in [
+            ("healthz", health_clients.len(), health),
+            ("newToken", refresh_clients.len(), refresh),
+        ] {
+            let row = Row {
+                name: format!("{what}, {when}"),
+                clients: n,
+                seconds: took.as_secs_f64(),
+                sample,
+                cpu: None,
+                peak_rss: server.rss().map(|r| r.peak),
+                flushed: Flushes::default(),
+            };
+            row.print();
+            rows.push(row);
+        }
+    }
+    Ok(rows)
 }
 
 struct Report<'a> {

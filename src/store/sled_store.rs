@@ -332,7 +332,7 @@ impl Store {
 
 /// Opens sled's database at `path`; a lock still held by a handle that this process closed
 /// a moment ago is waited for, briefly.
-fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+pub(super) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     let started = std::time::Instant::now();
     loop {
         let opened = sled::Config::new().path(path).open().map_err(|e| match e {
