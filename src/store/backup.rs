@@ -133,6 +133,12 @@ impl Store {
             watch.finish()
         };
         copied?;
+        // Without every write made meanwhile, the copy is not one state: no backup.
+        let changes = changes.ok_or_else(|| {
+            StoreError::Sled(sled::Error::ReportableBug(
+                "the backup's watch of the writes made during it stopped".into(),
+            ))
+        })?;
         for (tree, event) in changes {
             let tree = trees[tree].0.clone();
             entries += 1;
@@ -171,11 +177,11 @@ impl Watch {
         Watch { stop, thread }
     }
 
-    /// The writes seen, in order for each key. Call it while no write is under way: every
-    /// write finished by then is among them.
-    fn finish(self) -> Vec<(usize, sled::Event)> {
+    /// The writes seen, in order for each key; `None` if the watching thread failed. Call
+    /// it while no write is under way: every write finished by then is among them.
+    fn finish(self) -> Option<Vec<(usize, sled::Event)>> {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap_or_default()
+        self.thread.join().ok()
     }
 }
 
