@@ -154,9 +154,14 @@ async fn a_query_deeper_than_the_limit_is_refused() {
     let spread = "query { ...F } fragment F on RootQueryType { a { a { a { a { a { a { a { a { a { a { a { a { __typename } } } } } } } } } } } } }";
     let body = app.graphql(spread, Value::Null).await;
     assert_eq!(body["errors"][0]["message"], "Query is nested too deep.");
-    // Only the root's `__schema` and `__type` are introspection.
+    // Only the root's `__schema` and `__type` are introspection, by name, not by alias.
     let hidden = nested(13, "__schema { description }");
     let body = app.graphql(&hidden, Value::Null).await;
+    assert_eq!(body["errors"][0]["message"], "Query is nested too deep.");
+    let deep = nested(13, "a");
+    let fields = deep.strip_prefix("{ ").unwrap().strip_suffix(" }").unwrap();
+    let aliased = format!("{{ __schema: {fields} }}");
+    let body = app.graphql(&aliased, Value::Null).await;
     assert_eq!(body["errors"][0]["message"], "Query is nested too deep.");
     app.stop().await;
 }
