@@ -114,7 +114,7 @@ impl Store {
                 subscribers.push(tree.watch_prefix(Vec::new()));
                 trees.push((STANDARD.encode(&name), tree));
             }
-            (trees, Watch::start(subscribers))
+            (trees, Watch::start(subscribers)?)
         };
         let mut entries = 0u64;
         let copied = trees.iter().try_for_each(|(name, tree)| {
@@ -170,11 +170,14 @@ struct Watch {
 }
 
 impl Watch {
-    fn start(subscribers: Vec<sled::Subscriber>) -> Watch {
+    fn start(subscribers: Vec<sled::Subscriber>) -> Result<Watch, StoreError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let thread = std::thread::spawn(move || watch(subscribers, &stopped));
-        Watch { stop, thread }
+        let thread = std::thread::Builder::new()
+            .name("keyhold-backup-watch".into())
+            .spawn(move || watch(subscribers, &stopped))
+            .map_err(sled::Error::Io)?;
+        Ok(Watch { stop, thread })
     }
 
     /// The writes seen, in order for each key; `None` if the watching thread failed. Call
