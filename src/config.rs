@@ -46,7 +46,25 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
+    pub log: LogConfig,
     pub testing: TestingConfig,
+}
+
+/// What the logs look like. Which events are written is `RUST_LOG`'s (default `info`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// `human`: one line per event for a terminal or `journalctl`; `json`: one JSON object per
+/// line for a log shipper (Loki, Elasticsearch, Vector).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 /// `GET /metrics` (Prometheus text format).
@@ -465,20 +483,19 @@ impl Config {
             }
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).filter(is_config_key).split("__"));
-        let ignored: Vec<String> = std::env::vars_os()
+        Self::extract(figment)
+    }
+
+    /// The `KEYHOLD_*` variables that are not configuration (not `KEYHOLD_<SECTION>__<KEY>`),
+    /// such as the service variables Kubernetes sets for a Service named `keyhold`.
+    pub fn ignored_env_vars() -> Vec<String> {
+        std::env::vars_os()
             .filter_map(|(name, _)| name.into_string().ok())
             .filter(|name| {
                 name.strip_prefix(ENV_PREFIX)
                     .is_some_and(|key| !is_config_key(figment::value::UncasedStr::new(key)))
             })
-            .collect();
-        if !ignored.is_empty() {
-            tracing::debug!(
-                names = %ignored.join(" "),
-                "environment variables ignored: not KEYHOLD_<SECTION>__<KEY>"
-            );
-        }
-        Self::extract(figment)
+            .collect()
     }
 
     /// Parses a TOML document on top of the defaults (no environment), then validates it.

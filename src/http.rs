@@ -12,6 +12,7 @@ use poem::endpoint::BoxEndpoint;
 use poem::middleware::{Cors, SetHeader};
 use poem::web::Data;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
+use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::clock::Clock;
@@ -36,6 +37,7 @@ pub struct HttpState {
 pub fn routes(state: Arc<HttpState>) -> BoxEndpoint<'static, Response> {
     let timeout = state.auth.config.server.request_timeout;
     let origins = state.auth.config.server.cors_origins.clone();
+    let trusted = state.auth.config.server.trusted_proxies.clone();
     let app = Route::new()
         .at("/graphql", get(graphql_get).post(graphql_post))
         .at("/api/graphql", get(graphql_get).post(graphql_post))
@@ -65,6 +67,24 @@ pub fn routes(state: Arc<HttpState>) -> BoxEndpoint<'static, Response> {
                     ))
                 }
             }
+        })
+        .around(move |ep, req| {
+            let id = request_id(&req, &trusted);
+            let span = tracing::info_span!("request", request_id = %id);
+            let path = req.uri().path().to_owned();
+            let method = req.method().clone();
+            async move {
+                let mut response = match ep.call(req).await {
+                    Ok(response) => response,
+                    Err(e) => e.into_response(),
+                };
+                tracing::debug!(%method, %path, status = response.status().as_u16(), "answered");
+                if let Ok(value) = header::HeaderValue::from_str(&id) {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                }
+                Ok::<_, poem::Error>(response)
+            }
+            .instrument(span)
         });
     if origins.is_empty() {
         // No CORS headers at all: browsers keep other origins out.
@@ -79,6 +99,32 @@ pub fn routes(state: Arc<HttpState>) -> BoxEndpoint<'static, Response> {
     )
     .map_to_response()
     .boxed()
+}
+
+/// The header that carries a request's id, in the response and from a trusted proxy.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The id under which a request is logged: a trusted proxy's `X-Request-Id` when it is a
+/// plain token (so a log line cannot be forged through it), otherwise a new random one.
+fn request_id(req: &Request, trusted: &[IpAddr]) -> String {
+    let from_proxy = req
+        .remote_addr()
+        .as_socket_addr()
+        .is_some_and(|peer| trusted.contains(&peer.ip()));
+    if from_proxy
+        && let Some(id) = req.header(REQUEST_ID_HEADER)
+        && (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return id.to_owned();
+    }
+    // The process's generator, as for a token's `jti`: no system call per request.
+    uuid::Builder::from_random_bytes(crate::auth::secrets::random_bytes::<16>())
+        .into_uuid()
+        .simple()
+        .to_string()
 }
 
 fn request_meta(req: &Request, trusted: &[IpAddr]) -> RequestMeta {

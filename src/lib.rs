@@ -17,6 +17,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
+pub mod logging;
 pub mod mail;
 pub mod metrics;
 pub mod store;

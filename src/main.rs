@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use keyhold::logging::Logging;
 use keyhold::{Application, Config};
 
 /// mimalloc rather than glibc's malloc: under `newToken` load, 29 % of the server's futex calls
@@ -183,14 +184,8 @@ enum KeysCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let logging = keyhold::logging::init();
+    let logging = &logging;
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -201,30 +196,30 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => serve(config).await,
-            Command::Backup { config, file } => backup(config, file).await,
+            Command::Serve { config } => serve(config, logging).await,
+            Command::Backup { config, file } => backup(config, file, logging).await,
             Command::Restore {
                 config,
                 identity,
                 file,
-            } => restore(config, file, identity),
+            } => restore(config, file, identity, logging),
             Command::BackupKey { file } => backup_key(file),
-            Command::User { command } => user(command).await,
+            Command::User { command } => user(command, logging).await,
             Command::Keys {
                 command: KeysCommand::Rotate { config },
-            } => rotate_keys(config).await,
+            } => rotate_keys(config, logging).await,
             Command::Schema => {
                 println!("{}", keyhold::graphql::sdl());
                 Ok(())
             }
-            Command::CheckConfig { config } => check_config(config),
+            Command::CheckConfig { config } => check_config(config, logging),
             Command::Init { dir } => init(&dir),
             Command::Audit {
                 config,
                 user,
                 since,
                 json,
-            } => audit(config, user, since, json).await,
+            } => audit(config, user, since, json, logging).await,
         }
     });
     match result {
@@ -237,12 +232,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration the command names, with the log format it sets from here on.
+fn load_config(path: Option<&std::path::Path>, logging: &Logging) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    logging.set_format(config.log.format);
+    let ignored = Config::ignored_env_vars();
+    if !ignored.is_empty() {
+        tracing::debug!(
+            names = %ignored.join(" "),
+            "environment variables ignored: not KEYHOLD_<SECTION>__<KEY>"
+        );
+    }
+    Ok(config)
+}
+
 fn now() -> i64 {
     keyhold::Clock::system().unix_seconds()
 }
 
-async fn backup(config: Option<PathBuf>, file: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
+async fn backup(config: Option<PathBuf>, file: PathBuf, logging: &Logging) -> anyhow::Result<()> {
+    let config = load_config(config.as_deref(), logging)?;
     let file = std::path::absolute(&file)?;
     let request = serde_json::json!({ "command": "backup", "file": file });
     let summary = match keyhold::admin::call(&config.admin_socket(), &request).await? {
@@ -268,8 +277,9 @@ async fn audit(
     user: Option<String>,
     since: Option<std::time::Duration>,
     json: bool,
+    logging: &Logging,
 ) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
+    let config = load_config(config.as_deref(), logging)?;
     let since = since.map_or(0, |d| {
         now() - i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
     });
@@ -317,8 +327,13 @@ fn backup_key(file: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn restore(config: Option<PathBuf>, file: PathBuf, identity: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
+fn restore(
+    config: Option<PathBuf>,
+    file: PathBuf,
+    identity: PathBuf,
+    logging: &Logging,
+) -> anyhow::Result<()> {
+    let config = load_config(config.as_deref(), logging)?;
     let summary = keyhold::backup::restore(&config, &file, &identity, now())?;
     println!(
         "restored {} ({} records in {} trees) into {}",
@@ -330,9 +345,9 @@ fn restore(config: Option<PathBuf>, file: PathBuf, identity: PathBuf) -> anyhow:
     Ok(())
 }
 
-async fn user(command: UserCommand) -> anyhow::Result<()> {
+async fn user(command: UserCommand, logging: &Logging) -> anyhow::Result<()> {
     let (action, email, options) = command.parts();
-    let config = Config::load(options.config.as_deref())?;
+    let config = load_config(options.config.as_deref(), logging)?;
     let request = serde_json::json!({ "command": "user", "action": action, "email": email });
     let result = match keyhold::admin::call(&config.admin_socket(), &request).await? {
         Some(answer) if answer["ok"] == true => answer["result"].clone(),
@@ -418,8 +433,8 @@ fn print_user_result(action: &str, result: &serde_json::Value) {
     }
 }
 
-async fn rotate_keys(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
+async fn rotate_keys(config: Option<PathBuf>, logging: &Logging) -> anyhow::Result<()> {
+    let config = load_config(config.as_deref(), logging)?;
     let request = serde_json::json!({ "command": "rotate-keys" });
     let kid = match keyhold::admin::call(&config.admin_socket(), &request).await? {
         Some(answer) if answer["ok"] == true => answer["kid"].as_str().unwrap_or("?").to_string(),
@@ -439,8 +454,8 @@ async fn rotate_keys(config: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(path.as_deref())?;
+fn check_config(path: Option<PathBuf>, logging: &Logging) -> anyhow::Result<()> {
+    let config = load_config(path.as_deref(), logging)?;
     if config.tls.cert_file.is_some() {
         keyhold::tls::install_crypto_provider();
         keyhold::tls::TlsMaterial::load(&config)?;
@@ -493,8 +508,8 @@ fn init(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
+async fn serve(config: Option<PathBuf>, logging: &Logging) -> anyhow::Result<()> {
+    let config = load_config(config.as_deref(), logging)?;
     // Caught before the server listens: a stop that comes as soon as it does is a clean one.
     let stop = keyhold::app::stop_signals()?;
     let app = Application::build(config).await?;

@@ -29,26 +29,56 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// What the process logged, in each format.
+struct Logs {
+    human: Captured,
+    json: Captured,
+}
+
+impl Logs {
+    fn human(&self) -> String {
+        String::from_utf8(self.human.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Every JSON line, each checked to be one object with the fields a shipper reads.
+    fn json(&self) -> Vec<Value> {
+        let text = String::from_utf8(self.json.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| {
+                let value: Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                for key in ["timestamp", "level", "target", "message"] {
+                    assert!(value[key].is_string(), "{key} in {line}");
+                }
+                assert!(value["fields"].is_object(), "fields in {line}");
+                value
+            })
+            .collect()
+    }
+}
+
 /// One process-wide subscriber at debug level for Keyhold and the crates it drives, writing
-/// into a buffer. Process-wide because a thread-local one misses events whose callsites other
-/// tests' threads registered first.
-fn capture() -> Captured {
-    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    CAPTURED
-        .get_or_init(|| {
-            let captured = Captured::default();
-            let subscriber = tracing_subscriber::fmt()
-                .with_env_filter(
-                    "info,keyhold=debug,poem=debug,async_graphql=debug,mail_send=debug",
-                )
-                .with_writer(captured.clone())
-                .with_ansi(false)
-                .without_time()
-                .finish();
-            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-            captured
-        })
-        .clone()
+/// each event twice, in Keyhold's human and JSON formats, into two buffers. Process-wide
+/// because a thread-local one misses events whose callsites other tests' threads registered
+/// first.
+fn capture() -> &'static Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        use keyhold::logging::{LogFormat, layer};
+        use tracing_subscriber::layer::SubscriberExt;
+        let logs = Logs {
+            human: Captured::default(),
+            json: Captured::default(),
+        };
+        let subscriber = tracing_subscriber::registry()
+            .with(layer(LogFormat::Human, logs.human.clone(), false))
+            .with(layer(LogFormat::Json, logs.json.clone(), false))
+            .with(tracing_subscriber::EnvFilter::new(
+                "info,keyhold=debug,poem=debug,async_graphql=debug,mail_send=debug",
+            ));
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        logs
+    })
 }
 
 #[tokio::test]
@@ -157,22 +187,113 @@ async fn no_secret_reaches_the_logs_at_debug_level() {
     app.clock.advance(Duration::from_secs(1));
     app.stop().await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("DEBUG"), "debug logs were captured");
+    let human = captured.human();
+    assert!(human.contains("DEBUG"), "debug logs were captured");
     assert!(
-        logs.contains("Keyhold listening"),
+        human.contains("Keyhold listening"),
         "the server's logs were captured"
     );
     assert!(
-        logs.contains("mail sent over SMTP"),
+        human.contains("mail sent over SMTP"),
         "the flows were logged"
     );
+    let json = captured.json();
+    assert!(
+        json.iter().any(|l| l["message"] == "Keyhold listening"),
+        "the same events were written as JSON"
+    );
+    assert!(
+        json.iter().any(|l| l["request_id"].is_string()),
+        "requests' events carry their id"
+    );
+    // Searched as written: none of the secrets has a character that JSON escapes.
+    let json = String::from_utf8(captured.json.0.lock().unwrap().clone()).unwrap();
     for secret in secrets {
-        assert!(
-            !appears(&logs, &secret),
-            "a secret reached the logs: {secret}"
-        );
+        for (format, logs) in [("human", &human), ("json", &json)] {
+            assert!(
+                !appears(logs, &secret),
+                "a secret reached the {format} logs: {secret}"
+            );
+        }
     }
+}
+
+#[tokio::test]
+async fn a_request_is_logged_under_the_id_its_response_names() {
+    let captured = capture();
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .expect("every response names its request")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 32, "a random id: {id}");
+    let again = app
+        .client
+        .post(app.url("/graphql"))
+        .header("x-request-id", "forged-by-the-client")
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    let second = again.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        second, "forged-by-the-client",
+        "a client is not a trusted proxy"
+    );
+    assert_ne!(second, id, "each request has its own id");
+    app.stop().await;
+
+    let json = captured.json();
+    let answered = json
+        .iter()
+        .find(|l| l["request_id"] == id.as_str() && l["message"] == "answered")
+        .unwrap_or_else(|| panic!("the request's line in the JSON logs"));
+    assert_eq!(answered["fields"]["status"], 200, "{answered}");
+    assert_eq!(answered["fields"]["path"], "/graphql", "{answered}");
+    assert!(
+        captured.human().contains(&format!("request_id={id}")),
+        "the human format names it too"
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_request_id_is_kept_only_when_it_is_a_plain_token() {
+    let app =
+        TestApp::spawn_with(|c| c.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()])
+            .await;
+    let id_for = |sent: &'static str| {
+        let request = app
+            .client
+            .get(app.url("/healthz"))
+            .header("x-request-id", sent)
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(id_for("lb-7f3a.2_x").await, "lb-7f3a.2_x");
+    let forged = "x\" level=\"ERROR";
+    assert_ne!(id_for(forged).await, forged, "not a plain token");
+    let long = "a".repeat(65).leak();
+    assert_ne!(id_for(long).await, *long, "too long");
+    app.stop().await;
 }
 
 /// Whether `secret` stands in `logs`; a six-digit code only as a number of its own, not as

@@ -129,6 +129,55 @@ async fn kubernetes_service_variables_are_not_configuration() {
 }
 
 #[tokio::test]
+async fn log_format_json_writes_every_line_as_one_json_object() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"./data\"\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let mut env = KUBERNETES_SERVICE_VARIABLES.to_vec();
+    env.push(("RUST_LOG", "info,keyhold=debug"));
+    let (mut child, addr, mut stderr, mut log) = start_server(dir.path(), &env).await;
+    let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
+    let client = https_client(&certificate, addr);
+    let response = client
+        .get(format!("https://localhost:{}/healthz", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    stops_cleanly_on_sigterm(&mut child, &mut stderr, &mut log).await;
+    let lines: Vec<Value> = log
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    for line in &lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(line["level"].is_string(), "{line}");
+        assert!(line["target"].is_string(), "{line}");
+        assert!(line["message"].is_string(), "{line}");
+        assert!(line["fields"].is_object(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .unwrap()
+            .contains("environment variables ignored")),
+        "the line that names ignored variables is JSON too: {log:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["request_id"] == id.as_str() && l["message"] == "answered"),
+        "the request is logged under the id its response named: {log:#?}"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_config_file_named_on_the_command_line_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let output = keyhold(dir.path())
@@ -170,6 +219,10 @@ async fn start_server(
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = stderr.next_line().await.unwrap() {
             log.push(line.clone());
+            if line.starts_with('{') && line.contains("Keyhold listening") {
+                let line: Value = serde_json::from_str(&line).unwrap();
+                return line["fields"]["address"].as_str().unwrap().parse().unwrap();
+            }
             if line.contains("Keyhold listening") {
                 let start = line.find("address=").unwrap() + "address=".len();
                 let rest = &line[start..];
