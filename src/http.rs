@@ -3,7 +3,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
 use poem::http::{StatusCode, header};
@@ -45,6 +44,7 @@ pub fn routes(state: Arc<HttpState>) -> BoxEndpoint<'static, Response> {
         .at("/readyz", get(readyz))
         .at("/.well-known/jwks.json", get(jwks))
         .at("/metrics", get(metrics))
+        .at("/assets/*path", get(assets))
         .data(state)
         .with(
             SetHeader::new()
@@ -307,10 +307,7 @@ async fn graphql_get(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Respo
     let query_string = req.uri().query().unwrap_or_default();
     if !query_string.split('&').any(|kv| kv.starts_with("query=")) {
         if state.graphql.playground {
-            let page = GraphiQLSource::build().endpoint(req.uri().path()).finish();
-            return Response::builder()
-                .content_type("text/html; charset=utf-8")
-                .body(page);
+            return crate::graphiql::page();
         }
         return Response::builder()
             .status(StatusCode::METHOD_NOT_ALLOWED)
@@ -361,6 +358,15 @@ fn runs_only_queries(query: &str, operation_name: Option<&str>) -> bool {
             None => ops.values().all(|op| is_query(op.node.ty)),
         },
     }
+}
+
+/// `GET /assets/…`: what the GraphiQL page loads, while the page is served.
+#[handler]
+fn assets(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Response {
+    if !state.graphql.playground {
+        return StatusCode::NOT_FOUND.into();
+    }
+    crate::graphiql::asset(req.uri().path())
 }
 
 /// `GET /.well-known/jwks.json`: the public keys that verify access tokens.

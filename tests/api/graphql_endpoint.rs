@@ -327,12 +327,70 @@ async fn graphiql_is_served_only_when_the_playground_is_on() {
     let on = TestApp::spawn().await;
     let response = on.client.get(on.url("/graphql")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    assert!(response.text().await.unwrap().contains("graphiql"));
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(csp, keyhold::graphiql::CONTENT_SECURITY_POLICY);
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!csp.contains("unsafe") && !csp.contains("http"), "{csp}");
+    assert_eq!(response.headers()["cache-control"], "no-cache");
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("/assets/graphiql-4.1.2/graphiql.min.js"),
+        "{page}"
+    );
+    assert!(!page.contains("unpkg") && !page.contains("://"), "{page}");
+    for path in keyhold::graphiql::asset_paths() {
+        let response = on.client.get(on.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let cache = response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            kind.starts_with("text/javascript") || kind.starts_with("text/css"),
+            "{path}: {kind}"
+        );
+        if path.contains("/keyhold/") {
+            assert_eq!(
+                cache, "no-cache",
+                "Keyhold's own files change with it: {path}"
+            );
+        } else {
+            assert!(
+                cache.contains("immutable") && cache.contains("max-age=31536000"),
+                "{path}: {cache}"
+            );
+        }
+        assert!(!response.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    let response = on
+        .client
+        .get(on.url("/assets/graphiql-4.1.2/../../config.toml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404, "only the listed files");
     on.stop().await;
 
     let off = TestApp::spawn_with(|c| c.graphql.playground = false).await;
     let response = off.client.get(off.url("/graphql")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 405);
+    for path in keyhold::graphiql::asset_paths() {
+        let response = off.client.get(off.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 404, "{path}");
+    }
     off.stop().await;
 }
 

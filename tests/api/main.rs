@@ -6,6 +6,7 @@ mod smtp_sink;
 mod accounts;
 mod audit;
 mod backups;
+mod browser;
 mod connections;
 mod contract;
 mod expiry;
