@@ -11,7 +11,6 @@ use poem::endpoint::BoxEndpoint;
 use poem::middleware::{Cors, SetHeader};
 use poem::web::Data;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
-use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::clock::Clock;
@@ -69,22 +68,24 @@ pub fn routes(state: Arc<HttpState>) -> BoxEndpoint<'static, Response> {
             }
         })
         .around(move |ep, req| {
-            let id = request_id(&req, &trusted);
-            let span = tracing::info_span!("request", request_id = %id);
-            let path = req.uri().path().to_owned();
-            let method = req.method().clone();
-            async move {
+            let id: Arc<str> = request_id(&req, &trusted).into();
+            // Read only when the line is written: most servers log at `info`.
+            let answered = tracing::enabled!(tracing::Level::DEBUG)
+                .then(|| (req.method().clone(), req.uri().path().to_owned()));
+            crate::logging::with_request_id(id.clone(), async move {
                 let mut response = match ep.call(req).await {
                     Ok(response) => response,
                     Err(e) => e.into_response(),
                 };
-                tracing::debug!(%method, %path, status = response.status().as_u16(), "answered");
+                if let Some((method, path)) = answered {
+                    let status = response.status().as_u16();
+                    tracing::debug!(%method, %path, status, "answered");
+                }
                 if let Ok(value) = header::HeaderValue::from_str(&id) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, value);
                 }
                 Ok::<_, poem::Error>(response)
-            }
-            .instrument(span)
+            })
         });
     if origins.is_empty() {
         // No CORS headers at all: browsers keep other origins out.

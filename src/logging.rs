@@ -2,22 +2,39 @@
 //! or one JSON object per line for a log shipper (`json`). `RUST_LOG` chooses which events
 //! (default `info`). The events of an HTTP request carry its id, which the response's
 //! `X-Request-Id` header also holds.
+//!
+//! The id is a task-local of the request's future, not a `tracing` span: a span per request
+//! cost about 4 µs of a 23 µs `{ __typename }` (BENCHMARKS.md), and Keyhold has no other span
+//! to show. So both formats are Keyhold's own, and read the id as they write an event.
 
 use std::fmt::{self, Write as _};
+use std::future::Future;
+use std::sync::Arc;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber, span};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 pub use crate::config::LogFormat;
 
-/// The field of the span an HTTP request runs in that holds the request's id.
-pub const REQUEST_ID: &str = "request_id";
+tokio::task_local! {
+    static REQUEST_ID: Arc<str>;
+}
+
+/// Runs `request` with every event it logs carrying `id`.
+pub async fn with_request_id<F: Future>(id: Arc<str>, request: F) -> F::Output {
+    REQUEST_ID.scope(id, request).await
+}
+
+/// The id of the request whose future is being polled on this thread, if one is.
+fn request_id() -> Option<Arc<str>> {
+    REQUEST_ID.try_with(Arc::clone).ok()
+}
 
 type Boxed<S> = Box<dyn Layer<S> + Send + Sync>;
 
@@ -43,74 +60,73 @@ impl Logging {
     /// Writes every later event in `format`.
     pub fn set_format(&self, format: LogFormat) {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        if let Err(e) = self.handle.reload(layer(
-            format,
-            std::io::stderr,
-            ansi && format == LogFormat::Human,
-        )) {
+        if let Err(e) = self.handle.reload(layer(format, std::io::stderr, ansi)) {
             eprintln!("keyhold: the log format could not be changed: {e}");
         }
     }
 }
 
-/// A layer that writes events to `writer` in `format`: for [`init`], and for a program or a
-/// test that installs its own subscriber.
+/// A layer that writes events to `writer` in `format` (with colours in the human format
+/// when `ansi`): for [`init`], and for a program or a test that installs its own subscriber.
 pub fn layer<S, W>(format: LogFormat, writer: W, ansi: bool) -> Boxed<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
-        LogFormat::Human => Box::new(
-            tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                .with_ansi(ansi),
-        ),
-        LogFormat::Json => Box::new(
-            RequestIds.and_then(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(writer)
-                    .event_format(Json),
-            ),
-        ),
+        LogFormat::Human => Box::new(layer.with_ansi(ansi).event_format(Human)),
+        LogFormat::Json => Box::new(layer.with_ansi(false).event_format(Json)),
     }
 }
 
-/// A span's request id, kept in its extensions by [`RequestIds`] for [`Json`].
-struct RequestId(String);
+/// Wall time, not the `Clock`: a log line says when it was written.
+fn timestamp() -> Result<String, fmt::Error> {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|_| fmt::Error)
+}
 
-/// Keeps the `request_id` of a span where [`Json`] finds it.
-struct RequestIds;
+/// One line per event, as `tracing_subscriber`'s default format writes one, with the
+/// request's id last: `TIME LEVEL target: message key=value … request_id=…`.
+struct Human;
 
-impl<S> Layer<S> for RequestIds
+impl<S, N> FormatEvent<S, N> for Human
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
 {
-    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        if attrs.metadata().fields().field(REQUEST_ID).is_none() {
-            return;
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let level = *meta.level();
+        let name = level.as_str();
+        let time = timestamp()?;
+        let target = meta.target();
+        if writer.has_ansi_escapes() {
+            let colour = match level {
+                Level::ERROR => "31",
+                Level::WARN => "33",
+                Level::INFO => "32",
+                Level::DEBUG => "34",
+                Level::TRACE => "35",
+            };
+            write!(
+                writer,
+                "\x1b[2m{time}\x1b[0m \x1b[{colour}m{name:>5}\x1b[0m \x1b[2m{target}:\x1b[0m "
+            )?;
+        } else {
+            write!(writer, "{time} {name:>5} {target}: ")?;
         }
-        let mut found = FindRequestId(None);
-        attrs.record(&mut found);
-        if let (Some(request_id), Some(span)) = (found.0, ctx.span(id)) {
-            span.extensions_mut().insert(RequestId(request_id));
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        if let Some(id) = request_id() {
+            write!(writer, " request_id={id}")?;
         }
-    }
-}
-
-struct FindRequestId(Option<String>);
-
-impl Visit for FindRequestId {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == REQUEST_ID {
-            self.0 = Some(value.to_owned());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == REQUEST_ID {
-            self.0 = Some(format!("{value:?}"));
-        }
+        writeln!(writer)
     }
 }
 
@@ -126,26 +142,16 @@ where
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        _ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let request_id = ctx.event_scope().and_then(|scope| {
-            scope
-                .into_iter()
-                .find_map(|span| span.extensions().get::<RequestId>().map(|id| id.0.clone()))
-        });
-        // Wall time, not the `Clock`: a log line says when it was written.
-        let now = time::OffsetDateTime::now_utc();
-        let timestamp = now
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|_| fmt::Error)?;
         let mut line = String::with_capacity(256);
         line.push_str("{\"timestamp\":");
-        push_json(&mut line, &timestamp)?;
+        push_json(&mut line, &timestamp()?)?;
         line.push_str(",\"level\":");
         push_json(&mut line, meta.level().as_str())?;
         line.push_str(",\"target\":");
@@ -158,7 +164,7 @@ where
         push_json(&mut line, fields.message.as_deref().unwrap_or_default())?;
         line.push_str(",\"fields\":");
         line.push_str(&serde_json::Value::Object(fields.rest).to_string());
-        if let Some(id) = request_id {
+        if let Some(id) = request_id() {
             line.push_str(",\"request_id\":");
             push_json(&mut line, &id)?;
         }
@@ -254,13 +260,16 @@ mod tests {
         }
     }
 
-    fn lines(run: impl FnOnce()) -> Vec<serde_json::Value> {
+    fn written(format: LogFormat, run: impl FnOnce()) -> String {
         let buffer = Buffer::default();
-        let subscriber =
-            tracing_subscriber::registry().with(layer(LogFormat::Json, buffer.clone(), false));
+        let subscriber = tracing_subscriber::registry().with(layer(format, buffer.clone(), false));
         tracing::subscriber::with_default(subscriber, run);
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        text.lines()
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn lines(run: impl FnOnce()) -> Vec<serde_json::Value> {
+        written(LogFormat::Json, run)
+            .lines()
             .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
             .collect()
     }
@@ -286,19 +295,52 @@ mod tests {
             .unwrap();
     }
 
+    /// Runs `request` as a request with the id `id` on a runtime of one thread.
+    fn in_request(id: &str, request: impl Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(with_request_id(id.into(), request));
+    }
+
     #[test]
-    fn an_event_within_a_request_carries_the_request_id_however_deep() {
-        let lines = lines(|| {
-            let request = tracing::info_span!("request", request_id = %"01J-abc");
-            let _request = request.enter();
-            tracing::info!("at the top");
-            let inner = tracing::debug_span!("resolver", field = "login");
-            let _inner = inner.enter();
-            tracing::info!("deeper");
-        });
-        assert_eq!(lines.len(), 2);
-        for line in &lines {
+    fn an_event_within_a_request_carries_its_id_in_both_formats_and_one_outside_does_not() {
+        let run = || {
+            tracing::info!("before");
+            in_request("01J-abc", async {
+                tracing::info!("at the top");
+                tokio::task::yield_now().await;
+                let inner = tracing::debug_span!("resolver", field = "login");
+                let _inner = inner.enter();
+                tracing::info!(n = 1, "deeper");
+            });
+            tracing::info!("after");
+        };
+        let lines = lines(run);
+        assert_eq!(lines.len(), 4);
+        for line in &lines[1..3] {
             assert_eq!(line["request_id"], "01J-abc", "{line}");
         }
+        for line in [&lines[0], &lines[3]] {
+            assert!(line.get("request_id").is_none(), "{line}");
+        }
+        let human = written(LogFormat::Human, run);
+        let human: Vec<&str> = human.lines().collect();
+        assert_eq!(human.len(), 4, "{human:?}");
+        assert!(
+            human[2].ends_with("INFO keyhold::logging::tests: deeper n=1 request_id=01J-abc"),
+            "{}",
+            human[2]
+        );
+        assert!(
+            human[0].ends_with("INFO keyhold::logging::tests: before"),
+            "{}",
+            human[0]
+        );
+        time::OffsetDateTime::parse(
+            human[0].split(' ').next().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
     }
 }
