@@ -9,7 +9,8 @@ use keyhold::{Application, Config};
 
 /// mimalloc rather than glibc's malloc: under `newToken` load, 29 % of the server's futex calls
 /// were glibc's arena locks, taken when one thread frees what another allocated (a request's
-/// futures and buffers move between the runtime's threads). BENCHMARKS.md, "The allocator".
+/// futures and buffers move between the runtime's threads): docs/benchmarks-history.md,
+/// "The allocator".
 /// Only the binary sets it: a program that embeds Keyhold keeps its own allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -247,8 +247,8 @@ impl Store {
             // One worker writes the log and waits for the disk while the others serve
             // (sled's flush writes on its caller's thread: vendor/sled/PATCHES.md), then
             // wakes the queued callers on the runtime. A blocking thread in between would
-            // add two hand-offs to every flush (BENCHMARKS.md, "The group flush on the
-            // worker").
+            // add two hand-offs to every flush (docs/benchmarks-history.md, "The group
+            // flush on the worker").
             self.db.flush()?;
         } else {
             let db = self.db.clone();
