@@ -14,15 +14,18 @@ use crate::store::{AuditStore, MailQueueStore, Store, StoreError, SweepReport};
 /// Index entries handled per batch: small enough that a batch never stalls requests for long.
 pub const SWEEP_BATCH: usize = 256;
 
-/// Removes everything due at `now`, in batches, and says what it removed.
-pub fn sweep_once(store: &Store, now: i64) -> Result<SweepReport, StoreError> {
+/// Removes everything due at `now`, and says what it removed: in batches of
+/// [`SWEEP_BATCH`], each on a blocking thread, with a yield between, so that a long pass
+/// never holds a runtime worker. The sweeper's pass, and what the tests call.
+pub async fn sweep_once(store: &Store, now: i64) -> Result<SweepReport, StoreError> {
     let mut total = SweepReport::default();
     loop {
-        let batch = store.sweep_due(now, SWEEP_BATCH)?;
+        let batch = store.sweep_expired(now, SWEEP_BATCH).await?;
         total.add(&batch);
         if batch.entries < SWEEP_BATCH as u64 {
             return Ok(total);
         }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -70,36 +73,22 @@ pub async fn run_sweeper(
         stats
             .removed
             .fetch_add(u64::try_from(pruned).unwrap_or(0), Ordering::Relaxed);
-        let mut pass = SweepReport::default();
-        let outcome = loop {
-            let store = store.clone();
-            let batch =
-                tokio::task::spawn_blocking(move || store.sweep_due(now, SWEEP_BATCH)).await;
-            match batch {
-                Ok(Ok(batch)) => {
-                    pass.add(&batch);
-                    if batch.entries < SWEEP_BATCH as u64 {
-                        break Ok(());
-                    }
-                    tokio::task::yield_now().await;
-                }
-                Ok(Err(e)) => break Err(e.to_string()),
-                Err(e) => break Err(e.to_string()),
-            }
-        };
+        let outcome = sweep_once(&store, now).await;
         stats.passes.fetch_add(1, Ordering::Relaxed);
-        stats.removed.fetch_add(pass.removed(), Ordering::Relaxed);
         match outcome {
-            Ok(()) if pass.removed() > 0 => tracing::info!(
-                removed = pass.removed(),
-                sessions = pass.sessions,
-                refresh_tokens = pass.refresh_tokens,
-                challenges = pass.challenges,
-                email_codes = pass.email_codes,
-                reset_codes = pass.reset_codes,
-                "sweeper removed expired records"
-            ),
-            Ok(()) => {}
+            Ok(pass) if pass.removed() > 0 => {
+                stats.removed.fetch_add(pass.removed(), Ordering::Relaxed);
+                tracing::info!(
+                    removed = pass.removed(),
+                    sessions = pass.sessions,
+                    refresh_tokens = pass.refresh_tokens,
+                    challenges = pass.challenges,
+                    email_codes = pass.email_codes,
+                    reset_codes = pass.reset_codes,
+                    "sweeper removed expired records"
+                );
+            }
+            Ok(_) => {}
             Err(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "sweeper pass failed; trying again next interval");
@@ -275,8 +264,8 @@ mod tests {
         assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600]);
     }
 
-    #[test]
-    fn sweep_once_removes_what_is_due_and_nothing_else() {
+    #[tokio::test]
+    async fn sweep_once_removes_what_is_due_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let ada = user();
@@ -328,11 +317,11 @@ mod tests {
             .unwrap();
 
         assert_eq!(
-            sweep_once(&store, 99).unwrap().removed(),
+            sweep_once(&store, 99).await.unwrap().removed(),
             0,
             "nothing due yet"
         );
-        let report = sweep_once(&store, 300).unwrap();
+        let report = sweep_once(&store, 300).await.unwrap();
         assert_eq!(report.email_codes, 1);
         assert_eq!(report.reset_codes, 1);
         assert_eq!(report.challenges, 1);
@@ -352,13 +341,13 @@ mod tests {
         );
         // What is left in the index is the live session and its format 1 token.
         assert_eq!(store.expiry_entries(), 2);
-        let later = sweep_once(&store, 10_000).unwrap();
+        let later = sweep_once(&store, 10_000).await.unwrap();
         assert_eq!((later.sessions, later.refresh_tokens), (1, 1));
         assert_eq!(store.expiry_entries(), 0);
     }
 
-    #[test]
-    fn a_record_given_a_later_expiry_is_not_swept_at_the_old_one() {
+    #[tokio::test]
+    async fn a_record_given_a_later_expiry_is_not_swept_at_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let ada = user();
@@ -370,9 +359,9 @@ mod tests {
             .rotate_refresh(s.id, 0, &[7; 32], &[8; 32], 500, i64::MAX, 50)
             .unwrap();
         assert!(matches!(rotated, RotateOutcome::Rotated(_)), "{rotated:?}");
-        let report = sweep_once(&store, 200).unwrap();
+        let report = sweep_once(&store, 200).await.unwrap();
         assert_eq!(report.sessions, 0);
         assert!(store.session(s.id).unwrap().is_some());
-        assert_eq!(sweep_once(&store, 500).unwrap().sessions, 1);
+        assert_eq!(sweep_once(&store, 500).await.unwrap().sessions, 1);
     }
 }

@@ -52,6 +52,19 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::sweep_due`] on a blocking thread, so that a batch never holds a runtime
+    /// worker.
+    pub async fn sweep_expired(&self, now: i64, limit: usize) -> Result<SweepReport, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.sweep_due(now, limit))
+            .await
+            .map_err(|e| {
+                StoreError::Sled(sled::Error::Io(std::io::Error::other(format!(
+                    "the sweeping thread failed: {e}"
+                ))))
+            })?
+    }
+
     /// Removes at most `limit` index entries that are due at `now`, with their records when
     /// those are still expired. Returns what it did; `entries < limit` means nothing more is due.
     pub fn sweep_due(&self, now: i64, limit: usize) -> Result<SweepReport, StoreError> {
