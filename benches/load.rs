@@ -26,6 +26,8 @@
 //! (one connection carrying every client's streams, as a browser or an HTTP/2 proxy sends
 //! them); the HTTP/2 rows take their turns beside the HTTP/1.1 ones.
 
+#![expect(clippy::disallowed_methods, reason = "a benchmark measures real time")]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

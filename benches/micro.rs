@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the pieces a request is made of. Run: `cargo bench --bench micro`
 //! (one group: `cargo bench --bench micro -- jwt`). Figures are in BENCHMARKS.md.
 
+#![expect(clippy::disallowed_methods, reason = "a benchmark measures real time")]
+
 use std::hint::black_box;
 use std::sync::Arc;
 

@@ -255,6 +255,10 @@ impl Application {
         // `close` flushes first.
         let store = self.auth.store.clone();
         drop(self.auth);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "measures the close for its log line"
+        )]
         let started = std::time::Instant::now();
         let checkpointed = tokio::task::spawn_blocking(move || store.close())
             .await

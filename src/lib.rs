@@ -2,7 +2,7 @@
 //! and keeps users, device sessions and pending codes in an embedded sled database.
 //!
 //! Start it in-process with [`Application::build`]; see the README.
-#![forbid(unsafe_code)]
+// `unsafe_code` is forbidden for every target by the `[lints]` table of Cargo.toml.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;

@@ -81,6 +81,10 @@ where
 }
 
 /// Wall time, not the `Clock`: a log line says when it was written.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a log line's time is the wall clock's"
+)]
 fn timestamp() -> Result<String, fmt::Error> {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

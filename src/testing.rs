@@ -78,7 +78,7 @@ impl Builder {
             config.storage.path = dir.path().join("data");
         }
         let mailbox = Mailbox::default();
-        let clock = Clock::manual(time::OffsetDateTime::now_utc());
+        let clock = Clock::manual(Clock::system().now());
         let app = Application::build_with_transport(
             config,
             clock.clone(),

@@ -221,6 +221,10 @@ fn known(name: &str) -> &'static str {
 #[async_trait::async_trait]
 impl Extension for PerRequest {
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the duration histogram measures real time"
+        )]
         let started = Instant::now();
         let response = next.run(ctx).await;
         let operation = match *self.root.lock() {

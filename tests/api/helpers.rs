@@ -75,7 +75,7 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path().join("data"), sink.port);
         adjust(&mut config);
-        let clock = Clock::manual(time::OffsetDateTime::now_utc());
+        let clock = Clock::manual(Clock::system().now());
         let app = Application::build_with_clock(config, clock.clone())
             .await
             .expect("Keyhold starts");
