@@ -172,14 +172,7 @@ impl Auth {
                 self.store.enqueue(notice.as_slice())?;
                 self.store.flush().await?;
                 self.mail_queued();
-                self.audit(
-                    Event::EmailChanged,
-                    Subject {
-                        user_id: Some(user_id),
-                        ..Subject::default()
-                    },
-                    "ok",
-                );
+                self.audit(Event::EmailChanged, Subject::user(user_id), "ok");
                 user_id
             }
             VerifyOutcome::Taken => {
@@ -191,14 +184,7 @@ impl Auth {
             VerifyOutcome::Expired => return Err(Error::CodeExpired),
             VerifyOutcome::Unknown => return Err(Error::InvalidCode),
         };
-        self.audit(
-            Event::Verified,
-            Subject {
-                user_id: Some(user_id),
-                ..Subject::default()
-            },
-            "ok",
-        );
+        self.audit(Event::Verified, Subject::user(user_id), "ok");
         Ok(())
     }
 

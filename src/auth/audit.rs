@@ -66,6 +66,16 @@ pub struct Subject<'a> {
     pub device: Option<&'a str>,
 }
 
+impl Subject<'_> {
+    /// The account `id`, and nothing else known.
+    pub fn user(id: Uuid) -> Subject<'static> {
+        Subject {
+            user_id: Some(id),
+            ..Subject::default()
+        }
+    }
+}
+
 impl Auth {
     /// Records `event` about `who` with `outcome` (`ok`, or the refusal's code).
     pub(crate) fn audit(&self, event: Event, who: Subject<'_>, outcome: &str) {

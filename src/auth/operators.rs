@@ -82,9 +82,8 @@ impl Auth {
 
     fn operator_event(&self, event: Event, user: &UserRecord) {
         let who = Subject {
-            user_id: Some(user.id),
             email: Some(&user.email),
-            ..Subject::default()
+            ..Subject::user(user.id)
         };
         self.audit(event, who, OPERATOR);
     }
@@ -155,9 +154,8 @@ impl Auth {
         self.audit(
             Event::Registered,
             Subject {
-                user_id: Some(user.id),
                 email: Some(&user.email),
-                ..Subject::default()
+                ..Subject::user(user.id)
             },
             "invited",
         );

@@ -170,14 +170,7 @@ impl Auth {
         let (user, ()) = self.changed(changed)?;
         self.store.flush().await?;
         self.mail_queued();
-        self.audit(
-            Event::PasswordChanged,
-            Subject {
-                user_id: Some(user.id),
-                ..Subject::default()
-            },
-            "ok",
-        );
+        self.audit(Event::PasswordChanged, Subject::user(user.id), "ok");
         kept.map(|(session, refresh)| self.hand_out(user, session, refresh, now))
             .transpose()
     }
@@ -302,14 +295,7 @@ impl Auth {
         self.changed(changed)?;
         self.store.flush().await?;
         self.mail_queued();
-        self.audit(
-            Event::PasswordReset,
-            Subject {
-                user_id: Some(user.id),
-                ..Subject::default()
-            },
-            "ok",
-        );
+        self.audit(Event::PasswordReset, Subject::user(user.id), "ok");
         Ok(())
     }
 }

@@ -362,10 +362,7 @@ impl Auth {
         {
             self.audit(
                 Event::RefreshTokenReuse,
-                Subject {
-                    user_id: Some(user_id),
-                    ..Subject::default()
-                },
+                Subject::user(user_id),
                 "session_ended",
             );
             self.forget_sessions(&[session_id]);
@@ -438,9 +435,8 @@ impl Auth {
             self.audit(
                 Event::LoggedOut,
                 Subject {
-                    user_id: Some(caller.user_id),
                     device: Some(&session.device_id),
-                    ..Subject::default()
+                    ..Subject::user(caller.user_id)
                 },
                 "ok",
             );

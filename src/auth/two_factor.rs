@@ -401,10 +401,7 @@ impl Auth {
             self.mail_queued();
             self.audit(
                 Event::TwoFactorRefused,
-                Subject {
-                    user_id: Some(user.id),
-                    ..Subject::default()
-                },
+                Subject::user(user.id),
                 "budget_spent",
             );
         }
@@ -680,14 +677,7 @@ impl Auth {
             }
         }
         self.store.flush().await?;
-        self.audit(
-            Event::TwoFactorEnabled,
-            Subject {
-                user_id: Some(user.id),
-                ..Subject::default()
-            },
-            "ok",
-        );
+        self.audit(Event::TwoFactorEnabled, Subject::user(user.id), "ok");
         Ok(Enabled::On {
             recovery_codes: Some(codes),
         })
@@ -794,14 +784,7 @@ impl Auth {
         )?;
         self.changed(changed)?;
         self.store.flush().await?;
-        self.audit(
-            Event::TwoFactorDisabled,
-            Subject {
-                user_id: Some(user.id),
-                ..Subject::default()
-            },
-            "ok",
-        );
+        self.audit(Event::TwoFactorDisabled, Subject::user(user.id), "ok");
         Ok(())
     }
 
@@ -832,10 +815,7 @@ impl Auth {
         self.mail_queued();
         self.audit(
             Event::TwoFactorCodeSent,
-            Subject {
-                user_id: Some(user.id),
-                ..Subject::default()
-            },
+            Subject::user(user.id),
             reason.as_str(),
         );
         Ok(CodeSent {
