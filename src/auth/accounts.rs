@@ -31,6 +31,7 @@ impl Auth {
     /// Creates an account from the contract's JSON document, and mails a verification code.
     /// An address that already has an account gets the same answer, and its owner a notice.
     pub async fn register(&self, data: &str, origin: &Origin) -> Result<Registered> {
+        self.limit_ip(Limit::RegisterPerIp, origin.ip)?;
         if !self.config.registration.open {
             return Err(Error::RegistrationClosed);
         }

@@ -8,11 +8,12 @@ use minijinja::context;
 use uuid::Uuid;
 
 use super::audit::{Event, Subject};
+use super::limits::Limit;
 use super::secrets::random_token;
 use super::sessions::SignedIn;
 use super::two_factor::Matched;
 use super::two_factor::PendingSignIn;
-use super::{Auth, Caller, iso, passwords, seconds};
+use super::{Auth, Caller, Origin, iso, passwords, seconds};
 use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::mail::Template;
@@ -115,7 +116,12 @@ impl Auth {
     }
 
     /// Mails the waiting password change's code again.
-    pub async fn resend_change_password(&self, caller: &Caller) -> Result<super::CodeSent> {
+    pub async fn resend_change_password(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+    ) -> Result<super::CodeSent> {
+        self.limit_ip(Limit::CodeSendsPerIp, origin.ip)?;
         let user = self.profile(caller)?;
         let current = self
             .store
@@ -202,9 +208,12 @@ impl Auth {
         )
     }
 
-    /// Starts a reset for the account of `email`, if there is one. The answer never depends
-    /// on it: the lookup, the code and the mail happen after the caller has its answer.
-    pub fn forgot_password(self: &Arc<Self>, email: &Email) {
+    /// Starts a reset for the account of `email`, if there is one, within the per-address
+    /// and per-IP limits. The answer never depends on the account: the lookup, the code and
+    /// the mail happen after the caller has its answer.
+    pub fn forgot_password(self: &Arc<Self>, email: &Email, origin: &Origin) -> Result<()> {
+        self.limit_ip(Limit::ForgotPasswordPerIp, origin.ip)?;
+        self.limit_address(Limit::ForgotPasswordPerAddress, email.as_str())?;
         let auth = Arc::clone(self);
         let email = email.clone();
         self.tasks.spawn(async move {
@@ -212,6 +221,7 @@ impl Auth {
                 tracing::error!(error = %e, "forgotten-password request failed");
             }
         });
+        Ok(())
     }
 
     async fn send_reset_code(&self, email: &Email) -> Result<()> {

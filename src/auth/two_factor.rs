@@ -8,6 +8,7 @@ use totp_rs::{Builder, Secret, Totp};
 use uuid::Uuid;
 
 use super::audit::{Event, Subject};
+use super::limits::Limit;
 use super::secrets::{SEALED_PREFIX, random_bytes};
 use super::sessions::SignedIn;
 use super::{Auth, Caller, Origin, iso, seconds};
@@ -475,7 +476,13 @@ impl Auth {
 
     /// Mails a fresh code for a pending sign-in, replacing the old one, within the cooldown
     /// and the per-challenge cap. A TOTP challenge mails nothing.
-    pub async fn resend_2fa(&self, challenge_id: &str, email: &Email) -> Result<CodeSent> {
+    pub async fn resend_2fa(
+        &self,
+        challenge_id: &str,
+        email: &Email,
+        origin: &Origin,
+    ) -> Result<CodeSent> {
+        self.limit_ip(Limit::CodeSendsPerIp, origin.ip)?;
         let (current, user) = self.sign_in_challenge(challenge_id, email)?;
         self.resend_challenge(&current, &user, "sign in").await
     }
@@ -789,7 +796,13 @@ impl Auth {
     }
 
     /// Mails a step-up code for one operation of `reason`.
-    pub async fn send_2fa(&self, caller: &Caller, reason: StepUpReason) -> Result<CodeSent> {
+    pub async fn send_2fa(
+        &self,
+        caller: &Caller,
+        reason: StepUpReason,
+        origin: &Origin,
+    ) -> Result<CodeSent> {
+        self.limit_ip(Limit::CodeSendsPerIp, origin.ip)?;
         let user = self.profile(caller)?;
         let now = self.now();
         if let Some(previous) = self.store.step_up(user.id, reason.as_str())? {

@@ -8,7 +8,6 @@ use super::types::{
     RegisterUserResult, UpdateUserProfileResult, UserProfile, UserProfileInputV2,
     UserRegistrationInputV2, VerificationResult,
 };
-use crate::auth::limits::Limit;
 
 #[derive(Default)]
 pub struct AccountQuery;
@@ -35,8 +34,6 @@ impl AccountMutation {
         input: UserRegistrationInputV2,
     ) -> async_graphql::Result<Option<RegisterUserResult>> {
         let auth = auth(ctx);
-        auth.limit_ip(Limit::RegisterPerIp, meta(ctx).client_ip)
-            .gql()?;
         let registered = auth
             .register(&input.data, &meta(ctx).origin())
             .await

@@ -11,7 +11,6 @@ use super::types::{
     TwoFactorAuthResult,
 };
 use crate::auth::ChangeOutcome;
-use crate::auth::limits::Limit;
 
 #[derive(Default)]
 pub struct PasswordMutation;
@@ -57,10 +56,10 @@ impl PasswordMutation {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
         let caller = caller(ctx)?;
-        auth(ctx)
-            .limit_ip(Limit::CodeSendsPerIp, meta(ctx).client_ip)
+        let sent = auth(ctx)
+            .resend_change_password(&caller, &meta(ctx).origin())
+            .await
             .gql()?;
-        let sent = auth(ctx).resend_change_password(&caller).await.gql()?;
         Ok(Some(TwoFactorAuthResult::sent(&sent)))
     }
 
@@ -70,12 +69,9 @@ impl PasswordMutation {
         ctx: &Context<'_>,
         email: EmailAddress,
     ) -> async_graphql::Result<Option<ForgotPasswordResult>> {
-        let auth = auth(ctx);
-        auth.limit_ip(Limit::ForgotPasswordPerIp, meta(ctx).client_ip)
+        auth(ctx)
+            .forgot_password(email.normalized(), &meta(ctx).origin())
             .gql()?;
-        auth.limit_address(Limit::ForgotPasswordPerAddress, email.normalized().as_str())
-            .gql()?;
-        auth.forgot_password(email.normalized());
         Ok(Some(ForgotPasswordResult {
             header: Some("Check your e-mail".into()),
             message: Some(

@@ -7,7 +7,6 @@ use super::error::ResultExt;
 use super::scalars::EmailAddress;
 use super::types::{LoginResult, TwoFactorAuthResult, TwoFactorMethod, TwoFactorReason};
 use crate::auth::Enabled;
-use crate::auth::limits::Limit;
 
 #[derive(Default)]
 pub struct TwoFactorMutation;
@@ -44,11 +43,8 @@ impl TwoFactorMutation {
         session_id: String,
         email: EmailAddress,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
-        auth(ctx)
-            .limit_ip(Limit::CodeSendsPerIp, meta(ctx).client_ip)
-            .gql()?;
         let sent = auth(ctx)
-            .resend_2fa(&session_id, email.normalized())
+            .resend_2fa(&session_id, email.normalized(), &meta(ctx).origin())
             .await
             .gql()?;
         Ok(Some(TwoFactorAuthResult::sent(&sent)))
@@ -121,11 +117,11 @@ impl TwoFactorMutation {
         reason: Option<TwoFactorReason>,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
         let caller = caller(ctx)?;
-        auth(ctx)
-            .limit_ip(Limit::CodeSendsPerIp, meta(ctx).client_ip)
-            .gql()?;
         let reason = reason.unwrap_or(TwoFactorReason::Generic).into();
-        let sent = auth(ctx).send_2fa(&caller, reason).await.gql()?;
+        let sent = auth(ctx)
+            .send_2fa(&caller, reason, &meta(ctx).origin())
+            .await
+            .gql()?;
         Ok(Some(TwoFactorAuthResult::sent(&sent)))
     }
 }
