@@ -22,16 +22,13 @@ pub struct TestApp {
 /// The configuration every test starts from: cheap argon2 (through config, never by changing
 /// the defaults), port 0, storage in `dir`, mail to the sink.
 pub fn test_config(storage: PathBuf, smtp_port: u16) -> Config {
-    let mut config = Config::default();
-    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    // The configuration every embedding project's tests get, with mail over real SMTP.
+    let mut config = keyhold::testing::test_config();
     config.storage.path = storage;
     config.mail.transport = MailTransportKind::Smtp;
     config.mail.smtp.host = Some("127.0.0.1".into());
     config.mail.smtp.port = smtp_port;
     config.mail.smtp.security = SmtpSecurity::None;
-    config.passwords.argon2_memory_kib = 64;
-    config.passwords.argon2_iterations = 1;
-    config.limits.enabled = false;
     config
 }
 
