@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod challenge;
 pub mod limits;
 pub mod operators;
 pub mod password_change;

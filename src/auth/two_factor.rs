@@ -8,6 +8,7 @@ use totp_rs::{Builder, Secret, Totp};
 use uuid::Uuid;
 
 use super::audit::{Event, Subject};
+use super::challenge::ChallengeState;
 use super::limits::Limit;
 use super::secrets::{SEALED_PREFIX, random_bytes};
 use super::sessions::SignedIn;
@@ -337,11 +338,16 @@ impl Auth {
     ) -> Result<Matched> {
         let c = &current.record;
         let now = self.now();
-        if c.expires_at <= now {
-            self.store.swap_challenge(current, None, &[])?;
-            return Err(Error::CodeExpired);
+        match c.state(now, self.config.two_factor.max_attempts) {
+            ChallengeState::Pending => {}
+            ChallengeState::Dead { retry_after } => {
+                return Err(Error::too_many_attempts(retry_after));
+            }
+            ChallengeState::Expired => {
+                self.store.swap_challenge(current, None, &[])?;
+                return Err(Error::CodeExpired);
+            }
         }
-        self.check_alive(c, now)?;
         self.factor_budget(user, now)?;
         let matched = if c.method == SecondFactor::Email && self.mailed_code_matches(c, code) {
             Some(Matched::Mailed)
@@ -350,13 +356,7 @@ impl Auth {
         } else {
             self.recovery_match(user, code).map(Matched::Recovery)
         };
-        let next = match matched {
-            Some(_) => None,
-            None => Some(ChallengeRecord {
-                attempts: c.attempts + 1,
-                ..c.clone()
-            }),
-        };
+        let next = c.after_guess(matched.is_some());
         if !self.store.swap_challenge(current, next.as_ref(), &[])? {
             // Another try changed the challenge in between. This one neither counts nor
             // succeeds, so racing guesses gain nothing.
@@ -497,10 +497,13 @@ impl Auth {
     ) -> Result<CodeSent> {
         let c = &current.record;
         let now = self.now();
-        if c.expires_at <= now {
-            return Err(Error::CodeExpired);
+        match c.state(now, self.config.two_factor.max_attempts) {
+            ChallengeState::Pending => {}
+            ChallengeState::Dead { retry_after } => {
+                return Err(Error::too_many_attempts(retry_after));
+            }
+            ChallengeState::Expired => return Err(Error::CodeExpired),
         }
-        self.check_alive(c, now)?;
         if c.method == SecondFactor::Totp {
             return Ok(CodeSent {
                 challenge_id: c.id,
@@ -509,15 +512,15 @@ impl Auth {
                 mailed: false,
             });
         }
-        self.check_resend(c, now)?;
+        let tf = &self.config.two_factor;
+        c.may_resend(now, seconds(tf.resend_cooldown), tf.max_resends)
+            .map_err(Error::rate_limited)?;
         let code = six_digits();
-        let next = ChallengeRecord {
-            code_hash: Some(self.secrets.keyed_hash(MAILED_CODE, &code)),
-            resends: c.resends + 1,
-            last_sent_at: now,
-            expires_at: now + seconds(self.config.two_factor.code_ttl),
-            ..c.clone()
-        };
+        let next = c.resent(
+            self.secrets.keyed_hash(MAILED_CODE, &code),
+            now,
+            seconds(tf.code_ttl),
+        );
         let mail = self.code_mail(&user.email, Some(&code), purpose, next.expires_at)?;
         if !self.store.swap_challenge(current, Some(&next), &mail)? {
             return Err(Error::rate_limited(1));
@@ -530,27 +533,6 @@ impl Auth {
             retry_after: seconds(self.config.two_factor.resend_cooldown),
             mailed: true,
         })
-    }
-
-    /// A challenge whose wrong tries reached the limit is dead until it expires; a new
-    /// sign-in starts a new one.
-    fn check_alive(&self, c: &ChallengeRecord, now: i64) -> Result<()> {
-        if c.attempts >= self.config.two_factor.max_attempts {
-            return Err(Error::too_many_attempts(c.expires_at - now));
-        }
-        Ok(())
-    }
-
-    fn check_resend(&self, c: &ChallengeRecord, now: i64) -> Result<()> {
-        let cooldown = seconds(self.config.two_factor.resend_cooldown);
-        let wait = c.last_sent_at + cooldown - now;
-        if wait > 0 {
-            return Err(Error::rate_limited(wait));
-        }
-        if c.resends >= self.config.two_factor.max_resends {
-            return Err(Error::rate_limited(c.expires_at - now));
-        }
-        Ok(())
     }
 
     /// The password of a signed-in caller, checked like a sign-in: refused while the account
