@@ -3,7 +3,19 @@
 //! once a code matched or its time ran out. The use cases in `two_factor` and
 //! `password_change` store what these functions decide, by compare-and-swap.
 
-use crate::store::records::ChallengeRecord;
+use minijinja::context;
+use uuid::Uuid;
+
+use super::audit::{Event, Subject};
+use super::factors::{MAILED_CODE, Matched, six_digits};
+use super::two_factor::CodeSent;
+use super::{Auth, iso, seconds};
+use crate::error::{Error, Result};
+use crate::mail::Template;
+use crate::store::records::{
+    ChallengePurpose, ChallengeRecord, QueuedMail, SecondFactor, UserRecord,
+};
+use crate::store::{ChallengeStore, MailQueueStore, Versioned};
 
 /// Where a challenge stands at a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +74,182 @@ impl ChallengeRecord {
             expires_at: now + ttl,
             ..self.clone()
         }
+    }
+}
+
+impl Auth {
+    /// A new challenge with a fresh mailed code (EMAIL) or none (TOTP).
+    pub(crate) fn new_challenge(
+        &self,
+        user: &UserRecord,
+        purpose: ChallengePurpose,
+        method: SecondFactor,
+    ) -> (ChallengeRecord, Option<String>) {
+        let now = self.now();
+        let code = (method == SecondFactor::Email).then(six_digits);
+        let record = ChallengeRecord {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            purpose,
+            method,
+            code_hash: code
+                .as_ref()
+                .map(|c| self.secrets.keyed_hash(MAILED_CODE, c)),
+            attempts: 0,
+            resends: 0,
+            last_sent_at: now,
+            expires_at: now + seconds(self.config.two_factor.code_ttl),
+            stamp: user.stamp,
+        };
+        (record, code)
+    }
+
+    /// The mail carrying a code, if there is one (TOTP challenges have none).
+    pub(crate) fn code_mail(
+        &self,
+        to: &str,
+        code: Option<&str>,
+        purpose: &str,
+        expires_at: i64,
+    ) -> Result<Vec<QueuedMail>> {
+        let Some(code) = code else {
+            return Ok(Vec::new());
+        };
+        let mail = self.queue_mail(
+            to,
+            Template::TwoFactorCode,
+            context! { code => code, purpose => purpose, expires_at => iso(expires_at) },
+        )?;
+        Ok(mail.into_iter().collect())
+    }
+
+    /// Checks `code` against a challenge: counts a wrong try, kills the challenge at the
+    /// limit, and removes it on success, all by compare-and-swap so it succeeds once.
+    pub(crate) async fn attempt(
+        &self,
+        current: &Versioned<ChallengeRecord>,
+        user: &UserRecord,
+        code: &str,
+    ) -> Result<Matched> {
+        let c = &current.record;
+        let now = self.now();
+        match c.state(now, self.config.two_factor.max_attempts) {
+            ChallengeState::Pending => {}
+            ChallengeState::Dead { retry_after } => {
+                return Err(Error::too_many_attempts(retry_after));
+            }
+            ChallengeState::Expired => {
+                self.store.swap_challenge(current, None, &[])?;
+                return Err(Error::CodeExpired);
+            }
+        }
+        self.factor_budget(user, now)?;
+        let matched = if c.method == SecondFactor::Email && self.mailed_code_matches(c, code) {
+            Some(Matched::Mailed)
+        } else if let Some(step) = self.totp_step(user, code)? {
+            Some(Matched::Totp(step))
+        } else {
+            self.recovery_match(user, code).map(Matched::Recovery)
+        };
+        let next = c.after_guess(matched.is_some());
+        if !self.store.swap_challenge(current, next.as_ref(), &[])? {
+            // Another try changed the challenge in between. This one neither counts nor
+            // succeeds, so racing guesses gain nothing.
+            return Err(Error::InvalidCode);
+        }
+        if matched.is_none() {
+            self.factor_failed(user, now)?;
+        }
+        self.store.flush().await?;
+        matched.ok_or(Error::InvalidCode)
+    }
+
+    /// `TOO_MANY_ATTEMPTS` while the account's second-factor budget is spent: every code on
+    /// every path, even a right one, until its window ends.
+    pub(crate) fn factor_budget(&self, user: &UserRecord, now: i64) -> Result<()> {
+        let window = seconds(self.config.two_factor.failure_window);
+        let max = self.config.two_factor.max_failures_per_account;
+        match self.store.factor_failures(user.id)? {
+            Some(f) if f.window_start + window > now && f.failures >= max => {
+                Err(Error::too_many_attempts(f.window_start + window - now))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a wrong code against the account (stored: a restart does not forget it). The
+    /// failure that spends the budget mails the owner. The caller flushes.
+    pub(crate) fn factor_failed(&self, user: &UserRecord, now: i64) -> Result<()> {
+        let window = seconds(self.config.two_factor.failure_window);
+        let max = self.config.two_factor.max_failures_per_account;
+        let f = self.store.record_factor_failure(user.id, now, window)?;
+        if f.failures == max {
+            let notice = self.queue_mail(
+                &user.email,
+                Template::SecondFactorLocked,
+                context! {
+                    failures => f.failures,
+                    until => iso(f.window_start + window),
+                    reset_link => self.page("forgot-password").to_string(),
+                },
+            )?;
+            self.store.enqueue(notice.as_slice())?;
+            self.mail_queued();
+            self.audit(
+                Event::TwoFactorRefused,
+                Subject::user(user.id),
+                "budget_spent",
+            );
+        }
+        Ok(())
+    }
+
+    /// Mails a fresh code for a live challenge, replacing the old one, within the cooldown
+    /// and the per-challenge cap. A TOTP challenge mails nothing.
+    pub(crate) async fn resend_challenge(
+        &self,
+        current: &Versioned<ChallengeRecord>,
+        user: &UserRecord,
+        purpose: &str,
+    ) -> Result<CodeSent> {
+        let c = &current.record;
+        let now = self.now();
+        match c.state(now, self.config.two_factor.max_attempts) {
+            ChallengeState::Pending => {}
+            ChallengeState::Dead { retry_after } => {
+                return Err(Error::too_many_attempts(retry_after));
+            }
+            ChallengeState::Expired => return Err(Error::CodeExpired),
+        }
+        if c.method == SecondFactor::Totp {
+            return Ok(CodeSent {
+                challenge_id: c.id,
+                expires_at: c.expires_at,
+                retry_after: 0,
+                mailed: false,
+            });
+        }
+        let tf = &self.config.two_factor;
+        c.may_resend(now, seconds(tf.resend_cooldown), tf.max_resends)
+            .map_err(Error::rate_limited)?;
+        let code = six_digits();
+        let next = c.resent(
+            self.secrets.keyed_hash(MAILED_CODE, &code),
+            now,
+            seconds(tf.code_ttl),
+        );
+        let mail = self.code_mail(&user.email, Some(&code), purpose, next.expires_at)?;
+        if !self.store.swap_challenge(current, Some(&next), &mail)? {
+            return Err(Error::rate_limited(1));
+        }
+        self.store.flush().await?;
+        self.mail_queued();
+        Ok(CodeSent {
+            challenge_id: c.id,
+            expires_at: next.expires_at,
+            retry_after: seconds(self.config.two_factor.resend_cooldown),
+            mailed: true,
+        })
     }
 }
 

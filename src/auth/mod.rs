@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod challenge;
+pub mod factors;
 pub mod limits;
 pub mod operators;
 pub mod password_change;
@@ -12,6 +13,7 @@ pub mod secrets;
 pub mod sessions;
 pub mod tokens;
 pub mod two_factor;
+pub mod two_factor_settings;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
