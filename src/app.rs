@@ -73,8 +73,10 @@ impl Application {
         // and, with its first random bytes, aws-lc seeding its generator from CPU jitter
         // (about 80 ms here, once per process): neither waits for the store, nor start-up
         // for them.
-        let db_path = config.db_path();
-        let opening = tokio::task::spawn_blocking(move || Store::open(&db_path));
+        let opening = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || crate::store::open(&config))
+        };
         let passwords = PasswordHasher::new(&config.passwords);
         let store = opening
             .await

@@ -158,6 +158,8 @@ fn default_public_url() -> url::Url {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Where accounts, sessions and codes are kept.
+    pub backend: StorageBackend,
     /// The sled database, the generated certificate and the mail outbox live here.
     pub path: PathBuf,
     /// How often the sweeper reclaims expired codes, challenges and sessions.
@@ -174,9 +176,19 @@ pub struct StorageConfig {
     pub backup_recipient: Option<String>,
 }
 
+/// The storage backends Keyhold can run on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// The embedded sled database in `storage.path`: one process on one machine.
+    #[default]
+    Sled,
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            backend: StorageBackend::Sled,
             path: PathBuf::from("./data"),
             sweep_interval: Duration::from_secs(60),
             backup_interval: Duration::from_secs(24 * 3600),
@@ -941,6 +953,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.listen_on"), "{err}");
+    }
+
+    #[test]
+    fn sled_is_the_storage_backend_and_the_only_one_for_now() {
+        assert_eq!(Config::default().storage.backend, StorageBackend::Sled);
+        let config = Config::from_toml_str("[storage]\nbackend = \"sled\"").unwrap();
+        assert_eq!(config.storage.backend, StorageBackend::Sled);
+        let err = Config::from_toml_str("[storage]\nbackend = \"postgres\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.backend"), "{err}");
+        assert!(err.contains("sled"), "names what it takes: {err}");
     }
 
     #[test]

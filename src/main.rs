@@ -259,7 +259,7 @@ async fn backup(config: Option<PathBuf>, file: PathBuf, logging: &Logging) -> an
         Some(answer) if answer["ok"] == true => answer,
         Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
         None => {
-            let store = keyhold::store::Store::open(&config.db_path())?;
+            let store = keyhold::store::open(&config)?;
             let summary = keyhold::backup::backup_store(&config, &store, &file, now())?;
             serde_json::json!({ "trees": summary.trees, "entries": summary.entries })
         }
@@ -294,7 +294,7 @@ async fn audit(
             Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
             None => {
                 use keyhold::store::AuditStore;
-                let store = keyhold::store::Store::open(&config.db_path())?;
+                let store = keyhold::store::open(&config)?;
                 store.audit_since(since, user.as_deref(), usize::MAX)?
             }
         };
@@ -357,7 +357,7 @@ async fn user(command: UserCommand, logging: &Logging) -> anyhow::Result<()> {
             // The server is stopped: work on its storage directly. Mail is queued and goes
             // out when the server next starts.
             let clock = keyhold::Clock::system();
-            let store = keyhold::store::Store::open(&config.db_path())?;
+            let store = keyhold::store::open(&config)?;
             let mailer = keyhold::mail::Mailer::from_config(&config, clock.clone())?;
             let auth = keyhold::auth::Auth::new(std::sync::Arc::new(config), store, clock, mailer)?;
             let result = keyhold::admin::user_command(&auth, &request).await?;
@@ -441,7 +441,7 @@ async fn rotate_keys(config: Option<PathBuf>, logging: &Logging) -> anyhow::Resu
         Some(answer) if answer["ok"] == true => answer["kid"].as_str().unwrap_or("?").to_string(),
         Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
         None => {
-            let store = keyhold::store::Store::open(&config.db_path())?;
+            let store = keyhold::store::open(&config)?;
             let secrets = keyhold::auth::Secrets::load_or_create(&config.keys_dir())?;
             let tokens =
                 keyhold::auth::Tokens::load_or_create(&store, &config.tokens, &secrets, now())?;
@@ -475,7 +475,11 @@ fn check_config(path: Option<PathBuf>, logging: &Logging) -> anyhow::Result<()> 
     println!("configuration OK ({source})");
     println!("  listen          {}", config.server.listen);
     println!("  public_url      {}", config.server.public_url);
-    println!("  storage.path    {}", config.storage.path.display());
+    println!(
+        "  storage         {:?} in {}",
+        config.storage.backend,
+        config.storage.path.display()
+    );
     println!(
         "  tls             {}",
         config.tls.cert_file.as_ref().map_or_else(

@@ -24,6 +24,14 @@ pub use expiry::SweepReport;
 pub use mail_queue::MailQueueStore;
 pub use passwords::PasswordStore;
 pub use sessions::{LegacyRefresh, RotateOutcome, SessionStore, SigningKeyStore};
+
+/// Opens the storage that `storage.backend` names: the one place the server and every
+/// command open it.
+pub fn open(config: &crate::Config) -> Result<Store, StoreError> {
+    match config.storage.backend {
+        crate::config::StorageBackend::Sled => Store::open(&config.db_path()),
+    }
+}
 pub use sled_store::{FlushStats, Store, create_private_dir};
 
 /// Why the store could not do what was asked.
