@@ -19,11 +19,18 @@ pub const SWEEP_BATCH: usize = 256;
 /// never holds a runtime worker. The sweeper's pass, and what the tests call.
 pub async fn sweep_once(store: &Store, now: i64) -> Result<SweepReport, StoreError> {
     let mut total = SweepReport::default();
+    sweep_into(store, now, &mut total).await?;
+    Ok(total)
+}
+
+/// [`sweep_once`], adding what each batch removed to `total` as it goes, so that a pass
+/// that fails part way still counts what its earlier batches removed.
+async fn sweep_into(store: &Store, now: i64, total: &mut SweepReport) -> Result<(), StoreError> {
     loop {
         let batch = store.sweep_expired(now, SWEEP_BATCH).await?;
         total.add(&batch);
         if batch.entries < SWEEP_BATCH as u64 {
-            return Ok(total);
+            return Ok(());
         }
         tokio::task::yield_now().await;
     }
@@ -73,22 +80,21 @@ pub async fn run_sweeper(
         stats
             .removed
             .fetch_add(u64::try_from(pruned).unwrap_or(0), Ordering::Relaxed);
-        let outcome = sweep_once(&store, now).await;
+        let mut pass = SweepReport::default();
+        let outcome = sweep_into(&store, now, &mut pass).await;
         stats.passes.fetch_add(1, Ordering::Relaxed);
+        stats.removed.fetch_add(pass.removed(), Ordering::Relaxed);
         match outcome {
-            Ok(pass) if pass.removed() > 0 => {
-                stats.removed.fetch_add(pass.removed(), Ordering::Relaxed);
-                tracing::info!(
-                    removed = pass.removed(),
-                    sessions = pass.sessions,
-                    refresh_tokens = pass.refresh_tokens,
-                    challenges = pass.challenges,
-                    email_codes = pass.email_codes,
-                    reset_codes = pass.reset_codes,
-                    "sweeper removed expired records"
-                );
-            }
-            Ok(_) => {}
+            Ok(()) if pass.removed() > 0 => tracing::info!(
+                removed = pass.removed(),
+                sessions = pass.sessions,
+                refresh_tokens = pass.refresh_tokens,
+                challenges = pass.challenges,
+                email_codes = pass.email_codes,
+                reset_codes = pass.reset_codes,
+                "sweeper removed expired records"
+            ),
+            Ok(()) => {}
             Err(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "sweeper pass failed; trying again next interval");
