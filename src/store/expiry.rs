@@ -58,11 +58,7 @@ impl Store {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.sweep_due(now, limit))
             .await
-            .map_err(|e| {
-                StoreError::Sled(sled::Error::Io(std::io::Error::other(format!(
-                    "the sweeping thread failed: {e}"
-                ))))
-            })?
+            .map_err(|e| super::sled_store::thread_failed("sweeping", &e))?
     }
 
     /// Removes at most `limit` index entries that are due at `now`, with their records when

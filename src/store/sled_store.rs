@@ -254,11 +254,7 @@ impl Store {
             let db = self.db.clone();
             tokio::task::spawn_blocking(move || db.flush())
                 .await
-                .map_err(|e| {
-                    StoreError::Sled(sled::Error::Io(std::io::Error::other(format!(
-                        "the flush thread failed: {e}"
-                    ))))
-                })??;
+                .map_err(|e| thread_failed("flush", &e))??;
         }
         flusher.covered.fetch_max(covers, Ordering::SeqCst);
         flusher.flushes.fetch_add(1, Ordering::SeqCst);
@@ -328,6 +324,13 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// A blocking thread that did store work and panicked, as an I/O error of the store.
+pub(super) fn thread_failed(what: &str, e: &tokio::task::JoinError) -> StoreError {
+    StoreError::Sled(sled::Error::Io(std::io::Error::other(format!(
+        "the {what} thread failed: {e}"
+    ))))
 }
 
 /// Opens sled's database at `path`; a lock still held by a handle that this process closed
