@@ -29,6 +29,18 @@ pub enum ChallengeState {
     Expired,
 }
 
+impl ChallengeState {
+    /// Ok while a code may be tried; otherwise the refusal a client gets: `CODE_EXPIRED`, or
+    /// `TOO_MANY_ATTEMPTS` with the seconds until the dead challenge expires.
+    pub fn usable(self) -> Result<()> {
+        match self {
+            ChallengeState::Pending => Ok(()),
+            ChallengeState::Dead { retry_after } => Err(Error::too_many_attempts(retry_after)),
+            ChallengeState::Expired => Err(Error::CodeExpired),
+        }
+    }
+}
+
 impl ChallengeRecord {
     /// Where the challenge stands at `now`, given the wrong tries allowed.
     pub fn state(&self, now: i64, max_attempts: u32) -> ChallengeState {
@@ -133,16 +145,11 @@ impl Auth {
     ) -> Result<Matched> {
         let c = &current.record;
         let now = self.now();
-        match c.state(now, self.config.two_factor.max_attempts) {
-            ChallengeState::Pending => {}
-            ChallengeState::Dead { retry_after } => {
-                return Err(Error::too_many_attempts(retry_after));
-            }
-            ChallengeState::Expired => {
-                self.store.swap_challenge(current, None, &[])?;
-                return Err(Error::CodeExpired);
-            }
+        let state = c.state(now, self.config.two_factor.max_attempts);
+        if state == ChallengeState::Expired {
+            self.store.swap_challenge(current, None, &[])?;
         }
+        state.usable()?;
         self.factor_budget(user, now)?;
         let matched = if c.method == SecondFactor::Email && self.mailed_code_matches(c, code) {
             Some(Matched::Mailed)
@@ -214,13 +221,7 @@ impl Auth {
     ) -> Result<CodeSent> {
         let c = &current.record;
         let now = self.now();
-        match c.state(now, self.config.two_factor.max_attempts) {
-            ChallengeState::Pending => {}
-            ChallengeState::Dead { retry_after } => {
-                return Err(Error::too_many_attempts(retry_after));
-            }
-            ChallengeState::Expired => return Err(Error::CodeExpired),
-        }
+        c.state(now, self.config.two_factor.max_attempts).usable()?;
         if c.method == SecondFactor::Totp {
             return Ok(CodeSent {
                 challenge_id: c.id,
@@ -303,6 +304,17 @@ mod tests {
             "dead until it expires"
         );
         assert!(challenge().after_guess(true).is_none(), "a code works once");
+    }
+
+    #[test]
+    fn only_a_pending_challenge_is_usable_and_the_others_say_why() {
+        assert!(ChallengeState::Pending.usable().is_ok());
+        let dead = ChallengeState::Dead { retry_after: 500 }
+            .usable()
+            .unwrap_err();
+        assert_eq!(dead.code(), Error::too_many_attempts(500).code());
+        let expired = ChallengeState::Expired.usable().unwrap_err();
+        assert_eq!(expired.code(), Error::CodeExpired.code());
     }
 
     #[test]
