@@ -269,6 +269,43 @@ async fn a_request_is_logged_under_the_id_its_response_names() {
     );
 }
 
+/// Requests in flight at once, on every worker: each one's lines carry its own id, never
+/// another's (the id is a task-local, so it must not leak between tasks on one thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_each_log_under_their_own_id() {
+    let captured = capture();
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for _round in 0..4 {
+        let requests = (0..32).map(|i| {
+            app.client
+                .post(app.url("/graphql"))
+                .json(&json!({ "query": format!("{{ n{i}: __typename }}") }))
+                .send()
+        });
+        for response in futures_util::future::join_all(requests).await {
+            let response = response.unwrap();
+            ids.push(
+                response.headers()["x-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    app.stop().await;
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "every request has its own id");
+    let json = captured.json();
+    for id in &ids {
+        let answered = json
+            .iter()
+            .filter(|l| l["request_id"] == id.as_str() && l["message"] == "answered")
+            .count();
+        assert_eq!(answered, 1, "one line under {id}");
+    }
+}
+
 #[tokio::test]
 async fn a_trusted_proxys_request_id_is_kept_only_when_it_is_a_plain_token() {
     let app =
