@@ -397,7 +397,8 @@ async fn seed(config: &Config, users: usize) -> anyhow::Result<Seeded> {
         let mut password_hash = String::new();
         for i in 0..KEPT_TOKENS.min(users) {
             let user = store
-                .user_by_email(&email(i))?
+                .user_by_email(&email(i))
+                .await?
                 .context("a seeded user is gone")?;
             tokens.push(session_for(&user)?);
             password_hash = user.password_hash;
@@ -423,7 +424,7 @@ async fn seed(config: &Config, users: usize) -> anyhow::Result<Seeded> {
                             email_verified: true,
                             ..UserRecord::new(&email(i), &format!("user{i}"), hash.clone(), now)
                         };
-                        store.insert_user(&user)?;
+                        store.insert_user_now(&user)?;
                         let token = session_for(&user)?;
                         if i < KEPT_TOKENS {
                             kept.push((i, token));
@@ -446,8 +447,8 @@ async fn seed(config: &Config, users: usize) -> anyhow::Result<Seeded> {
     // The seeded accounts have no TOTP secret, let alone one in clear: the store is what a
     // server of this version writes, whose first start has no sealing pass to make (the
     // pass of an upgrade from before sealing reads every account once).
-    store.mark_secrets_sealed()?;
-    store.flush().await?;
+    store.mark_secrets_sealed().await?;
+    store.flush_blocking()?;
     println!(
         "seeded {users} users and sessions in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -16,7 +16,7 @@ use keyhold::mail::{LogTransport, Mailer, Templates};
 use keyhold::store::records::{
     ChallengePurpose, ChallengeRecord, SecondFactor, SessionRecord, UserRecord,
 };
-use keyhold::store::{ChallengeStore, RotateOutcome, SessionStore, Store, UserStore};
+use keyhold::store::{ChallengeStore, RotateOutcome, SessionStore, Store};
 use keyhold::{Clock, Config};
 use serde_json::json;
 use uuid::Uuid;
@@ -54,8 +54,12 @@ fn fixture(passwords: PasswordsConfig) -> Fixture {
         Templates::load(None).unwrap(),
         clock.clone(),
     );
-    let store = Store::open(&config.db_path()).unwrap();
-    let auth = Arc::new(Auth::new(Arc::new(config.clone()), store, clock, mailer).unwrap());
+    let store = Arc::new(Store::open(&config.db_path()).unwrap());
+    let auth = Arc::new(
+        runtime()
+            .block_on(Auth::new(Arc::new(config.clone()), store, clock, mailer))
+            .unwrap(),
+    );
     Fixture {
         _dir: dir,
         config,
@@ -73,7 +77,7 @@ fn user(store: &Store, hash: String) -> UserRecord {
         email_verified: true,
         ..UserRecord::new("ada@example.com", "ada", hash, now())
     };
-    store.insert_user(&user).unwrap();
+    store.insert_user_now(&user).unwrap();
     user
 }
 
@@ -101,8 +105,14 @@ fn jwt(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db")).unwrap();
     let secrets = Secrets::load_or_create(&dir.path().join("keys")).unwrap();
-    let tokens =
-        Tokens::load_or_create(&store, &Config::default().tokens, &secrets, now()).unwrap();
+    let tokens = runtime()
+        .block_on(Tokens::load_or_create(
+            &store,
+            &Config::default().tokens,
+            &secrets,
+            now(),
+        ))
+        .unwrap();
     let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
     let mut group = c.benchmark_group("jwt");
     group.bench_function("sign", |b| {
@@ -122,8 +132,10 @@ fn jwt(c: &mut Criterion) {
     group.finish();
 }
 
-/// One refresh-token rotation in the store (without the flush to disk).
+/// One refresh-token rotation in the store, durable (with its flush to disk, which one
+/// caller at a time does not share).
 fn refresh_rotation(c: &mut Criterion) {
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db")).unwrap();
     let secrets = Secrets::load_or_create(&dir.path().join("keys")).unwrap();
@@ -148,8 +160,8 @@ fn refresh_rotation(c: &mut Criterion) {
     c.bench_function("store/refresh_rotation", |b| {
         b.iter(|| {
             let (_, next) = issue_refresh_token(&secrets, id, generation + 1);
-            let outcome = store
-                .rotate_refresh(
+            let outcome = rt
+                .block_on(store.rotate_refresh(
                     id,
                     generation,
                     &current,
@@ -157,7 +169,7 @@ fn refresh_rotation(c: &mut Criterion) {
                     now() + 3600,
                     i64::MAX,
                     now(),
-                )
+                ))
                 .unwrap();
             assert!(matches!(outcome, RotateOutcome::Rotated(_)));
             (generation, current) = (generation + 1, next);
@@ -166,7 +178,9 @@ fn refresh_rotation(c: &mut Criterion) {
 }
 
 /// A mailed 6-digit code: made, hashed and stored; then read back, checked and used up.
+/// Durable: the store and the use each wait for their flush.
 fn code_issue_and_check(c: &mut Criterion) {
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db")).unwrap();
     let secrets = Secrets::load_or_create(&dir.path().join("keys")).unwrap();
@@ -188,11 +202,16 @@ fn code_issue_and_check(c: &mut Criterion) {
                 expires_at: now() + 600,
                 stamp: 0,
             };
-            store.put_challenge(&challenge, usize::MAX, &[]).unwrap();
-            let current = store.challenge(challenge.id).unwrap().unwrap();
-            let typed = secrets.keyed_hash("two-factor-code", &code);
-            assert_eq!(current.record.code_hash, Some(typed));
-            assert!(store.swap_challenge(&current, None, &[]).unwrap());
+            rt.block_on(async {
+                store
+                    .put_challenge(&challenge, usize::MAX, &[])
+                    .await
+                    .unwrap();
+                let current = store.challenge(challenge.id).await.unwrap().unwrap();
+                let typed = secrets.keyed_hash("two-factor-code", &code);
+                assert_eq!(current.record.code_hash, Some(typed));
+                assert!(store.swap_challenge(&current, None, &[]).await.unwrap());
+            })
         })
     });
 }
@@ -212,7 +231,8 @@ fn graphql(c: &mut Criterion) {
         .unwrap()
         .hash_now(PASSWORD)
         .unwrap();
-    user(&f.auth.store, hash);
+    let store = f.auth.store.as_any().downcast_ref::<Store>().unwrap();
+    user(store, hash);
     let schema = keyhold::graphql::build_schema(&f.config.graphql, f.auth.clone());
     let login = || {
         async_graphql::Request::new(

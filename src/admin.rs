@@ -13,7 +13,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
-use crate::store::AuditStore;
 
 /// The longest request accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -105,7 +104,7 @@ async fn handle(request: &Value, auth: &Arc<Auth>) -> anyhow::Result<Value> {
                 auth.clock.unix_seconds(),
             );
             let summary = tokio::task::spawn_blocking(move || {
-                crate::backup::backup_store(&config, &store, &file, now)
+                crate::backup::backup_store(&config, &*store, &file, now)
             })
             .await??;
             Ok(json!({ "ok": true, "trees": summary.trees, "entries": summary.entries }))
@@ -114,13 +113,15 @@ async fn handle(request: &Value, auth: &Arc<Auth>) -> anyhow::Result<Value> {
             let since = request["since"].as_i64().unwrap_or(0);
             let email = request["email"].as_str().map(str::to_lowercase);
             let limit = request["limit"].as_u64().map_or(10_000, |n| n as usize);
-            let events = auth.store.audit_since(since, email.as_deref(), limit)?;
+            let events = auth
+                .store
+                .audit_since(since, email.as_deref(), limit)
+                .await?;
             Ok(json!({ "ok": true, "events": events }))
         }
         Some("rotate-keys") => {
-            let (auth, now) = (auth.clone(), auth.clock.unix_seconds());
-            let kid =
-                tokio::task::spawn_blocking(move || auth.tokens.rotate(&auth.store, now)).await??;
+            let now = auth.clock.unix_seconds();
+            let kid = auth.tokens.rotate(&*auth.store, now).await?;
             Ok(json!({ "ok": true, "kid": kid }))
         }
         Some("user") => {
@@ -164,8 +165,8 @@ pub async fn user_command(auth: &Auth, request: &Value) -> anyhow::Result<Value>
     let email = request["email"].as_str();
     let account = || email.context("this command needs the account's e-mail address");
     let value = match request["action"].as_str() {
-        Some("list") => serde_json::to_value(auth.list_users(email)?)?,
-        Some("show") => serde_json::to_value(auth.show_user(account()?)?)?,
+        Some("list") => serde_json::to_value(auth.list_users(email).await?)?,
+        Some("show") => serde_json::to_value(auth.show_user(account()?).await?)?,
         Some("create") => serde_json::to_value(auth.invite_user(account()?).await?)?,
         Some("disable") => serde_json::to_value(auth.set_disabled(account()?, true).await?)?,
         Some("enable") => serde_json::to_value(auth.set_disabled(account()?, false).await?)?,

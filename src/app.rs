@@ -16,7 +16,7 @@ use crate::graphql::build_schema;
 use crate::http::{HttpState, routes};
 use crate::jobs::{MailStats, SweepStats, run_mail_worker, run_sweeper};
 use crate::mail::Mailer;
-use crate::store::Store;
+use crate::store::Storage;
 use crate::tls::TlsMaterial;
 
 /// A running Keyhold: bound, serving HTTPS, with its background tasks.
@@ -84,14 +84,17 @@ impl Application {
         let passwords = passwords?;
         let tls = TlsMaterial::load(&config)?;
         let mailer = Mailer::with_transport(&config, clock.clone(), transport)?;
-        let auth = Arc::new(Auth::with_hasher(
-            config.clone(),
-            store.clone(),
-            clock.clone(),
-            mailer,
-            passwords,
-        )?);
-        auth.seal_clear_secrets()?;
+        let auth = Arc::new(
+            Auth::with_hasher(
+                config.clone(),
+                store.clone(),
+                clock.clone(),
+                mailer,
+                passwords,
+            )
+            .await?,
+        );
+        auth.seal_clear_secrets().await?;
         let sweep_stats = Arc::new(SweepStats::default());
         let mail_stats = Arc::new(MailStats::default());
         let state = Arc::new(HttpState {
@@ -205,7 +208,7 @@ impl Application {
         &self.auth.clock
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Arc<dyn Storage> {
         &self.auth.store
     }
 
@@ -248,7 +251,7 @@ impl Application {
         let _ = self.stop_mail.send(true);
         self.mail_worker.await.context("the mail worker failed")?;
         if !self.checkpoint_at_stop {
-            self.auth.store.flush().await?;
+            // Every write was durable when it returned.
             tracing::info!("Keyhold stopped; storage flushed");
             return Ok(());
         }
@@ -279,12 +282,6 @@ impl Application {
         let _ = self.stop.send(true);
         let _ = self.stop_mail.send(true);
         self.server.abort();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = self.auth.store.clone();
-            runtime.spawn(async move {
-                let _ = store.flush().await;
-            });
-        }
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down cleanly. The signals are listened

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::backup::{BackupSummary, Staged, stage_restore};
-use crate::store::{Store, create_private_dir};
+use crate::store::{Storage, Store, create_private_dir};
 
 /// The files beside the database that a backup carries, relative to `storage.path`.
 const ATTACHMENTS: [&str; 1] = ["keys/hmac.key"];
@@ -36,7 +36,7 @@ fn recipient(config: &Config) -> anyhow::Result<age::x25519::Recipient> {
 /// it, or a cut, is found on restore.
 pub fn backup_store(
     config: &Config,
-    store: &Store,
+    store: &dyn Storage,
     file: &Path,
     now: i64,
 ) -> anyhow::Result<BackupSummary> {
@@ -77,7 +77,7 @@ pub fn backup_store(
 /// in `identity` (the file `keyhold backup-key` wrote). The whole backup is decrypted, read
 /// into a new database and checked (its key file opens its signing keys) before anything
 /// of the live storage changes.
-pub fn restore(
+pub async fn restore(
     config: &Config,
     file: &Path,
     identity: &Path,
@@ -97,7 +97,7 @@ pub fn restore(
     let db_path = config.db_path();
     let staged = stage_restore(&db_path, file, std::io::BufReader::new(plain), &ATTACHMENTS)
         .with_context(|| format!("restoring {}", file.display()))?;
-    let checked = check_staged(&staged);
+    let checked = check_staged(&staged).await;
     if let Err(e) = checked {
         staged.discard();
         return Err(e.context(format!("restoring {}", file.display())));
@@ -137,7 +137,7 @@ pub fn make_identity(file: &Path) -> anyhow::Result<String> {
 }
 
 /// Whether a staged backup is whole: its key file is there and opens its signing keys.
-fn check_staged(staged: &Staged) -> anyhow::Result<()> {
+async fn check_staged(staged: &Staged) -> anyhow::Result<()> {
     let (_, key) = staged
         .attachments
         .iter()
@@ -145,7 +145,8 @@ fn check_staged(staged: &Staged) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("the backup carries no key file"))?;
     let secrets = crate::auth::Secrets::from_key(Path::new(KEY_FILE), key)?;
     let store = Store::open(&staged.path)?;
-    let keys = crate::auth::tokens::check_sealed_keys(&store, &secrets)?;
+    let keys = crate::auth::tokens::check_sealed_keys(&store, &secrets).await?;
+    drop(store);
     if keys == 0 {
         anyhow::bail!("the backup holds no signing key");
     }
@@ -204,7 +205,7 @@ pub fn prune(config: &Config) -> anyhow::Result<usize> {
 /// backup under way when `stop` comes is finished first.
 pub async fn run_backups(
     config: std::sync::Arc<Config>,
-    store: Store,
+    store: std::sync::Arc<dyn Storage>,
     clock: Clock,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -228,7 +229,7 @@ pub async fn run_backups(
         let (config, store, now) = (config.clone(), store.clone(), clock.unix_seconds());
         let made = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             create_private_dir(&config.backups_dir())?;
-            backup_store(&config, &store, &scheduled_name(&config, now), now)?;
+            backup_store(&config, &*store, &scheduled_name(&config, now), now)?;
             prune(&config)?;
             Ok(())
         })

@@ -17,14 +17,14 @@ use crate::clock::Clock;
 use crate::config::GraphqlConfig;
 use crate::graphql::error::{label_engine_errors, request_error};
 use crate::graphql::{KeyholdSchema, RequestMeta};
-use crate::store::{Health, Store};
+use crate::store::Storage;
 
 /// What the handlers share.
 pub struct HttpState {
     pub schema: KeyholdSchema,
     pub auth: Arc<Auth>,
     pub graphql: GraphqlConfig,
-    pub store: Store,
+    pub store: Arc<dyn Storage>,
     pub clock: Clock,
     pub mail_stats: Arc<crate::jobs::MailStats>,
     pub sweep_stats: Arc<crate::jobs::SweepStats>,
@@ -409,58 +409,45 @@ async fn metrics(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Response 
     }
     let auth = state.auth.clone();
     let (mail, sweep) = (state.mail_stats.clone(), state.sweep_stats.clone());
-    // Counting the mail queue walks its tree, and the store reads may wait on the disk: off
-    // the async threads.
-    let rendered = tokio::task::spawn_blocking(move || {
-        use crate::store::MailQueueStore;
-        let m = &auth.metrics;
-        m.gauge(
-            "keyhold_password_hashes_in_use",
-            &[],
-            auth.passwords.in_use() as f64,
-        );
-        m.gauge(
-            "keyhold_mail_queue_depth",
-            &[],
-            auth.store.mail_queue_len() as f64,
-        );
-        match auth.store.session_count() {
-            Ok(n) => m.gauge("keyhold_device_sessions", &[], n as f64),
-            Err(e) => tracing::error!(error = %e, "cannot read the device session count"),
+    let stored = auth.store.stats().await;
+    let m = &auth.metrics;
+    m.gauge(
+        "keyhold_password_hashes_in_use",
+        &[],
+        auth.passwords.in_use() as f64,
+    );
+    match stored {
+        Ok(stored) => {
+            m.gauge("keyhold_mail_queue_depth", &[], stored.queued_mail as f64);
+            m.gauge(
+                "keyhold_device_sessions",
+                &[],
+                stored.device_sessions as f64,
+            );
+            for (name, value) in stored.counters {
+                m.set_counter(name, value);
+            }
         }
-        m.set_counter("keyhold_mail_sent_total", mail.sent.load(Ordering::Relaxed));
-        m.set_counter(
-            "keyhold_mail_retries_total",
-            mail.retried.load(Ordering::Relaxed),
-        );
-        m.set_counter(
-            "keyhold_mail_dropped_total",
-            mail.dropped.load(Ordering::Relaxed),
-        );
-        m.set_counter(
-            "keyhold_sweeper_removed_total",
-            sweep.removed.load(Ordering::Relaxed),
-        );
-        let flushed = auth.store.flush_stats();
-        m.set_counter("keyhold_store_flush_requests_total", flushed.requests);
-        m.set_counter("keyhold_store_flushes_total", flushed.flushes);
-        m.render()
-    })
-    .await;
-    match rendered {
-        Ok(text) => Response::builder()
-            .status(StatusCode::OK)
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .header(header::CACHE_CONTROL, "no-store")
-            .body(text),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot render the metrics");
-            json(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &serde_json::json!({ "error": "the metrics could not be rendered" }),
-            )
-        }
+        Err(e) => tracing::error!(error = %e, "cannot read the storage statistics"),
     }
+    m.set_counter("keyhold_mail_sent_total", mail.sent.load(Ordering::Relaxed));
+    m.set_counter(
+        "keyhold_mail_retries_total",
+        mail.retried.load(Ordering::Relaxed),
+    );
+    m.set_counter(
+        "keyhold_mail_dropped_total",
+        mail.dropped.load(Ordering::Relaxed),
+    );
+    m.set_counter(
+        "keyhold_sweeper_removed_total",
+        sweep.removed.load(Ordering::Relaxed),
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(m.render())
 }
 
 /// `GET /healthz`: the process is up.
@@ -472,20 +459,11 @@ async fn healthz() -> Response {
 /// `GET /readyz`: the store is open and takes writes.
 #[handler]
 async fn readyz(Data(state): Data<&Arc<HttpState>>) -> Response {
-    let store = state.store.clone();
     let now = state.clock.now().unix_timestamp_nanos();
-    let probe = tokio::task::spawn_blocking(move || store.check_writable(now)).await;
-    match probe {
-        Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "readiness probe failed");
-            json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({ "status": "unavailable" }),
-            )
-        }
+    match state.store.check_writable(now).await {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
         Err(e) => {
-            tracing::error!(error = %e, "readiness probe panicked");
+            tracing::error!(error = %e, "readiness probe failed");
             json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({ "status": "unavailable" }),

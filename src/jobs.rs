@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::store::records::QueuedMail;
-use crate::store::{AuditStore, MailQueueStore, Store, StoreError, SweepReport};
+use crate::store::{Storage, StoreError, SweepReport};
 
 /// Index entries handled per batch: small enough that a batch never stalls requests for long.
 pub const SWEEP_BATCH: usize = 256;
@@ -17,7 +17,7 @@ pub const SWEEP_BATCH: usize = 256;
 /// Removes everything due at `now`, and says what it removed: in batches of
 /// [`SWEEP_BATCH`], each on a blocking thread, with a yield between, so that a long pass
 /// never holds a runtime worker. The sweeper's pass, and what the tests call.
-pub async fn sweep_once(store: &Store, now: i64) -> Result<SweepReport, StoreError> {
+pub async fn sweep_once(store: &dyn Storage, now: i64) -> Result<SweepReport, StoreError> {
     let mut total = SweepReport::default();
     sweep_into(store, now, &mut total).await?;
     Ok(total)
@@ -25,7 +25,11 @@ pub async fn sweep_once(store: &Store, now: i64) -> Result<SweepReport, StoreErr
 
 /// [`sweep_once`], adding what each batch removed to `total` as it goes, so that a pass
 /// that fails part way still counts what its earlier batches removed.
-async fn sweep_into(store: &Store, now: i64, total: &mut SweepReport) -> Result<(), StoreError> {
+async fn sweep_into(
+    store: &dyn Storage,
+    now: i64,
+    total: &mut SweepReport,
+) -> Result<(), StoreError> {
     loop {
         let batch = store.sweep_expired(now, SWEEP_BATCH).await?;
         total.add(&batch);
@@ -65,13 +69,15 @@ pub async fn run_sweeper(
         let retention = i64::try_from(audit_retention.as_secs()).unwrap_or(i64::MAX);
         let old_events = store
             .prune_audit(now.saturating_sub(retention))
+            .await
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot prune the audit log");
                 0
             });
         let old_keys = auth
             .tokens
-            .drop_retired_keys(&store, now)
+            .drop_retired_keys(&*store, now)
+            .await
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot remove retired signing keys");
                 0
@@ -81,7 +87,7 @@ pub async fn run_sweeper(
             .removed
             .fetch_add(u64::try_from(pruned).unwrap_or(0), Ordering::Relaxed);
         let mut pass = SweepReport::default();
-        let outcome = sweep_into(&store, now, &mut pass).await;
+        let outcome = sweep_into(&*store, now, &mut pass).await;
         stats.passes.fetch_add(1, Ordering::Relaxed);
         stats.removed.fetch_add(pass.removed(), Ordering::Relaxed);
         match outcome {
@@ -147,10 +153,12 @@ pub async fn run_mail_worker(
 
 async fn send_due(auth: &Auth, stats: &MailStats, stop: &watch::Receiver<bool>) {
     loop {
-        auth.mail_backlog
-            .store(auth.store.mail_queue_len(), Ordering::Relaxed);
+        match auth.store.mail_queue_len().await {
+            Ok(queued) => auth.mail_backlog.store(queued, Ordering::Relaxed),
+            Err(e) => tracing::error!(error = %e, "cannot count the mail queue"),
+        }
         let now = auth.clock.unix_seconds();
-        let due = match auth.store.due_mail(now, MAIL_BATCH) {
+        let due = match auth.store.due_mail(now, MAIL_BATCH).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the mail queue");
@@ -178,18 +186,14 @@ async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i6
     let Some(mail) = auth.open_mail(&queued) else {
         tracing::error!(id = queued.id, "a queued message cannot be opened; dropped");
         stats.dropped.fetch_add(1, Ordering::Relaxed);
-        let _ = auth.store.remove_mail(queued.id);
+        let _ = auth.store.remove_mail(queued.id).await;
         return;
     };
     match auth.mailer.send(&mail).await {
         Ok(()) => {
             // Off the queue on disk before it counts as sent: a crash after this point does
             // not send it again.
-            let removed = match auth.store.remove_mail(queued.id) {
-                Ok(()) => auth.store.flush().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = removed {
+            if let Err(e) = auth.store.remove_mail(queued.id).await {
                 tracing::error!(error = %e, id = queued.id, "sent, but cannot take it off the queue");
             }
             stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +201,7 @@ async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i6
         Err(e @ crate::mail::MailError::OutboxFull(_)) => {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, subject = %mail.subject, "mail dropped");
-            let _ = auth.store.remove_mail(queued.id);
+            let _ = auth.store.remove_mail(queued.id).await;
         }
         Err(e) => {
             queued.record.attempts += 1;
@@ -211,7 +215,7 @@ async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i6
                     attempts,
                     "mail dropped after its last attempt"
                 );
-                let _ = auth.store.remove_mail(queued.id);
+                let _ = auth.store.remove_mail(queued.id).await;
             } else {
                 stats.retried.fetch_add(1, Ordering::Relaxed);
                 queued.record.next_attempt_at = now + mail_backoff(attempts);
@@ -223,7 +227,7 @@ async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i6
                     retry_in_seconds = mail_backoff(attempts),
                     "mail not sent; will retry"
                 );
-                if let Err(e) = auth.store.reschedule_mail(&queued) {
+                if let Err(e) = auth.store.reschedule_mail(&queued).await {
                     tracing::error!(error = %e, "cannot reschedule queued mail");
                 }
             }
@@ -238,7 +242,9 @@ mod tests {
         ChallengePurpose, ChallengeRecord, EmailCodeRecord, RefreshRecord, ResetCodeRecord,
         SecondFactor, SessionRecord, UserRecord,
     };
-    use crate::store::{ChallengeStore, PasswordStore, RotateOutcome, SessionStore, UserStore};
+    use crate::store::{
+        ChallengeStore, PasswordStore, RotateOutcome, SessionStore, Store, UserStore,
+    };
     use uuid::Uuid;
 
     fn user() -> UserRecord {
@@ -280,7 +286,7 @@ mod tests {
             email: ada.email.clone(),
             expires_at: 100,
         };
-        store.create_user(&ada, &[1; 32], &code, &[]).unwrap();
+        store.create_user(&ada, &[1; 32], &code, &[]).await.unwrap();
         let old = session(&ada, "old-phone", 200, 2);
         let fresh = session(&ada, "laptop", 10_000, 3);
         store.start_session_unchecked(&old).unwrap();
@@ -309,7 +315,7 @@ mod tests {
             expires_at: 150,
             stamp: 0,
         };
-        store.put_step_up(&challenge, "GENERIC", &[]).unwrap();
+        store.put_step_up(&challenge, "GENERIC", &[]).await.unwrap();
         store
             .put_reset_code(
                 &[5; 32],
@@ -320,6 +326,7 @@ mod tests {
                 },
                 &[],
             )
+            .await
             .unwrap();
 
         assert_eq!(
@@ -333,16 +340,16 @@ mod tests {
         assert_eq!(report.challenges, 1);
         assert_eq!(report.sessions, 1);
         assert_eq!(report.refresh_tokens, 1);
-        assert!(store.session(old.id).unwrap().is_none());
+        assert!(store.session(old.id).await.unwrap().is_none());
         assert!(
-            store.session(fresh.id).unwrap().is_some(),
+            store.session(fresh.id).await.unwrap().is_some(),
             "a live session stays"
         );
-        assert_eq!(store.sessions_of(ada.id).unwrap().len(), 1);
-        assert!(store.step_up(ada.id, "GENERIC").unwrap().is_none());
-        assert!(store.reset_code(&[5; 32]).unwrap().is_none());
+        assert_eq!(store.sessions_of(ada.id).await.unwrap().len(), 1);
+        assert!(store.step_up(ada.id, "GENERIC").await.unwrap().is_none());
+        assert!(store.reset_code(&[5; 32]).await.unwrap().is_none());
         assert!(
-            store.user(ada.id).unwrap().is_some(),
+            store.user(ada.id).await.unwrap().is_some(),
             "accounts never expire"
         );
         // What is left in the index is the live session and its format 1 token.
@@ -357,17 +364,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let ada = user();
-        store.insert_user(&ada).unwrap();
+        store.insert_user(&ada).await.unwrap();
         let s = session(&ada, "phone", 100, 7);
         store.start_session_unchecked(&s).unwrap();
         // A refresh moves the session's expiry to 500.
         let rotated = store
             .rotate_refresh(s.id, 0, &[7; 32], &[8; 32], 500, i64::MAX, 50)
+            .await
             .unwrap();
         assert!(matches!(rotated, RotateOutcome::Rotated(_)), "{rotated:?}");
         let report = sweep_once(&store, 200).await.unwrap();
         assert_eq!(report.sessions, 0);
-        assert!(store.session(s.id).unwrap().is_some());
+        assert!(store.session(s.id).await.unwrap().is_some());
         assert_eq!(sweep_once(&store, 500).await.unwrap().sessions, 1);
     }
 }

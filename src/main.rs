@@ -203,7 +203,7 @@ fn main() -> ExitCode {
                 config,
                 identity,
                 file,
-            } => restore(config, file, identity, logging),
+            } => restore(config, file, identity, logging).await,
             Command::BackupKey { file } => backup_key(file),
             Command::User { command } => user(command, logging).await,
             Command::Keys {
@@ -260,7 +260,7 @@ async fn backup(config: Option<PathBuf>, file: PathBuf, logging: &Logging) -> an
         Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
         None => {
             let store = keyhold::store::open(&config)?;
-            let summary = keyhold::backup::backup_store(&config, &store, &file, now())?;
+            let summary = keyhold::backup::backup_store(&config, &*store, &file, now())?;
             serde_json::json!({ "trees": summary.trees, "entries": summary.entries })
         }
     };
@@ -293,9 +293,10 @@ async fn audit(
             }
             Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
             None => {
-                use keyhold::store::AuditStore;
                 let store = keyhold::store::open(&config)?;
-                store.audit_since(since, user.as_deref(), usize::MAX)?
+                store
+                    .audit_since(since, user.as_deref(), usize::MAX)
+                    .await?
             }
         };
     for e in events {
@@ -328,14 +329,14 @@ fn backup_key(file: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn restore(
+async fn restore(
     config: Option<PathBuf>,
     file: PathBuf,
     identity: PathBuf,
     logging: &Logging,
 ) -> anyhow::Result<()> {
     let config = load_config(config.as_deref(), logging)?;
-    let summary = keyhold::backup::restore(&config, &file, &identity, now())?;
+    let summary = keyhold::backup::restore(&config, &file, &identity, now()).await?;
     println!(
         "restored {} ({} records in {} trees) into {}",
         file.display(),
@@ -359,10 +360,9 @@ async fn user(command: UserCommand, logging: &Logging) -> anyhow::Result<()> {
             let clock = keyhold::Clock::system();
             let store = keyhold::store::open(&config)?;
             let mailer = keyhold::mail::Mailer::from_config(&config, clock.clone())?;
-            let auth = keyhold::auth::Auth::new(std::sync::Arc::new(config), store, clock, mailer)?;
-            let result = keyhold::admin::user_command(&auth, &request).await?;
-            auth.store.flush().await?;
-            result
+            let auth =
+                keyhold::auth::Auth::new(std::sync::Arc::new(config), store, clock, mailer).await?;
+            keyhold::admin::user_command(&auth, &request).await?
         }
     };
     if options.json {
@@ -444,8 +444,9 @@ async fn rotate_keys(config: Option<PathBuf>, logging: &Logging) -> anyhow::Resu
             let store = keyhold::store::open(&config)?;
             let secrets = keyhold::auth::Secrets::load_or_create(&config.keys_dir())?;
             let tokens =
-                keyhold::auth::Tokens::load_or_create(&store, &config.tokens, &secrets, now())?;
-            tokens.rotate(&store, now())?
+                keyhold::auth::Tokens::load_or_create(&*store, &config.tokens, &secrets, now())
+                    .await?;
+            tokens.rotate(&*store, now()).await?
         }
     };
     println!(

@@ -10,10 +10,8 @@ use super::{Auth, Caller, Origin, StepUpReason, iso, passwords, seconds};
 use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, username_from};
 use crate::error::{Error, Result};
 use crate::mail::Template;
-use crate::store::records::{EmailCodeRecord, PendingEmailRecord, QueuedMail, UserRecord};
-use crate::store::{
-    AccountChange, Changed, CreateOutcome, Ends, MailQueueStore, UserStore, VerifyOutcome,
-};
+use crate::store::records::{EmailCodeRecord, MailQueueRecord, PendingEmailRecord, UserRecord};
+use crate::store::{AccountChange, Changed, CreateOutcome, Ends, VerifyOutcome};
 
 /// Purpose tag of e-mail verification codes in the keyed hash.
 const EMAIL_CODE: &str = "email-verification";
@@ -31,7 +29,7 @@ impl Auth {
     /// Creates an account from the contract's JSON document, and mails a verification code.
     /// An address that already has an account gets the same answer, and its owner a notice.
     pub async fn register(&self, data: &str, origin: &Origin) -> Result<Registered> {
-        self.limit_ip(Limit::RegisterPerIp, origin.ip)?;
+        self.limit_ip(Limit::RegisterPerIp, origin.ip).await?;
         if !self.config.registration.open {
             return Err(Error::RegistrationClosed);
         }
@@ -65,7 +63,8 @@ impl Auth {
         loop {
             let outcome = self
                 .store
-                .create_user(&user, &hash, &code_record, welcome.as_slice())?;
+                .create_user(&user, &hash, &code_record, welcome.as_slice())
+                .await?;
             match outcome {
                 CreateOutcome::Created => break,
                 CreateOutcome::EmailTaken { existing } => {
@@ -82,7 +81,7 @@ impl Auth {
                             Template::AccountExists,
                             context! { reset_link => self.page("forgot-password").to_string() },
                         )?;
-                        self.store.enqueue(notice.as_slice())?;
+                        self.store.enqueue(notice.as_slice()).await?;
                     } else {
                         tracing::debug!(
                             "limits.notices_per_address_per_hour reached: no notice mailed"
@@ -97,8 +96,8 @@ impl Auth {
                             device: None,
                         },
                         "address_taken",
-                    );
-                    self.store.flush().await?;
+                    )
+                    .await;
                     self.mail_queued();
                     return Ok(Registered {
                         user_id: None,
@@ -114,7 +113,6 @@ impl Auth {
                 }
             }
         }
-        self.store.flush().await?;
         self.mail_queued();
         self.audit(
             Event::Registered,
@@ -125,7 +123,8 @@ impl Auth {
                 device: None,
             },
             "ok",
-        );
+        )
+        .await;
         Ok(Registered {
             user_id: Some(user.id),
             verification_code: self.config.testing.expose_codes.then_some(code),
@@ -137,7 +136,7 @@ impl Auth {
         to: &str,
         code: &str,
         expires_at: i64,
-    ) -> Result<Option<QueuedMail>> {
+    ) -> Result<Option<MailQueueRecord>> {
         self.queue_mail(
             to,
             Template::VerifyEmail,
@@ -154,8 +153,7 @@ impl Auth {
     /// device sessions, challenges and codes.
     pub async fn verify_email(&self, code: &str) -> Result<()> {
         let hash = self.secrets.keyed_hash(EMAIL_CODE, code.trim());
-        let outcome = self.store.verify_email(&hash, self.now())?;
-        self.store.flush().await?;
+        let outcome = self.store.verify_email(&hash, self.now()).await?;
         let user_id = match outcome {
             VerifyOutcome::Verified { user_id } => user_id,
             VerifyOutcome::Changed {
@@ -170,10 +168,10 @@ impl Auth {
                     Template::EmailChanged,
                     context! { new_email => new_email, when => iso(self.now()) },
                 )?;
-                self.store.enqueue(notice.as_slice())?;
-                self.store.flush().await?;
+                self.store.enqueue(notice.as_slice()).await?;
                 self.mail_queued();
-                self.audit(Event::EmailChanged, Subject::user(user_id), "ok");
+                self.audit(Event::EmailChanged, Subject::user(user_id), "ok")
+                    .await;
                 user_id
             }
             VerifyOutcome::Taken => {
@@ -185,13 +183,17 @@ impl Auth {
             VerifyOutcome::Expired => return Err(Error::CodeExpired),
             VerifyOutcome::Unknown => return Err(Error::InvalidCode),
         };
-        self.audit(Event::Verified, Subject::user(user_id), "ok");
+        self.audit(Event::Verified, Subject::user(user_id), "ok")
+            .await;
         Ok(())
     }
 
     /// The caller's account.
-    pub fn profile(&self, caller: &Caller) -> Result<UserRecord> {
-        self.store.user(caller.user_id)?.ok_or(Error::InvalidToken)
+    pub async fn profile(&self, caller: &Caller) -> Result<UserRecord> {
+        self.store
+            .user(caller.user_id)
+            .await?
+            .ok_or(Error::InvalidToken)
     }
 
     /// Applies the fields of the document. A new address needs the current `password` (a
@@ -208,7 +210,7 @@ impl Auth {
         password: Option<String>,
     ) -> Result<UserRecord> {
         let update = ProfileUpdate::parse(data)?;
-        let before = self.profile(caller)?;
+        let before = self.profile(caller).await?;
         if update.is_empty() {
             return Ok(before);
         }
@@ -233,7 +235,8 @@ impl Auth {
         if let Some(email) = &new_email {
             let taken = self
                 .store
-                .user_by_email(email)?
+                .user_by_email(email)
+                .await?
                 .is_some_and(|u| u.id != before.id);
             if taken {
                 // Told to the holder, at most a few times an hour.
@@ -290,7 +293,7 @@ impl Auth {
             }
             Ok(())
         });
-        let (after, ()) = match changed? {
+        let (after, ()) = match changed.await? {
             Changed::Done { user, value, ended } => {
                 self.forget_sessions(&ended);
                 (*user, value)
@@ -300,7 +303,6 @@ impl Auth {
                 self.changed(refused)?
             }
         };
-        self.store.flush().await?;
         self.mail_queued();
         Ok(after)
     }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use uuid::Uuid;
 
 use super::Auth;
-use crate::store::{AuditRecord, AuditStore};
+use crate::store::AuditRecord;
 
 /// The events Keyhold records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ impl Subject<'_> {
 
 impl Auth {
     /// Records `event` about `who` with `outcome` (`ok`, or the refusal's code).
-    pub(crate) fn audit(&self, event: Event, who: Subject<'_>, outcome: &str) {
+    pub(crate) async fn audit(&self, event: Event, who: Subject<'_>, outcome: &str) {
         self.count_event(event, outcome);
         let record = AuditRecord {
             at: self.now(),
@@ -89,7 +89,7 @@ impl Auth {
             device: who.device.map(str::to_string),
             outcome: outcome.to_string(),
         };
-        if let Err(e) = self.store.append_audit(&record) {
+        if let Err(e) = self.store.append_audit(&record).await {
             tracing::error!(error = %e, event = event.as_str(), "cannot write the audit log");
         }
     }

@@ -12,10 +12,10 @@ use super::two_factor::CodeSent;
 use super::{Auth, iso, seconds};
 use crate::error::{Error, Result};
 use crate::mail::Template;
+use crate::store::Versioned;
 use crate::store::records::{
-    ChallengePurpose, ChallengeRecord, QueuedMail, SecondFactor, UserRecord,
+    ChallengePurpose, ChallengeRecord, MailQueueRecord, SecondFactor, UserRecord,
 };
-use crate::store::{ChallengeStore, MailQueueStore, Versioned};
 
 /// Where a challenge stands at a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,13 +117,13 @@ impl Auth {
     }
 
     /// The mail carrying a code, if there is one (TOTP challenges have none).
-    pub(crate) fn code_mail(
+    pub(crate) async fn code_mail(
         &self,
         to: &str,
         code: Option<&str>,
         purpose: &str,
         expires_at: i64,
-    ) -> Result<Vec<QueuedMail>> {
+    ) -> Result<Vec<MailQueueRecord>> {
         let Some(code) = code else {
             return Ok(Vec::new());
         };
@@ -147,10 +147,10 @@ impl Auth {
         let now = self.now();
         let state = c.state(now, self.config.two_factor.max_attempts);
         if state == ChallengeState::Expired {
-            self.store.swap_challenge(current, None, &[])?;
+            self.store.swap_challenge(current, None, &[]).await?;
         }
         state.usable()?;
-        self.factor_budget(user, now)?;
+        self.factor_budget(user, now).await?;
         let matched = if c.method == SecondFactor::Email && self.mailed_code_matches(c, code) {
             Some(Matched::Mailed)
         } else if let Some(step) = self.totp_step(user, code)? {
@@ -159,24 +159,27 @@ impl Auth {
             self.recovery_match(user, code).map(Matched::Recovery)
         };
         let next = c.after_guess(matched.is_some());
-        if !self.store.swap_challenge(current, next.as_ref(), &[])? {
+        if !self
+            .store
+            .swap_challenge(current, next.as_ref(), &[])
+            .await?
+        {
             // Another try changed the challenge in between. This one neither counts nor
             // succeeds, so racing guesses gain nothing.
             return Err(Error::InvalidCode);
         }
         if matched.is_none() {
-            self.factor_failed(user, now)?;
+            self.factor_failed(user, now).await?;
         }
-        self.store.flush().await?;
         matched.ok_or(Error::InvalidCode)
     }
 
     /// `TOO_MANY_ATTEMPTS` while the account's second-factor budget is spent: every code on
     /// every path, even a right one, until its window ends.
-    pub(crate) fn factor_budget(&self, user: &UserRecord, now: i64) -> Result<()> {
+    pub(crate) async fn factor_budget(&self, user: &UserRecord, now: i64) -> Result<()> {
         let window = seconds(self.config.two_factor.failure_window);
         let max = self.config.two_factor.max_failures_per_account;
-        match self.store.factor_failures(user.id)? {
+        match self.store.factor_failures(user.id).await? {
             Some(f) if f.window_start + window > now && f.failures >= max => {
                 Err(Error::too_many_attempts(f.window_start + window - now))
             }
@@ -186,10 +189,13 @@ impl Auth {
 
     /// Counts a wrong code against the account (stored: a restart does not forget it). The
     /// failure that spends the budget mails the owner. The caller flushes.
-    pub(crate) fn factor_failed(&self, user: &UserRecord, now: i64) -> Result<()> {
+    pub(crate) async fn factor_failed(&self, user: &UserRecord, now: i64) -> Result<()> {
         let window = seconds(self.config.two_factor.failure_window);
         let max = self.config.two_factor.max_failures_per_account;
-        let f = self.store.record_factor_failure(user.id, now, window)?;
+        let f = self
+            .store
+            .record_factor_failure(user.id, now, window)
+            .await?;
         if f.failures == max {
             let notice = self.queue_mail(
                 &user.email,
@@ -200,13 +206,14 @@ impl Auth {
                     reset_link => self.page("forgot-password").to_string(),
                 },
             )?;
-            self.store.enqueue(notice.as_slice())?;
+            self.store.enqueue(notice.as_slice()).await?;
             self.mail_queued();
             self.audit(
                 Event::TwoFactorRefused,
                 Subject::user(user.id),
                 "budget_spent",
-            );
+            )
+            .await;
         }
         Ok(())
     }
@@ -239,11 +246,16 @@ impl Auth {
             now,
             seconds(tf.code_ttl),
         );
-        let mail = self.code_mail(&user.email, Some(&code), purpose, next.expires_at)?;
-        if !self.store.swap_challenge(current, Some(&next), &mail)? {
+        let mail = self
+            .code_mail(&user.email, Some(&code), purpose, next.expires_at)
+            .await?;
+        if !self
+            .store
+            .swap_challenge(current, Some(&next), &mail)
+            .await?
+        {
             return Err(Error::rate_limited(1));
         }
-        self.store.flush().await?;
         self.mail_queued();
         Ok(CodeSent {
             challenge_id: c.id,

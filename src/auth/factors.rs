@@ -10,7 +10,7 @@ use super::Auth;
 use super::secrets::{SEALED_PREFIX, random_bytes};
 use crate::error::{Error, Result};
 use crate::store::records::{ChallengeRecord, UserRecord};
-use crate::store::{AccountChange, Changed, Ends, UserStore};
+use crate::store::{AccountChange, Changed, Ends};
 
 /// Purpose tag of mailed second-factor and step-up codes in the keyed hash.
 pub(super) const MAILED_CODE: &str = "two-factor-code";
@@ -188,13 +188,13 @@ impl Auth {
     /// Seals every TOTP secret that an older Keyhold stored in clear. Run at start, once per
     /// database (a mark in `meta` says it has run); each account is changed in its own
     /// transaction. Returns how many were sealed.
-    pub fn seal_clear_secrets(&self) -> Result<usize> {
-        if self.store.secrets_sealed()? {
+    pub async fn seal_clear_secrets(&self) -> Result<usize> {
+        if self.store.secrets_sealed().await? {
             return Ok(0);
         }
         let clear = |s: &String| !s.starts_with(SEALED_PREFIX);
         let mut sealed = 0;
-        for user in self.store.all_users()? {
+        for user in self.store.all_users().await? {
             let has_clear = user
                 .two_factor
                 .as_ref()
@@ -204,22 +204,23 @@ impl Auth {
             if !has_clear {
                 continue;
             }
-            let changed =
-                self.store
-                    .change_user(user.id, AccountChange::ending(Ends::Nothing), |u| {
-                        if let Some(secret) =
-                            u.two_factor.as_mut().and_then(|tf| tf.totp_secret.as_mut())
-                            && clear(secret)
-                        {
-                            *secret = self.secrets.seal_text(TOTP_SECRET, secret);
-                        }
-                        if let Some(p) = u.pending_totp.as_mut()
-                            && clear(&p.secret)
-                        {
-                            p.secret = self.secrets.seal_text(TOTP_SECRET, &p.secret);
-                        }
-                        Ok::<_, Error>(())
-                    })?;
+            let changed = self
+                .store
+                .change_user(user.id, AccountChange::ending(Ends::Nothing), |u| {
+                    if let Some(secret) =
+                        u.two_factor.as_mut().and_then(|tf| tf.totp_secret.as_mut())
+                        && clear(secret)
+                    {
+                        *secret = self.secrets.seal_text(TOTP_SECRET, secret);
+                    }
+                    if let Some(p) = u.pending_totp.as_mut()
+                        && clear(&p.secret)
+                    {
+                        p.secret = self.secrets.seal_text(TOTP_SECRET, &p.secret);
+                    }
+                    Ok::<_, Error>(())
+                })
+                .await?;
             if let Changed::Done { .. } = changed {
                 sealed += 1;
             }
@@ -227,7 +228,7 @@ impl Auth {
         if sealed > 0 {
             tracing::info!(accounts = sealed, "sealed TOTP secrets stored in clear");
         }
-        self.store.mark_secrets_sealed()?;
+        self.store.mark_secrets_sealed().await?;
         Ok(sealed)
     }
 }

@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use crate::mail::{Mailer, OutgoingMail, Template};
 use crate::store::records::{AccountState, UserRecord};
 use crate::store::records::{MailQueueRecord, QueuedMail};
-use crate::store::{Changed, MailQueueStore, Store};
+use crate::store::{Changed, Storage};
 
 pub use password_change::ChangeOutcome;
 pub use passwords::PasswordHasher;
@@ -44,7 +44,7 @@ pub use two_factor::{CodeSent, Enabled, LoginOutcome, PendingSignIn, StepUpReaso
 /// Everything the use cases need, shared by every request.
 pub struct Auth {
     pub config: Arc<Config>,
-    pub store: Store,
+    pub store: Arc<dyn Storage>,
     pub clock: Clock,
     pub mailer: Mailer,
     pub passwords: PasswordHasher,
@@ -83,30 +83,30 @@ pub struct Origin {
 }
 
 impl Auth {
-    pub fn new(
+    pub async fn new(
         config: Arc<Config>,
-        store: Store,
+        store: Arc<dyn Storage>,
         clock: Clock,
         mailer: Mailer,
     ) -> anyhow::Result<Auth> {
         let passwords = PasswordHasher::new(&config.passwords)?;
-        Self::with_hasher(config, store, clock, mailer, passwords)
+        Self::with_hasher(config, store, clock, mailer, passwords).await
     }
 
     /// As `new`, with a password hasher made beforehand (start-up makes it while the store
     /// opens).
-    pub fn with_hasher(
+    pub async fn with_hasher(
         config: Arc<Config>,
-        store: Store,
+        store: Arc<dyn Storage>,
         clock: Clock,
         mailer: Mailer,
         passwords: PasswordHasher,
     ) -> anyhow::Result<Auth> {
         let secrets = Secrets::load_or_create(&config.keys_dir())?;
         let tokens =
-            Tokens::load_or_create(&store, &config.tokens, &secrets, clock.unix_seconds())?;
+            Tokens::load_or_create(&*store, &config.tokens, &secrets, clock.unix_seconds()).await?;
         let limits = Arc::new(limits::Limits::new(&config.limits));
-        let mail_backlog = AtomicUsize::new(store.mail_queue_len());
+        let mail_backlog = AtomicUsize::new(store.mail_queue_len().await?);
         Ok(Auth {
             mail_backlog,
             config,
@@ -129,41 +129,51 @@ impl Auth {
     }
 
     /// Counts one event of `limit` for the client's IP (`RATE_LIMITED` when over).
-    pub fn limit_ip(&self, limit: limits::Limit, ip: Option<IpAddr>) -> crate::error::Result<()> {
-        self.limits
-            .hit_ip(limit, ip, self.now())
-            .map_err(|refused| {
+    pub async fn limit_ip(
+        &self,
+        limit: limits::Limit,
+        ip: Option<IpAddr>,
+    ) -> crate::error::Result<()> {
+        match self.limits.hit_ip(limit, ip, self.now()) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
                 let who = audit::Subject {
                     ip,
                     ..audit::Subject::default()
                 };
-                self.rate_limited(refused, who, &format!("{limit:?}"))
-            })
+                Err(self.rate_limited(refused, who, &format!("{limit:?}")).await)
+            }
+        }
     }
 
     /// Counts one event of `limit` for an address.
-    pub fn limit_address(&self, limit: limits::Limit, email: &str) -> crate::error::Result<()> {
-        self.limits
-            .hit(limit, email, self.now())
-            .map_err(|refused| {
+    pub async fn limit_address(
+        &self,
+        limit: limits::Limit,
+        email: &str,
+    ) -> crate::error::Result<()> {
+        match self.limits.hit(limit, email, self.now()) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
                 let who = audit::Subject {
                     email: Some(email),
                     ..audit::Subject::default()
                 };
-                self.rate_limited(refused, who, &format!("{limit:?}"))
-            })
+                Err(self.rate_limited(refused, who, &format!("{limit:?}")).await)
+            }
+        }
     }
 
     /// A refusal of the limiter: counted every time, audited once per key and window (a
     /// flood of refusals writes one record, not one each).
-    pub(crate) fn rate_limited(
+    pub(crate) async fn rate_limited(
         &self,
         refused: limits::Refused,
         who: audit::Subject<'_>,
         limit: &str,
     ) -> crate::error::Error {
         if refused.first_in_window {
-            self.audit(audit::Event::RateLimited, who, limit);
+            self.audit(audit::Event::RateLimited, who, limit).await;
         } else {
             self.metrics
                 .count("keyhold_rate_limited_total", &[("limit", limit)]);
@@ -212,7 +222,7 @@ impl Auth {
         to: &str,
         template: Template,
         context: minijinja::Value,
-    ) -> Result<Option<QueuedMail>, crate::error::Error> {
+    ) -> Result<Option<MailQueueRecord>, crate::error::Error> {
         let max = self.config.mail.max_queued;
         if self.mail_backlog.fetch_add(1, Ordering::Relaxed) >= max {
             self.mail_backlog.fetch_sub(1, Ordering::Relaxed);
@@ -231,28 +241,25 @@ impl Auth {
             .map_err(crate::error::Error::internal)?;
         let plain = serde_json::to_vec(&mail).map_err(crate::error::Error::internal)?;
         let now = self.now();
-        Ok(Some(QueuedMail {
-            id: self.store.next_mail_id()?,
-            record: MailQueueRecord {
-                attempts: 0,
-                next_attempt_at: now,
-                created_at: now,
-                sealed: base64::engine::general_purpose::STANDARD
-                    .encode(self.secrets.seal(MAIL_LABEL, &plain)),
-            },
+        Ok(Some(MailQueueRecord {
+            attempts: 0,
+            next_attempt_at: now,
+            created_at: now,
+            sealed: base64::engine::general_purpose::STANDARD
+                .encode(self.secrets.seal(MAIL_LABEL, &plain)),
         }))
     }
 
     /// Gives back the place in the queue of a message made but not stored (a change that
     /// took another branch), before the mail worker's next count would.
-    pub(crate) fn not_queued(&self, mail: &Option<QueuedMail>) {
+    pub(crate) fn not_queued(&self, mail: &Option<MailQueueRecord>) {
         if mail.is_some() {
             self.mail_backlog.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Like [`Auth::not_queued`], for several messages.
-    pub(crate) fn none_queued(&self, mail: &[QueuedMail]) {
+    pub(crate) fn none_queued(&self, mail: &[MailQueueRecord]) {
         self.mail_backlog.fetch_sub(mail.len(), Ordering::Relaxed);
     }
 

@@ -10,7 +10,7 @@ use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::mail::Template;
 use crate::store::records::{AccountState, SecondFactor, SessionRecord, UserRecord};
-use crate::store::{AccountChange, Changed, CreateOutcome, Ends, SessionStore, UserStore};
+use crate::store::{AccountChange, Changed, CreateOutcome, Ends};
 
 /// One account, as `keyhold user list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -73,39 +73,40 @@ impl Auth {
         }
     }
 
-    fn account(&self, email: &str) -> Result<UserRecord> {
+    async fn account(&self, email: &str) -> Result<UserRecord> {
         let email = Email::parse("email", email)?;
         self.store
-            .user_by_email(email.as_str())?
+            .user_by_email(email.as_str())
+            .await?
             .ok_or_else(|| Error::bad_input("email", "no account has this address"))
     }
 
-    fn operator_event(&self, event: Event, user: &UserRecord) {
+    async fn operator_event(&self, event: Event, user: &UserRecord) {
         let who = Subject {
             email: Some(&user.email),
             ..Subject::user(user.id)
         };
-        self.audit(event, who, OPERATOR);
+        self.audit(event, who, OPERATOR).await;
     }
 
     /// Every account, or those whose address contains `email` (case-insensitive).
-    pub fn list_users(&self, email: Option<&str>) -> Result<Vec<UserSummary>> {
+    pub async fn list_users(&self, email: Option<&str>) -> Result<Vec<UserSummary>> {
         let wanted = email.map(str::to_lowercase);
         let mut users = Vec::new();
-        for user in self.store.all_users()? {
+        for user in self.store.all_users().await? {
             if wanted.as_deref().is_some_and(|w| !user.email.contains(w)) {
                 continue;
             }
-            let sessions = self.store.sessions_of(user.id)?.len();
+            let sessions = self.store.sessions_of(user.id).await?.len();
             users.push(self.summary(&user, sessions));
         }
         users.sort_by(|a, b| a.email.cmp(&b.email));
         Ok(users)
     }
 
-    pub fn show_user(&self, email: &str) -> Result<UserDetail> {
-        let user = self.account(email)?;
-        let sessions = self.store.sessions_of(user.id)?;
+    pub async fn show_user(&self, email: &str) -> Result<UserDetail> {
+        let user = self.account(email).await?;
+        let sessions = self.store.sessions_of(user.id).await?;
         let devices = sessions
             .iter()
             .map(|s: &SessionRecord| DeviceSummary {
@@ -135,7 +136,7 @@ impl Auth {
         let mut user = UserRecord::new(email.as_str(), &base, unusable, self.now());
         let mut attempt = 0u32;
         loop {
-            match self.store.insert_user(&user)? {
+            match self.store.insert_user(&user).await? {
                 CreateOutcome::Created => break,
                 CreateOutcome::EmailTaken { .. } => {
                     return Err(Error::bad_input(
@@ -158,14 +159,15 @@ impl Auth {
                 ..Subject::user(user.id)
             },
             "invited",
-        );
+        )
+        .await;
         Ok(self.summary(&user, 0))
     }
 
     /// Disables (in one transaction, every device session, pending challenge, step-up code
     /// and reset code ends; sign-in answers `ACCOUNT_DISABLED`) or enables.
     pub async fn set_disabled(&self, email: &str, disabled: bool) -> Result<UserSummary> {
-        let id = self.account(email)?.id;
+        let id = self.account(email).await?.id;
         let (state, ends) = if disabled {
             (AccountState::Disabled, Ends::Everything { keep: None })
         } else {
@@ -176,45 +178,46 @@ impl Auth {
             .change_user(id, AccountChange::ending(ends), |u| {
                 u.state = state;
                 Ok(())
-            })?;
+            })
+            .await?;
         let (user, ()) = self.operator_change(changed)?;
-        self.store.flush().await?;
         let event = if disabled {
             Event::AccountDisabled
         } else {
             Event::AccountEnabled
         };
-        self.operator_event(event, &user);
+        self.operator_event(event, &user).await;
         Ok(self.summary(&user, 0))
     }
 
     /// Removes the account with its device sessions, challenges and codes, in one
     /// transaction.
     pub async fn delete_user(&self, email: &str) -> Result<()> {
-        let id = self.account(email)?.id;
-        let (user, ended) = self.store.delete_user(id)?.ok_or_else(gone)?;
+        let id = self.account(email).await?.id;
+        let (user, ended) = self.store.delete_user(id).await?.ok_or_else(gone)?;
         self.forget_sessions(&ended);
-        self.store.flush().await?;
-        self.operator_event(Event::AccountDeleted, &user);
+        self.operator_event(Event::AccountDeleted, &user).await;
         Ok(())
     }
 
     /// Turns two-factor sign-in off (a lost phone): the next sign-in needs the password only.
     /// Every device session ends with it (one may be the lost phone).
     pub async fn reset_two_factor(&self, email: &str) -> Result<UserSummary> {
-        let id = self.account(email)?.id;
-        let changed = self.store.change_user(
-            id,
-            AccountChange::ending(Ends::Everything { keep: None }),
-            |u| {
-                u.two_factor = None;
-                u.pending_totp = None;
-                Ok(())
-            },
-        )?;
+        let id = self.account(email).await?.id;
+        let changed = self
+            .store
+            .change_user(
+                id,
+                AccountChange::ending(Ends::Everything { keep: None }),
+                |u| {
+                    u.two_factor = None;
+                    u.pending_totp = None;
+                    Ok(())
+                },
+            )
+            .await?;
         let (user, ()) = self.operator_change(changed)?;
-        self.store.flush().await?;
-        self.operator_event(Event::TwoFactorDisabled, &user);
+        self.operator_event(Event::TwoFactorDisabled, &user).await;
         Ok(self.summary(&user, 0))
     }
 
@@ -228,21 +231,21 @@ impl Auth {
 
     /// Ends every device session of the account. Returns how many.
     pub async fn logout_everywhere(&self, email: &str) -> Result<usize> {
-        let user = self.account(email)?;
-        let ended = self.end_every_session(&user)?;
-        self.store.flush().await?;
-        self.operator_event(Event::LoggedOut, &user);
+        let user = self.account(email).await?;
+        let ended = self.end_every_session(&user).await?;
+        self.operator_event(Event::LoggedOut, &user).await;
         Ok(ended)
     }
 
-    fn end_every_session(&self, user: &UserRecord) -> Result<usize> {
+    async fn end_every_session(&self, user: &UserRecord) -> Result<usize> {
         let ids: Vec<_> = self
             .store
-            .sessions_of(user.id)?
+            .sessions_of(user.id)
+            .await?
             .iter()
             .map(|s| s.id)
             .collect();
-        self.store.end_sessions(&ids)?;
+        self.store.end_sessions(&ids).await?;
         self.forget_sessions(&ids);
         Ok(ids.len())
     }

@@ -17,10 +17,8 @@ use super::{Auth, Caller, Origin, iso, passwords, seconds};
 use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::mail::Template;
-use crate::store::records::{ChallengePurpose, QueuedMail, ResetCodeRecord, UserRecord};
-use crate::store::{
-    AccountChange, ChallengeStore, Changed, Ends, PasswordStore, SessionStore, UserStore,
-};
+use crate::store::records::{ChallengePurpose, MailQueueRecord, ResetCodeRecord, UserRecord};
+use crate::store::{AccountChange, Changed, Ends};
 
 /// Purpose tag of reset codes in the keyed hash.
 const RESET_CODE: &str = "password-reset";
@@ -45,7 +43,7 @@ impl Auth {
         old_password: String,
         new_password: String,
     ) -> Result<ChangeOutcome> {
-        let user = self.profile(caller)?;
+        let user = self.profile(caller).await?;
         // A wrong old password counts like a failed sign-in.
         self.check_password(&user, Some(old_password)).await?;
         self.check_new_password(&new_password, &user)?;
@@ -64,15 +62,18 @@ impl Auth {
             session_id: caller.session_id,
         };
         let (challenge, code) = self.new_challenge(&user, purpose, method);
-        let mail = self.code_mail(
-            &user.email,
-            code.as_deref(),
-            "change your password",
-            challenge.expires_at,
-        )?;
+        let mail = self
+            .code_mail(
+                &user.email,
+                code.as_deref(),
+                "change your password",
+                challenge.expires_at,
+            )
+            .await?;
         // A new change replaces one still waiting.
-        self.store.put_step_up(&challenge, PASSWORD_CHANGE, &mail)?;
-        self.store.flush().await?;
+        self.store
+            .put_step_up(&challenge, PASSWORD_CHANGE, &mail)
+            .await?;
         self.mail_queued();
         Ok(ChangeOutcome::SecondFactor(Box::new(PendingSignIn {
             challenge_id: challenge.id,
@@ -84,10 +85,11 @@ impl Auth {
 
     /// Applies the waiting password change with its second-factor code.
     pub async fn confirm_change_password(&self, caller: &Caller, code: &str) -> Result<SignedIn> {
-        let user = self.profile(caller)?;
+        let user = self.profile(caller).await?;
         let current = self
             .store
-            .step_up(user.id, PASSWORD_CHANGE)?
+            .step_up(user.id, PASSWORD_CHANGE)
+            .await?
             .ok_or(Error::InvalidCode)?;
         let ChallengePurpose::PasswordChange {
             new_hash,
@@ -121,11 +123,12 @@ impl Auth {
         caller: &Caller,
         origin: &Origin,
     ) -> Result<super::CodeSent> {
-        self.limit_ip(Limit::CodeSendsPerIp, origin.ip)?;
-        let user = self.profile(caller)?;
+        self.limit_ip(Limit::CodeSendsPerIp, origin.ip).await?;
+        let user = self.profile(caller).await?;
         let current = self
             .store
-            .step_up(user.id, PASSWORD_CHANGE)?
+            .step_up(user.id, PASSWORD_CHANGE)
+            .await?
             .ok_or(Error::InvalidCode)?;
         self.resend_challenge(&current, &user, "change your password")
             .await
@@ -145,7 +148,7 @@ impl Auth {
         let now = self.now();
         let kept = match keep {
             Some(id) => {
-                let mut session = self.store.session(id)?.ok_or(Error::InvalidToken)?;
+                let mut session = self.store.session(id).await?.ok_or(Error::InvalidToken)?;
                 // A new generation: the token the device held before is now a reused one.
                 session.refresh_generation += 1;
                 let (refresh_token, refresh_hash) = super::sessions::issue_refresh_token(
@@ -166,17 +169,20 @@ impl Auth {
             mail: notice.as_slice(),
             ..AccountChange::ending(Ends::Everything { keep })
         };
-        let changed = self.store.change_user(user.id, how_it_ends, |u| {
-            if let Some(matched) = &matched {
-                Self::spend(u, matched)?;
-            }
-            u.password_hash = new_hash.clone();
-            Ok(())
-        })?;
+        let changed = self
+            .store
+            .change_user(user.id, how_it_ends, |u| {
+                if let Some(matched) = &matched {
+                    Self::spend(u, matched)?;
+                }
+                u.password_hash = new_hash.clone();
+                Ok(())
+            })
+            .await?;
         let (user, ()) = self.changed(changed)?;
-        self.store.flush().await?;
         self.mail_queued();
-        self.audit(Event::PasswordChanged, Subject::user(user.id), "ok");
+        self.audit(Event::PasswordChanged, Subject::user(user.id), "ok")
+            .await;
         kept.map(|(session, refresh)| self.hand_out(user, session, refresh, now))
             .transpose()
     }
@@ -196,7 +202,7 @@ impl Auth {
         user: &UserRecord,
         how: &str,
         now: i64,
-    ) -> Result<Option<QueuedMail>> {
+    ) -> Result<Option<MailQueueRecord>> {
         self.queue_mail(
             &user.email,
             Template::PasswordChanged,
@@ -211,9 +217,10 @@ impl Auth {
     /// Starts a reset for the account of `email`, if there is one, within the per-address
     /// and per-IP limits. The answer never depends on the account: the lookup, the code and
     /// the mail happen after the caller has its answer.
-    pub fn forgot_password(self: &Arc<Self>, email: &Email, origin: &Origin) -> Result<()> {
-        self.limit_ip(Limit::ForgotPasswordPerIp, origin.ip)?;
-        self.limit_address(Limit::ForgotPasswordPerAddress, email.as_str())?;
+    pub async fn forgot_password(self: &Arc<Self>, email: &Email, origin: &Origin) -> Result<()> {
+        self.limit_ip(Limit::ForgotPasswordPerIp, origin.ip).await?;
+        self.limit_address(Limit::ForgotPasswordPerAddress, email.as_str())
+            .await?;
         let auth = Arc::clone(self);
         let email = email.clone();
         self.tasks.spawn(async move {
@@ -225,7 +232,7 @@ impl Auth {
     }
 
     async fn send_reset_code(&self, email: &Email) -> Result<()> {
-        let Some(user) = self.store.user_by_email(email.as_str())? else {
+        let Some(user) = self.store.user_by_email(email.as_str()).await? else {
             return Ok(());
         };
         let ttl = self.config.passwords.reset_ttl;
@@ -256,12 +263,13 @@ impl Auth {
                 expires_at => iso(record.expires_at),
             },
         )?;
-        self.store.put_reset_code(
-            &self.secrets.keyed_hash(RESET_CODE, &code),
-            &record,
-            mail.as_slice(),
-        )?;
-        self.store.flush().await?;
+        self.store
+            .put_reset_code(
+                &self.secrets.keyed_hash(RESET_CODE, &code),
+                &record,
+                mail.as_slice(),
+            )
+            .await?;
         self.mail_queued();
         Ok(())
     }
@@ -270,13 +278,18 @@ impl Auth {
     /// challenges die, 2FA stays as it was, and the address counts as verified.
     pub async fn confirm_password_reset(&self, code: &str, new_password: String) -> Result<()> {
         let hash = self.secrets.keyed_hash(RESET_CODE, code.trim());
-        let record = self.store.reset_code(&hash)?.ok_or(Error::InvalidCode)?;
+        let record = self
+            .store
+            .reset_code(&hash)
+            .await?
+            .ok_or(Error::InvalidCode)?;
         if record.expires_at <= self.now() {
             return Err(Error::CodeExpired);
         }
         let user = self
             .store
-            .user(record.user_id)?
+            .user(record.user_id)
+            .await?
             .filter(|u| u.email == record.email)
             .ok_or(Error::InvalidCode)?;
         self.check_new_password(&new_password, &user)?;
@@ -288,24 +301,27 @@ impl Auth {
             mail: notice.as_slice(),
             ..AccountChange::ending(Ends::Everything { keep: None })
         };
-        let changed = self.store.change_user(user.id, how, |u| {
-            // The address the code was mailed to must still be the account's.
-            if u.email != record.email {
-                return Err(Error::InvalidCode);
-            }
-            u.password_hash = new_hash.clone();
-            // The reset mail reached this address: that proves it.
-            u.email_verified = true;
-            Ok(())
-        })?;
+        let changed = self
+            .store
+            .change_user(user.id, how, |u| {
+                // The address the code was mailed to must still be the account's.
+                if u.email != record.email {
+                    return Err(Error::InvalidCode);
+                }
+                u.password_hash = new_hash.clone();
+                // The reset mail reached this address: that proves it.
+                u.email_verified = true;
+                Ok(())
+            })
+            .await?;
         if let Changed::Missing = changed {
             // Used meanwhile by another request, or the account is gone.
             return Err(Error::InvalidCode);
         }
         self.changed(changed)?;
-        self.store.flush().await?;
         self.mail_queued();
-        self.audit(Event::PasswordReset, Subject::user(user.id), "ok");
+        self.audit(Event::PasswordReset, Subject::user(user.id), "ok")
+            .await;
         Ok(())
     }
 }

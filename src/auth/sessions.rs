@@ -14,9 +14,7 @@ use super::{Auth, Caller, Origin, seconds};
 use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::store::records::{AccountState, SessionRecord, UserRecord};
-use crate::store::{
-    AccountChange, Changed, Ends, LegacyRefresh, RotateOutcome, SessionStore, UserStore,
-};
+use crate::store::{AccountChange, Changed, Ends, LegacyRefresh, RotateOutcome};
 
 /// Purpose tag of refresh tokens in the keyed hash.
 pub const REFRESH_TOKEN: &str = "refresh-token";
@@ -146,15 +144,16 @@ impl Auth {
             .hit_ip(Limit::LoginPerIp, origin.ip, now)
             .and_then(|()| self.limits.check_account(email.as_str(), now));
         if let Err(refused) = allowed {
-            return Err(self.rate_limited(refused, who, "login"));
+            return Err(self.rate_limited(refused, who, "login").await);
         }
         if password.chars().count() > super::passwords::MAX_LENGTH {
             // Never hash unbounded input; no stored password can be this long.
             self.limits.record_failure(email.as_str(), now);
-            self.audit(Event::SignInFailed, who, "INVALID_CREDENTIALS");
+            self.audit(Event::SignInFailed, who, "INVALID_CREDENTIALS")
+                .await;
             return Err(Error::InvalidCredentials);
         }
-        let user = self.store.user_by_email(email.as_str())?;
+        let user = self.store.user_by_email(email.as_str()).await?;
         let verified = self
             .passwords
             .verify(
@@ -165,7 +164,8 @@ impl Auth {
         let Some(user) = user.filter(|_| verified.matches) else {
             // Unknown addresses count too, so the limit says nothing about which exist.
             self.limits.record_failure(email.as_str(), now);
-            self.audit(Event::SignInFailed, who, "INVALID_CREDENTIALS");
+            self.audit(Event::SignInFailed, who, "INVALID_CREDENTIALS")
+                .await;
             return Err(Error::InvalidCredentials);
         };
         let who = Subject {
@@ -174,11 +174,13 @@ impl Auth {
         };
         self.limits.record_success(email.as_str());
         if user.state == AccountState::Disabled {
-            self.audit(Event::SignInFailed, who, "ACCOUNT_DISABLED");
+            self.audit(Event::SignInFailed, who, "ACCOUNT_DISABLED")
+                .await;
             return Err(Error::AccountDisabled);
         }
         if !user.email_verified && self.config.registration.require_email_verification {
-            self.audit(Event::SignInFailed, who, "EMAIL_NOT_VERIFIED");
+            self.audit(Event::SignInFailed, who, "EMAIL_NOT_VERIFIED")
+                .await;
             return Err(Error::EmailNotVerified);
         }
         // Decided on the account as read before the hash: if it changes meanwhile (a new
@@ -199,12 +201,13 @@ impl Auth {
                             u.password_hash = new_hash.clone();
                         }
                         Ok::<_, Error>(())
-                    })?;
+                    })
+                    .await?;
             }
             let pending = self
                 .challenge_sign_in(user, device_id, name, origin)
                 .await?;
-            self.audit(Event::TwoFactorCodeSent, who, "sign_in");
+            self.audit(Event::TwoFactorCodeSent, who, "sign_in").await;
             return Ok(LoginOutcome::SecondFactor(Box::new(pending)));
         }
         let who = Subject {
@@ -223,8 +226,8 @@ impl Auth {
             })
             .await;
         match &signed_in {
-            Ok(_) => self.audit(Event::SignedIn, who, "ok"),
-            Err(e) => self.audit(Event::SignInFailed, who, e.code()),
+            Ok(_) => self.audit(Event::SignedIn, who, "ok").await,
+            Err(e) => self.audit(Event::SignInFailed, who, e.code()).await,
         }
         Ok(LoginOutcome::SignedIn(Box::new(signed_in?)))
     }
@@ -238,7 +241,7 @@ impl Auth {
         device_id: String,
         name: Option<String>,
         origin: &Origin,
-        check: impl Fn(&mut UserRecord) -> Result<()>,
+        check: impl Fn(&mut UserRecord) -> Result<()> + Send + Sync,
     ) -> Result<SignedIn> {
         let now = self.now();
         let id = Uuid::new_v4();
@@ -256,23 +259,23 @@ impl Auth {
             refresh_expires_at: self.refresh_expiry(now, now),
             refresh_generation: 0,
         };
-        let started =
-            self.store
-                .start_session(&session, self.config.tokens.max_sessions_per_user, |u| {
-                    if u.state == AccountState::Disabled {
-                        return Err(Error::AccountDisabled);
-                    }
-                    check(u)?;
-                    u.last_login_at = u.current_login_at;
-                    u.current_login_at = Some(now);
-                    Ok(())
-                })?;
+        let started = self
+            .store
+            .start_session(&session, self.config.tokens.max_sessions_per_user, |u| {
+                if u.state == AccountState::Disabled {
+                    return Err(Error::AccountDisabled);
+                }
+                check(u)?;
+                u.last_login_at = u.current_login_at;
+                u.current_login_at = Some(now);
+                Ok(())
+            })
+            .await?;
         let user = match started {
             // Deleted meanwhile.
             Changed::Missing => return Err(Error::InvalidCredentials),
             other => self.changed(other)?.0,
         };
-        self.store.flush().await?;
         self.hand_out(user, session, refresh_token, now)
     }
 
@@ -314,7 +317,7 @@ impl Auth {
         let (session_id, generation) = match named_by_refresh_token(&self.secrets, presented) {
             Some(named) => named,
             // Handed out before storage format 2: found through its hash, once.
-            None => match self.store.legacy_refresh(&presented_hash, now)? {
+            None => match self.store.legacy_refresh(&presented_hash, now).await? {
                 LegacyRefresh::Current {
                     session_id,
                     generation,
@@ -327,28 +330,32 @@ impl Auth {
         // token is refused as it is, not spent.
         let owner = self
             .store
-            .session_owner(session_id)?
+            .session_owner(session_id)
+            .await?
             .ok_or(Error::InvalidToken)?;
-        let user = self.store.user(owner)?.ok_or(Error::InvalidToken)?;
+        let user = self.store.user(owner).await?.ok_or(Error::InvalidToken)?;
         if user.state == AccountState::Disabled {
             return Err(Error::AccountDisabled);
         }
         let (fresh, new) = issue_refresh_token(&self.secrets, session_id, next);
         let expires_at = now + seconds(self.config.tokens.refresh_ttl);
-        let session = match self.store.rotate_refresh(
-            session_id,
-            generation,
-            &presented_hash,
-            &new,
-            expires_at,
-            seconds(self.config.tokens.session_max_age),
-            now,
-        )? {
+        let session = match self
+            .store
+            .rotate_refresh(
+                session_id,
+                generation,
+                &presented_hash,
+                &new,
+                expires_at,
+                seconds(self.config.tokens.session_max_age),
+                now,
+            )
+            .await?
+        {
             RotateOutcome::Rotated(session) => session,
             refused => return Err(self.refused(refused).await),
         };
         // The client drops the old token once it has the new one: the rotation must be durable.
-        self.store.flush().await?;
         self.hand_out(user, session, fresh, now)
     }
 
@@ -364,11 +371,9 @@ impl Auth {
                 Event::RefreshTokenReuse,
                 Subject::user(user_id),
                 "session_ended",
-            );
+            )
+            .await;
             self.forget_sessions(&[session_id]);
-            if let Err(e) = self.store.flush().await {
-                return e.into();
-            }
             tracing::warn!(
                 user = %user_id,
                 session = %session_id,
@@ -380,7 +385,7 @@ impl Auth {
 
     /// Who holds `bearer`: the token must verify and its device session must still exist,
     /// so a logout takes effect at once.
-    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
         let token = bearer.ok_or(Error::Unauthenticated)?;
         let now = self.now();
         let claims = self.tokens.verify(token, now).inspect_err(|_| {
@@ -390,7 +395,8 @@ impl Auth {
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
         let owner = self
             .store
-            .session_owner(session_id)?
+            .session_owner(session_id)
+            .await?
             .ok_or(Error::InvalidToken)?;
         if owner != user_id {
             return Err(Error::InvalidToken);
@@ -409,7 +415,7 @@ impl Auth {
         caller: &Caller,
         target: LogoutTarget,
     ) -> Result<Vec<SessionRecord>> {
-        let mine = self.store.sessions_of(caller.user_id)?;
+        let mine = self.store.sessions_of(caller.user_id).await?;
         let ended: Vec<SessionRecord> = match target {
             LogoutTarget::Own => mine
                 .into_iter()
@@ -439,18 +445,18 @@ impl Auth {
                     ..Subject::user(caller.user_id)
                 },
                 "ok",
-            );
+            )
+            .await;
         }
-        self.store.end_sessions(&ids)?;
-        self.store.flush().await?;
+        self.store.end_sessions(&ids).await?;
         self.forget_sessions(&ids);
         Ok(ended)
     }
 
     /// The caller's device sessions, most recently used first, with `last_seen_at` as this
     /// process last saw them.
-    pub fn sessions(&self, caller: &Caller) -> Result<Vec<SessionRecord>> {
-        let mut sessions = self.store.sessions_of(caller.user_id)?;
+    pub async fn sessions(&self, caller: &Caller) -> Result<Vec<SessionRecord>> {
+        let mut sessions = self.store.sessions_of(caller.user_id).await?;
         for s in &mut sessions {
             if let Some(seen) = self.last_seen(s.id) {
                 s.last_seen_at = s.last_seen_at.max(seen);

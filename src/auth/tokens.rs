@@ -17,8 +17,8 @@ use uuid::Uuid;
 use super::secrets::{SEALED_PREFIX, Secrets, random_bytes};
 use crate::config::TokensConfig;
 use crate::error::{Error, Result};
+use crate::store::Storage;
 use crate::store::records::SigningKeyRecord;
-use crate::store::{SigningKeyStore, Store};
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,6 +51,9 @@ struct SigningKey {
 pub struct Tokens {
     /// The current key first (it signs), then retired ones, newest first.
     keys: RwLock<Vec<SigningKey>>,
+    /// Held by a rotation or a removal of keys from its read of the stored keys to its
+    /// update of `keys`, so that two never interleave.
+    changing: tokio::sync::Mutex<()>,
     issuer: String,
     audience: String,
     access_ttl: i64,
@@ -78,27 +81,27 @@ impl std::fmt::Debug for Tokens {
 
 impl Tokens {
     /// Loads the signing keys, making the first one when the store has none.
-    pub fn load_or_create(
-        store: &Store,
+    pub async fn load_or_create(
+        store: &dyn Storage,
         config: &TokensConfig,
         secrets: &Secrets,
         now: i64,
     ) -> anyhow::Result<Tokens> {
-        let records = store.signing_keys()?;
+        let records = store.signing_keys().await?;
         for mut record in records.iter().cloned() {
             if !record.pkcs8.starts_with(SEALED_PREFIX) {
                 // Written in clear by an older Keyhold: sealed now, in place.
                 record.pkcs8 = secrets.seal_text(SIGNING_KEY, &record.pkcs8);
-                store.add_signing_key(&record)?;
+                store.add_signing_key(&record).await?;
                 tracing::info!(kid = %record.kid, "sealed a signing key stored in clear");
             }
         }
         if !records.iter().any(|r| r.retired_at.is_none()) {
             let record = new_signing_key(secrets, now)?;
-            store.add_signing_key(&record)?;
+            store.add_signing_key(&record).await?;
             tracing::info!(kid = %record.kid, "generated the first access-token signing key");
         }
-        let keys = load_keys(store, secrets)?;
+        let keys = load_keys(store, secrets).await?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
@@ -109,6 +112,7 @@ impl Tokens {
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         Ok(Tokens {
             keys: RwLock::new(keys),
+            changing: tokio::sync::Mutex::new(()),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             access_ttl: i64::try_from(config.access_ttl.as_secs()).unwrap_or(i64::MAX),
@@ -223,37 +227,39 @@ impl Tokens {
     /// Makes a new key current. The one it replaces keeps verifying the tokens it signed
     /// until they expire (`tokens.access_ttl`); then `drop_retired_keys` removes it. Returns
     /// the new key's id.
-    pub fn rotate(&self, store: &Store, now: i64) -> anyhow::Result<String> {
-        let mut keys = self.keys.write();
+    pub async fn rotate(&self, store: &dyn Storage, now: i64) -> anyhow::Result<String> {
+        let _changing = self.changing.lock().await;
         let fresh = new_signing_key(&self.secrets, now)?;
-        for mut record in store.signing_keys()? {
+        for mut record in store.signing_keys().await? {
             if record.retired_at.is_none() {
                 record.retired_at = Some(now);
-                store.add_signing_key(&record)?;
+                store.add_signing_key(&record).await?;
             }
         }
-        store.add_signing_key(&fresh)?;
-        *keys = load_keys(store, &self.secrets)?;
+        store.add_signing_key(&fresh).await?;
+        let loaded = load_keys(store, &self.secrets).await?;
+        *self.keys.write() = loaded;
         tracing::info!(kid = %fresh.kid, "rotated the access-token signing key");
         Ok(fresh.kid)
     }
 
     /// Removes retired keys whose every token has expired. Returns how many.
-    pub fn drop_retired_keys(&self, store: &Store, now: i64) -> anyhow::Result<usize> {
-        let mut keys = self.keys.write();
+    pub async fn drop_retired_keys(&self, store: &dyn Storage, now: i64) -> anyhow::Result<usize> {
+        let _changing = self.changing.lock().await;
         let mut dropped = 0;
-        for record in store.signing_keys()? {
+        for record in store.signing_keys().await? {
             if record
                 .retired_at
                 .is_some_and(|at| at.saturating_add(self.access_ttl) <= now)
             {
-                store.remove_signing_key(&record.kid)?;
+                store.remove_signing_key(&record.kid).await?;
                 tracing::info!(kid = %record.kid, "removed a retired signing key: every token it signed has expired");
                 dropped += 1;
             }
         }
         if dropped > 0 {
-            *keys = load_keys(store, &self.secrets)?;
+            let loaded = load_keys(store, &self.secrets).await?;
+            *self.keys.write() = loaded;
         }
         Ok(dropped)
     }
@@ -266,8 +272,8 @@ impl Tokens {
 
 /// Checks that every signing key in `store` opens with `secrets`: what a restore verifies
 /// before it replaces anything. Returns how many there are.
-pub fn check_sealed_keys(store: &Store, secrets: &Secrets) -> anyhow::Result<usize> {
-    let records = store.signing_keys()?;
+pub async fn check_sealed_keys(store: &dyn Storage, secrets: &Secrets) -> anyhow::Result<usize> {
+    let records = store.signing_keys().await?;
     for record in &records {
         signing_key(record, secrets)?;
     }
@@ -275,8 +281,8 @@ pub fn check_sealed_keys(store: &Store, secrets: &Secrets) -> anyhow::Result<usi
 }
 
 /// The stored keys, the current one first, then the retired ones, newest first.
-fn load_keys(store: &Store, secrets: &Secrets) -> anyhow::Result<Vec<SigningKey>> {
-    let mut records = store.signing_keys()?;
+async fn load_keys(store: &dyn Storage, secrets: &Secrets) -> anyhow::Result<Vec<SigningKey>> {
+    let mut records = store.signing_keys().await?;
     records.sort_by_key(|r| (r.retired_at.is_some(), std::cmp::Reverse(r.created_at)));
     records.iter().map(|r| signing_key(r, secrets)).collect()
 }
@@ -328,44 +334,48 @@ fn thumbprint(x: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{SigningKeyStore, Store};
 
     fn secrets(dir: &tempfile::TempDir) -> Secrets {
         Secrets::load_or_create(&dir.path().join("keys")).unwrap()
     }
 
-    fn tokens() -> (tempfile::TempDir, Tokens) {
+    async fn tokens() -> (tempfile::TempDir, Tokens) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let tokens =
             Tokens::load_or_create(&store, &TokensConfig::default(), &secrets(&dir), 1_000)
+                .await
                 .unwrap();
         (dir, tokens)
     }
 
-    #[test]
-    fn keys_are_stored_sealed_and_a_clear_one_is_sealed_at_start() {
+    #[tokio::test]
+    async fn keys_are_stored_sealed_and_a_clear_one_is_sealed_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let secrets = secrets(&dir);
         let mut clear = new_signing_key(&secrets, 1).unwrap();
         let document = secrets.open_text(SIGNING_KEY, &clear.pkcs8).unwrap();
         clear.pkcs8 = document.clone();
-        store.add_signing_key(&clear).unwrap();
-        let tokens = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 2).unwrap();
+        store.add_signing_key(&clear).await.unwrap();
+        let tokens = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 2)
+            .await
+            .unwrap();
         assert_eq!(tokens.kids(), [clear.kid.clone()]);
-        let stored = &store.signing_keys().unwrap()[0];
+        let stored = &store.signing_keys().await.unwrap()[0];
         assert!(stored.pkcs8.starts_with(SEALED_PREFIX));
         assert!(!stored.pkcs8.contains(&document));
         // With another install's key file, the database yields no key.
         let other = tempfile::tempdir().unwrap();
         let elsewhere = Secrets::load_or_create(&other.path().join("keys")).unwrap();
-        let refused = Tokens::load_or_create(&store, &TokensConfig::default(), &elsewhere, 3);
+        let refused = Tokens::load_or_create(&store, &TokensConfig::default(), &elsewhere, 3).await;
         assert!(refused.is_err());
     }
 
-    #[test]
-    fn a_token_carries_the_contract_claims_and_verifies_until_it_expires() {
-        let (_dir, tokens) = tokens();
+    #[tokio::test]
+    async fn a_token_carries_the_contract_claims_and_verifies_until_it_expires() {
+        let (_dir, tokens) = tokens().await;
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
         let (token, exp) = tokens.issue(user, session, 1_000).unwrap();
         assert_eq!(exp, 1_000 + 15 * 60);
@@ -387,14 +397,15 @@ mod tests {
         assert!(tokens.verify(&token, exp).is_err(), "expired at exp");
     }
 
-    #[test]
-    fn a_token_is_byte_for_byte_what_jsonwebtoken_encode_writes() {
+    #[tokio::test]
+    async fn a_token_is_byte_for_byte_what_jsonwebtoken_encode_writes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let secrets = secrets(&dir);
-        let tokens =
-            Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 1_000).unwrap();
-        let record = &store.signing_keys().unwrap()[0];
+        let tokens = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 1_000)
+            .await
+            .unwrap();
+        let record = &store.signing_keys().await.unwrap()[0];
         let document = secrets.open_text(SIGNING_KEY, &record.pkcs8).unwrap();
         let key = jsonwebtoken::EncodingKey::from_ed_der(&STANDARD.decode(&document).unwrap());
         let (token, _) = tokens.issue(Uuid::new_v4(), Uuid::new_v4(), 1_000).unwrap();
@@ -408,9 +419,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_checked_token_is_remembered_but_still_expires_and_a_changed_one_is_checked_again() {
-        let (_dir, tokens) = tokens();
+    #[tokio::test]
+    async fn a_checked_token_is_remembered_but_still_expires_and_a_changed_one_is_checked_again() {
+        let (_dir, tokens) = tokens().await;
         let (token, exp) = tokens.issue(Uuid::new_v4(), Uuid::new_v4(), 1_000).unwrap();
         let first = tokens.verify(&token, 1_001).unwrap();
         let again = tokens.verify(&token, 1_002).unwrap();
@@ -430,9 +441,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_memory_of_checked_tokens_is_bounded() {
-        let (_dir, tokens) = tokens();
+    #[tokio::test]
+    async fn the_memory_of_checked_tokens_is_bounded() {
+        let (_dir, tokens) = tokens().await;
         for _ in 0..VERIFIED_CACHE + 10 {
             let (token, _) = tokens.issue(Uuid::new_v4(), Uuid::new_v4(), 1_000).unwrap();
             tokens.verify(&token, 1_001).unwrap();
@@ -440,22 +451,26 @@ mod tests {
         assert!(tokens.verified_count() <= VERIFIED_CACHE);
     }
 
-    #[test]
-    fn the_key_is_kept_and_reused() {
+    #[tokio::test]
+    async fn the_key_is_kept_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let secrets = secrets(&dir);
-        let a = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 1).unwrap();
+        let a = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 1)
+            .await
+            .unwrap();
         let (token, _) = a.issue(Uuid::new_v4(), Uuid::new_v4(), 1).unwrap();
-        let b = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 2).unwrap();
+        let b = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets, 2)
+            .await
+            .unwrap();
         assert!(b.verify(&token, 2).is_ok());
         assert_eq!(a.jwks(), b.jwks());
     }
 
-    #[test]
-    fn foreign_and_tampered_tokens_are_refused() {
-        let (_dir, ours) = tokens();
-        let (_dir2, theirs) = tokens();
+    #[tokio::test]
+    async fn foreign_and_tampered_tokens_are_refused() {
+        let (_dir, ours) = tokens().await;
+        let (_dir2, theirs) = tokens().await;
         let (token, _) = theirs.issue(Uuid::new_v4(), Uuid::new_v4(), 1_000).unwrap();
         assert!(ours.verify(&token, 1_001).is_err(), "another key");
 
@@ -476,6 +491,7 @@ mod tests {
 
         let store = Store::open(&_dir.path().join("db2")).unwrap();
         let ours = Tokens::load_or_create(&store, &TokensConfig::default(), &secrets(&_dir), 1_000)
+            .await
             .unwrap();
         let other_issuer = Tokens::load_or_create(
             &store,
@@ -486,6 +502,7 @@ mod tests {
             &secrets(&_dir),
             1_000,
         )
+        .await
         .unwrap();
         let (token, _) = other_issuer
             .issue(Uuid::new_v4(), Uuid::new_v4(), 1_000)

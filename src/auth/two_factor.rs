@@ -14,8 +14,8 @@ use super::sessions::SignedIn;
 use super::{Auth, Caller, Origin, seconds};
 use crate::domain::Email;
 use crate::error::{Error, Result};
+use crate::store::Versioned;
 use crate::store::records::{ChallengePurpose, ChallengeRecord, SecondFactor, UserRecord};
-use crate::store::{ChallengeStore, UserStore, Versioned};
 
 /// What a step-up code authorises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,21 +94,25 @@ impl Auth {
             user_agent: origin.user_agent.clone(),
         };
         let (challenge, code) = self.new_challenge(&user, purpose, method);
-        let mail = self.code_mail(
-            &user.email,
-            code.as_deref(),
-            "sign in",
-            challenge.expires_at,
-        )?;
-        let ended = self.store.put_challenge(
-            &challenge,
-            self.config.two_factor.max_pending_challenges,
-            &mail,
-        )?;
+        let mail = self
+            .code_mail(
+                &user.email,
+                code.as_deref(),
+                "sign in",
+                challenge.expires_at,
+            )
+            .await?;
+        let ended = self
+            .store
+            .put_challenge(
+                &challenge,
+                self.config.two_factor.max_pending_challenges,
+                &mail,
+            )
+            .await?;
         if ended > 0 {
             tracing::debug!(user = %user.id, ended, "the oldest pending sign-ins gave way to a new one");
         }
-        self.store.flush().await?;
         self.mail_queued();
         Ok(PendingSignIn {
             challenge_id: challenge.id,
@@ -119,19 +123,20 @@ impl Auth {
     }
 
     /// A live sign-in challenge of the account with this address.
-    fn sign_in_challenge(
+    async fn sign_in_challenge(
         &self,
         challenge_id: &str,
         email: &Email,
     ) -> Result<(Versioned<ChallengeRecord>, UserRecord)> {
         let id = Uuid::parse_str(challenge_id.trim()).map_err(|_| Error::InvalidCode)?;
-        let current = self.store.challenge(id)?.ok_or(Error::InvalidCode)?;
+        let current = self.store.challenge(id).await?.ok_or(Error::InvalidCode)?;
         if !matches!(current.record.purpose, ChallengePurpose::SignIn { .. }) {
             return Err(Error::InvalidCode);
         }
         let user = self
             .store
-            .user(current.record.user_id)?
+            .user(current.record.user_id)
+            .await?
             .filter(|u| u.email == email.as_str())
             .ok_or(Error::InvalidCode)?;
         Ok((current, user))
@@ -145,7 +150,7 @@ impl Auth {
         challenge_id: &str,
         email: &Email,
     ) -> Result<SignedIn> {
-        let (current, user) = self.sign_in_challenge(challenge_id, email)?;
+        let (current, user) = self.sign_in_challenge(challenge_id, email).await?;
         // Disabled while the challenge waited: no code signs it in.
         if user.state == crate::store::records::AccountState::Disabled {
             return Err(Error::AccountDisabled);
@@ -165,11 +170,12 @@ impl Auth {
         let matched = match self.attempt(&current, &user, code).await {
             Ok(matched) => matched,
             Err(e) => {
-                self.audit(Event::TwoFactorRefused, who, e.code());
+                self.audit(Event::TwoFactorRefused, who, e.code()).await;
                 return Err(e);
             }
         };
-        self.audit(Event::TwoFactorAccepted, who.clone(), "ok");
+        self.audit(Event::TwoFactorAccepted, who.clone(), "ok")
+            .await;
         let stamp = current.record.stamp;
         let ChallengePurpose::SignIn {
             device_id,
@@ -196,8 +202,8 @@ impl Auth {
             })
             .await;
         match &signed_in {
-            Ok(_) => self.audit(Event::SignedIn, who, "ok"),
-            Err(e) => self.audit(Event::SignInFailed, who, e.code()),
+            Ok(_) => self.audit(Event::SignedIn, who, "ok").await,
+            Err(e) => self.audit(Event::SignInFailed, who, e.code()).await,
         }
         signed_in
     }
@@ -210,8 +216,8 @@ impl Auth {
         email: &Email,
         origin: &Origin,
     ) -> Result<CodeSent> {
-        self.limit_ip(Limit::CodeSendsPerIp, origin.ip)?;
-        let (current, user) = self.sign_in_challenge(challenge_id, email)?;
+        self.limit_ip(Limit::CodeSendsPerIp, origin.ip).await?;
+        let (current, user) = self.sign_in_challenge(challenge_id, email).await?;
         self.resend_challenge(&current, &user, "sign in").await
     }
 
@@ -222,10 +228,10 @@ impl Auth {
         reason: StepUpReason,
         origin: &Origin,
     ) -> Result<CodeSent> {
-        self.limit_ip(Limit::CodeSendsPerIp, origin.ip)?;
-        let user = self.profile(caller)?;
+        self.limit_ip(Limit::CodeSendsPerIp, origin.ip).await?;
+        let user = self.profile(caller).await?;
         let now = self.now();
-        if let Some(previous) = self.store.step_up(user.id, reason.as_str())? {
+        if let Some(previous) = self.store.step_up(user.id, reason.as_str()).await? {
             let wait = previous.record.last_sent_at
                 + seconds(self.config.two_factor.resend_cooldown)
                 - now;
@@ -237,20 +243,24 @@ impl Auth {
             reason: reason.as_str().to_string(),
         };
         let (challenge, code) = self.new_challenge(&user, purpose, SecondFactor::Email);
-        let mail = self.code_mail(
-            &user.email,
-            code.as_deref(),
-            reason.purpose(),
-            challenge.expires_at,
-        )?;
-        self.store.put_step_up(&challenge, reason.as_str(), &mail)?;
-        self.store.flush().await?;
+        let mail = self
+            .code_mail(
+                &user.email,
+                code.as_deref(),
+                reason.purpose(),
+                challenge.expires_at,
+            )
+            .await?;
+        self.store
+            .put_step_up(&challenge, reason.as_str(), &mail)
+            .await?;
         self.mail_queued();
         self.audit(
             Event::TwoFactorCodeSent,
             Subject::user(user.id),
             reason.as_str(),
-        );
+        )
+        .await;
         Ok(CodeSent {
             challenge_id: challenge.id,
             expires_at: challenge.expires_at,
@@ -272,19 +282,18 @@ impl Auth {
             return Err(Error::Forbidden);
         };
         let now = self.now();
-        self.factor_budget(user, now)?;
+        self.factor_budget(user, now).await?;
         if let Some(step) = self.totp_step(user, code)? {
             return Ok(Matched::Totp(step));
         }
         if let Some(hash) = self.recovery_match(user, code) {
             return Ok(Matched::Recovery(hash));
         }
-        match self.store.step_up(user.id, reason.as_str())? {
+        match self.store.step_up(user.id, reason.as_str()).await? {
             // The mailed code's own check counts a failure there.
             Some(current) => self.attempt(&current, user, code).await,
             None => {
-                self.factor_failed(user, now)?;
-                self.store.flush().await?;
+                self.factor_failed(user, now).await?;
                 Err(Error::InvalidCode)
             }
         }

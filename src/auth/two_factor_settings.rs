@@ -9,7 +9,7 @@ use super::secrets::random_bytes;
 use super::{Auth, Caller, StepUpReason};
 use crate::error::{Error, Result};
 use crate::store::records::{PendingTotpRecord, SecondFactor, TwoFactorRecord, UserRecord};
-use crate::store::{AccountChange, Changed, Ends, UserStore};
+use crate::store::{AccountChange, Changed, Ends};
 
 /// The result of `enable2Fa`.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ impl Auth {
         method: SecondFactor,
         code: Option<String>,
     ) -> Result<Enabled> {
-        let user = self.profile(caller)?;
+        let user = self.profile(caller).await?;
         self.check_password(&user, password).await?;
         if user.two_factor.is_some() {
             return Ok(Enabled::On {
@@ -49,12 +49,11 @@ impl Auth {
                 let code = code.as_deref().map(str::trim).filter(|c| !c.is_empty());
                 match (code, &user.pending_totp) {
                     (Some(code), Some(pending)) => {
-                        self.factor_budget(&user, now)?;
+                        self.factor_budget(&user, now).await?;
                         let totp = self.totp(&pending.secret, &user.email)?;
                         let now_u = u64::try_from(now).unwrap_or(0);
                         let Some(step) = totp.check(code, now_u) else {
-                            self.factor_failed(&user, now)?;
-                            self.store.flush().await?;
+                            self.factor_failed(&user, now).await?;
                             return Err(Error::InvalidCode);
                         };
                         (Some(pending.secret.clone()), Some(step))
@@ -78,30 +77,34 @@ impl Auth {
             recovery_codes: hashes,
             enabled_at: now,
         };
-        let changed = self.store.change_user(
-            user.id,
-            AccountChange::ending(Ends::Sessions {
-                keep: Some(caller.session_id),
-            }),
-            |u| {
-                if u.two_factor.is_some() {
-                    // Turned on meanwhile, by another request: that one's codes stand.
-                    return Err(None);
-                }
-                // The set-up that this code completes must be the one still pending.
-                if two_factor.totp_secret.is_some()
-                    && u.pending_totp.as_ref().map(|p| &p.secret) != two_factor.totp_secret.as_ref()
-                {
-                    return Err(Some(Error::InvalidCode));
-                }
-                if !u.email_verified {
-                    return Err(Some(Error::EmailNotVerified));
-                }
-                u.two_factor = Some(two_factor.clone());
-                u.pending_totp = None;
-                Ok(())
-            },
-        )?;
+        let changed = self
+            .store
+            .change_user(
+                user.id,
+                AccountChange::ending(Ends::Sessions {
+                    keep: Some(caller.session_id),
+                }),
+                |u| {
+                    if u.two_factor.is_some() {
+                        // Turned on meanwhile, by another request: that one's codes stand.
+                        return Err(None);
+                    }
+                    // The set-up that this code completes must be the one still pending.
+                    if two_factor.totp_secret.is_some()
+                        && u.pending_totp.as_ref().map(|p| &p.secret)
+                            != two_factor.totp_secret.as_ref()
+                    {
+                        return Err(Some(Error::InvalidCode));
+                    }
+                    if !u.email_verified {
+                        return Err(Some(Error::EmailNotVerified));
+                    }
+                    u.two_factor = Some(two_factor.clone());
+                    u.pending_totp = None;
+                    Ok(())
+                },
+            )
+            .await?;
         match changed {
             Changed::Refused(None) => {
                 return Ok(Enabled::On {
@@ -112,8 +115,8 @@ impl Auth {
                 self.changed(refused_into(other))?;
             }
         }
-        self.store.flush().await?;
-        self.audit(Event::TwoFactorEnabled, Subject::user(user.id), "ok");
+        self.audit(Event::TwoFactorEnabled, Subject::user(user.id), "ok")
+            .await;
         Ok(Enabled::On {
             recovery_codes: Some(codes),
         })
@@ -133,14 +136,14 @@ impl Auth {
             secret: self.secrets.seal_text(TOTP_SECRET, &secret),
             created_at: now,
         };
-        let changed =
-            self.store
-                .change_user(user.id, AccountChange::ending(Ends::Nothing), |u| {
-                    u.pending_totp = Some(pending.clone());
-                    Ok(())
-                })?;
+        let changed = self
+            .store
+            .change_user(user.id, AccountChange::ending(Ends::Nothing), |u| {
+                u.pending_totp = Some(pending.clone());
+                Ok(())
+            })
+            .await?;
         self.changed(changed)?;
-        self.store.flush().await?;
         Ok(Enabled::TotpPending { uri, qr_png_base64 })
     }
 
@@ -152,7 +155,7 @@ impl Auth {
         password: Option<String>,
         code: Option<String>,
     ) -> Result<()> {
-        let user = self.profile(caller)?;
+        let user = self.profile(caller).await?;
         if user.two_factor.is_none() {
             return Ok(());
         }
@@ -160,21 +163,24 @@ impl Auth {
         let matched = self
             .use_step_up(&user, StepUpReason::DisableTwoFactor, code.as_deref())
             .await?;
-        let changed = self.store.change_user(
-            user.id,
-            AccountChange::ending(Ends::Sessions {
-                keep: Some(caller.session_id),
-            }),
-            |u| {
-                Self::spend(u, &matched)?;
-                u.two_factor = None;
-                u.pending_totp = None;
-                Ok(())
-            },
-        )?;
+        let changed = self
+            .store
+            .change_user(
+                user.id,
+                AccountChange::ending(Ends::Sessions {
+                    keep: Some(caller.session_id),
+                }),
+                |u| {
+                    Self::spend(u, &matched)?;
+                    u.two_factor = None;
+                    u.pending_totp = None;
+                    Ok(())
+                },
+            )
+            .await?;
         self.changed(changed)?;
-        self.store.flush().await?;
-        self.audit(Event::TwoFactorDisabled, Subject::user(user.id), "ok");
+        self.audit(Event::TwoFactorDisabled, Subject::user(user.id), "ok")
+            .await;
         Ok(())
     }
 }

@@ -16,8 +16,8 @@ pub struct AccountQuery;
 impl AccountQuery {
     /// The signed-in user's profile.
     async fn user_profile(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserProfile>> {
-        let caller = caller(ctx)?;
-        let user = auth(ctx).profile(&caller).gql()?;
+        let caller = caller(ctx).await?;
+        let user = auth(ctx).profile(&caller).await.gql()?;
         Ok(Some(UserProfile::from(&user)))
     }
 }
@@ -77,7 +77,7 @@ impl AccountMutation {
         )]
         password: Option<String>,
     ) -> async_graphql::Result<Option<UpdateUserProfileResult>> {
-        let caller = caller(ctx)?;
+        let caller = caller(ctx).await?;
         let user = auth(ctx)
             .update_profile(&caller, &input.data, code.as_deref(), password)
             .await

@@ -75,8 +75,8 @@ pub fn meta<'a>(ctx: &Context<'a>) -> &'a RequestMeta {
 }
 
 /// The signed-in caller, or `UNAUTHENTICATED` / `INVALID_TOKEN`.
-pub fn caller(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
-    auth(ctx).authenticate(meta(ctx).bearer()).gql()
+pub async fn caller(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
+    auth(ctx).authenticate(meta(ctx).bearer()).await.gql()
 }
 
 #[cfg(test)]

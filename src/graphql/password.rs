@@ -24,7 +24,7 @@ impl PasswordMutation {
         old_password: String,
         new_password: String,
     ) -> async_graphql::Result<Option<LoginResult>> {
-        let caller = caller(ctx)?;
+        let caller = caller(ctx).await?;
         let auth = auth(ctx);
         let outcome = auth
             .change_password(&caller, old_password, new_password)
@@ -43,7 +43,7 @@ impl PasswordMutation {
         ctx: &Context<'_>,
         code: String,
     ) -> async_graphql::Result<Option<LoginResult>> {
-        let caller = caller(ctx)?;
+        let caller = caller(ctx).await?;
         let auth = auth(ctx);
         let signed_in = auth.confirm_change_password(&caller, &code).await.gql()?;
         Ok(Some(LoginResult::signed_in(auth, signed_in)))
@@ -55,7 +55,7 @@ impl PasswordMutation {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
-        let caller = caller(ctx)?;
+        let caller = caller(ctx).await?;
         let sent = auth(ctx)
             .resend_change_password(&caller, &meta(ctx).origin())
             .await
@@ -71,6 +71,7 @@ impl PasswordMutation {
     ) -> async_graphql::Result<Option<ForgotPasswordResult>> {
         auth(ctx)
             .forgot_password(email.normalized(), &meta(ctx).origin())
+            .await
             .gql()?;
         Ok(Some(ForgotPasswordResult {
             header: Some("Check your e-mail".into()),

@@ -14,8 +14,8 @@ pub struct SessionQuery;
 impl SessionQuery {
     /// extension: the signed-in user's active device sessions, most recently used first.
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DeviceSession>> {
-        let caller = caller(ctx)?;
-        let sessions = auth(ctx).sessions(&caller).gql()?;
+        let caller = caller(ctx).await?;
+        let sessions = auth(ctx).sessions(&caller).await.gql()?;
         Ok(sessions
             .iter()
             .map(|s| DeviceSession::of(s, s.id == caller.session_id))
@@ -76,7 +76,7 @@ impl SessionMutation {
         )]
         all_devices: Option<bool>,
     ) -> async_graphql::Result<Option<LogoutResult>> {
-        let caller = caller(ctx)?;
+        let caller = caller(ctx).await?;
         let all_devices = all_devices.unwrap_or(false);
         let target = match (all_devices, device_info.and_then(|d| d.device_id)) {
             (true, _) => LogoutTarget::All,

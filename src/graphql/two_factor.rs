@@ -66,7 +66,7 @@ impl TwoFactorMutation {
         )]
         code: Option<String>,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
-        let caller = caller(ctx)?;
+        let caller = caller(ctx).await?;
         let enabled = auth(ctx)
             .enable_2fa(
                 &caller,
@@ -100,7 +100,7 @@ impl TwoFactorMutation {
         )]
         code: Option<String>,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
-        let caller = caller(ctx)?;
+        let caller = caller(ctx).await?;
         auth(ctx).disable_2fa(&caller, password, code).await.gql()?;
         Ok(Some(TwoFactorAuthResult::with_status("DISABLED")))
     }
@@ -116,7 +116,7 @@ impl TwoFactorMutation {
         )]
         reason: Option<TwoFactorReason>,
     ) -> async_graphql::Result<Option<TwoFactorAuthResult>> {
-        let caller = caller(ctx)?;
+        let caller = caller(ctx).await?;
         let reason = reason.unwrap_or(TwoFactorReason::Generic).into();
         let sent = auth(ctx)
             .send_2fa(&caller, reason, &meta(ctx).origin())

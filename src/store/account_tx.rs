@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::keys::{CHALLENGES, SESSIONS, USERS, session_by_user_key, step_up_key};
 use super::mail_queue::queue_in;
-use super::records::{ChallengeRecord, QueuedMail, SessionRecord, UserRecord, decode, encode};
+use super::records::{ChallengeRecord, MailQueueRecord, SessionRecord, UserRecord, decode, encode};
 use super::sessions::count_sessions;
 use super::{Store, StoreError, tx_result, uuid_from};
 
@@ -40,6 +40,9 @@ impl Ends {
         }
     }
 }
+
+/// A change to an account, as an object-safe store method takes it: `Err` refuses it.
+pub type UserChange<'a> = dyn Fn(&mut UserRecord) -> Result<(), ()> + Send + Sync + 'a;
 
 /// What a change to an account did.
 #[derive(Debug)]
@@ -184,7 +187,7 @@ impl Trees<'_> {
         Ok(ended)
     }
 
-    pub fn queue(&self, mail: &[QueuedMail]) -> Step<()> {
+    pub fn queue(&self, mail: &[MailQueueRecord]) -> Step<()> {
         Ok(queue_in(self.queue, mail)?)
     }
 }
@@ -201,7 +204,7 @@ pub struct AccountChange<'a> {
     /// A new e-mail verification code to store with the change.
     pub email_code: Option<(&'a [u8; 32], &'a super::records::EmailCodeRecord)>,
     /// Queued if, and only if, the change is written.
-    pub mail: &'a [QueuedMail],
+    pub mail: &'a [MailQueueRecord],
 }
 
 impl AccountChange<'_> {

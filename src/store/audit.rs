@@ -27,35 +27,40 @@ pub struct AuditRecord {
     pub outcome: String,
 }
 
-pub trait AuditStore {
-    fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync {
+    async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
     /// Events at or after `since`, oldest first, at most `limit`; with `email`, only those
     /// naming that address or the account that has it.
-    fn audit_since(
+    async fn audit_since(
         &self,
         since: i64,
         email: Option<&str>,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError>;
     /// Removes events older than `before`; returns how many.
-    fn prune_audit(&self, before: i64) -> Result<usize, StoreError>;
+    async fn prune_audit(&self, before: i64) -> Result<usize, StoreError>;
 }
 
 fn time_key(at: i64) -> [u8; 8] {
     u64::try_from(at.max(0)).unwrap_or(0).to_be_bytes()
 }
 
+#[async_trait::async_trait]
 impl AuditStore for Store {
-    fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        // Time first (big-endian) so a range scan runs in time order; a unique id after it.
-        let mut key = time_key(record.at).to_vec();
-        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-        self.audit.insert(key, encode(record))?;
-        Ok(())
+    async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            // Time first (big-endian) so a range scan runs in time order; a unique id after it.
+            let mut key = time_key(record.at).to_vec();
+            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+            self.audit.insert(key, encode(record))?;
+            Ok(())
+        })
+        .await
     }
 
-    fn audit_since(
+    async fn audit_since(
         &self,
         since: i64,
         email: Option<&str>,
@@ -63,7 +68,7 @@ impl AuditStore for Store {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         use super::UserStore;
         let user_id = match email {
-            Some(e) => self.user_by_email(e)?.map(|u| u.id),
+            Some(e) => self.user_by_email(e).await?.map(|u| u.id),
             None => None,
         };
         let mut found = Vec::new();
@@ -82,16 +87,19 @@ impl AuditStore for Store {
         Ok(found)
     }
 
-    fn prune_audit(&self, before: i64) -> Result<usize, StoreError> {
-        let _writing = self.writing();
-        let old: Vec<sled::IVec> = self
-            .audit
-            .range(..time_key(before))
-            .keys()
-            .collect::<Result<_, _>>()?;
-        for key in &old {
-            self.audit.remove(key)?;
-        }
-        Ok(old.len())
+    async fn prune_audit(&self, before: i64) -> Result<usize, StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            let old: Vec<sled::IVec> = self
+                .audit
+                .range(..time_key(before))
+                .keys()
+                .collect::<Result<_, _>>()?;
+            for key in &old {
+                self.audit.remove(key)?;
+            }
+            Ok(old.len())
+        })
+        .await
     }
 }

@@ -9,14 +9,37 @@ use super::keys::{
     CHALLENGES, ExpiryKind, FACTOR_FAILURES, STEP_UPS_BY_USER, challenge_by_user_key, step_up_key,
 };
 use super::mail_queue::queue_in;
-use super::records::{ChallengeRecord, QueuedMail, decode, encode};
+use super::records::{ChallengeRecord, MailQueueRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
-/// A record together with the bytes it was read from, for a later compare-and-swap.
+/// A record together with the revision it was read at, for a later compare-and-swap.
 #[derive(Debug, Clone)]
 pub struct Versioned<T> {
     pub record: T,
-    raw: Vec<u8>,
+    pub revision: Revision,
+}
+
+/// Which state of a record was read: opaque to the use cases, which only hand it back.
+/// Each backend says what it is (sled: a digest of the stored bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revision(u64);
+
+impl Revision {
+    pub fn new(value: u64) -> Revision {
+        Revision(value)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// sled's revision of stored bytes: the first 8 bytes of their SHA-256.
+fn revision_of(raw: &[u8]) -> Revision {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, raw);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    Revision(u64::from_be_bytes(first))
 }
 
 /// `factor_failures`: an account's wrong second-factor codes in its current window.
@@ -27,41 +50,45 @@ pub struct FactorFailuresRecord {
     pub failures: u32,
 }
 
-pub trait ChallengeStore {
-    fn challenge(&self, id: Uuid) -> Result<Option<Versioned<ChallengeRecord>>, StoreError>;
+#[async_trait::async_trait]
+pub trait ChallengeStore: Send + Sync {
+    async fn challenge(&self, id: Uuid) -> Result<Option<Versioned<ChallengeRecord>>, StoreError>;
     /// Stores a new challenge and queues `mail`, under the account's lock. Past `max_pending`
     /// live challenges of the user, the oldest end; returns how many ended.
-    fn put_challenge(
+    async fn put_challenge(
         &self,
         challenge: &ChallengeRecord,
         max_pending: usize,
-        mail: &[QueuedMail],
+        mail: &[MailQueueRecord],
     ) -> Result<usize, StoreError>;
     /// Replaces (or with `None` removes) the challenge if it is still as it was read, and
     /// then queues `mail`. False (and nothing done) if it changed in between.
-    fn swap_challenge(
+    async fn swap_challenge(
         &self,
         current: &Versioned<ChallengeRecord>,
         next: Option<&ChallengeRecord>,
-        mail: &[QueuedMail],
+        mail: &[MailQueueRecord],
     ) -> Result<bool, StoreError>;
     /// Stores a step-up challenge as the one live code of its user and reason.
-    fn put_step_up(
+    async fn put_step_up(
         &self,
         challenge: &ChallengeRecord,
         reason: &str,
-        mail: &[QueuedMail],
+        mail: &[MailQueueRecord],
     ) -> Result<(), StoreError>;
-    fn step_up(
+    async fn step_up(
         &self,
         user_id: Uuid,
         reason: &str,
     ) -> Result<Option<Versioned<ChallengeRecord>>, StoreError>;
     /// The account's wrong second-factor codes, if any were counted.
-    fn factor_failures(&self, user_id: Uuid) -> Result<Option<FactorFailuresRecord>, StoreError>;
+    async fn factor_failures(
+        &self,
+        user_id: Uuid,
+    ) -> Result<Option<FactorFailuresRecord>, StoreError>;
     /// Counts one wrong code at `now`, in a window of `window` seconds (a new one once the
     /// last has passed), atomically against concurrent counts. Returns the count after.
-    fn record_factor_failure(
+    async fn record_factor_failure(
         &self,
         user_id: Uuid,
         now: i64,
@@ -69,150 +96,167 @@ pub trait ChallengeStore {
     ) -> Result<FactorFailuresRecord, StoreError>;
 }
 
+#[async_trait::async_trait]
 impl ChallengeStore for Store {
-    fn challenge(&self, id: Uuid) -> Result<Option<Versioned<ChallengeRecord>>, StoreError> {
+    async fn challenge(&self, id: Uuid) -> Result<Option<Versioned<ChallengeRecord>>, StoreError> {
         match self.challenges.get(id.as_bytes())? {
             Some(raw) => Ok(Some(Versioned {
                 record: decode(CHALLENGES, &raw)?,
-                raw: raw.to_vec(),
+                revision: revision_of(&raw),
             })),
             None => Ok(None),
         }
     }
 
-    fn put_challenge(
+    async fn put_challenge(
         &self,
         challenge: &ChallengeRecord,
         max_pending: usize,
-        mail: &[QueuedMail],
+        mail: &[MailQueueRecord],
     ) -> Result<usize, StoreError> {
-        self.index_expiry(
-            ExpiryKind::Challenge,
-            challenge.id.as_bytes(),
-            challenge.expires_at,
-        )?;
-        let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
-        let record = encode(challenge);
-        self.with_account(challenge.user_id, |t, found| {
-            let live = Store::live_challenges(t, found)?;
-            let over = (live.len() + 1).saturating_sub(max_pending.max(1));
-            for (key, _) in live.iter().take(over) {
-                t.challenges.remove(&key[16..])?;
-                t.challenges_by_user.remove(key)?;
-            }
-            t.challenges
-                .insert(challenge.id.as_bytes(), record.as_slice())?;
-            t.challenges_by_user.insert(index.as_slice(), &[])?;
-            t.queue(mail)?;
-            Ok(over)
+        self.durably(|| {
+            self.index_expiry(
+                ExpiryKind::Challenge,
+                challenge.id.as_bytes(),
+                challenge.expires_at,
+            )?;
+            let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
+            let record = encode(challenge);
+            self.with_account(challenge.user_id, |t, found| {
+                let live = Store::live_challenges(t, found)?;
+                let over = (live.len() + 1).saturating_sub(max_pending.max(1));
+                for (key, _) in live.iter().take(over) {
+                    t.challenges.remove(&key[16..])?;
+                    t.challenges_by_user.remove(key)?;
+                }
+                t.challenges
+                    .insert(challenge.id.as_bytes(), record.as_slice())?;
+                t.challenges_by_user.insert(index.as_slice(), &[])?;
+                t.queue(mail)?;
+                Ok(over)
+            })
         })
+        .await
     }
 
-    fn swap_challenge(
+    async fn swap_challenge(
         &self,
         current: &Versioned<ChallengeRecord>,
         next: Option<&ChallengeRecord>,
-        mail: &[QueuedMail],
+        mail: &[MailQueueRecord],
     ) -> Result<bool, StoreError> {
-        let _writing = self.writing();
-        if let Some(next) = next.filter(|n| n.expires_at != current.record.expires_at) {
-            self.index_expiry(ExpiryKind::Challenge, next.id.as_bytes(), next.expires_at)?;
-        }
-        let key = current.record.id.as_bytes();
-        let next = next.map(encode);
-        tx_result(
-            (&self.challenges, &self.mail_queue).transaction(|(challenges, queue)| {
-                if challenges.get(key)?.as_deref() != Some(current.raw.as_slice()) {
-                    return Ok(false);
-                }
-                match &next {
-                    Some(next) => challenges.insert(key, next.as_slice())?,
-                    None => challenges.remove(key)?,
-                };
-                queue_in(queue, mail)?;
-                Ok(true)
-            }),
-        )
+        self.durably(|| {
+            let _writing = self.writing();
+            if let Some(next) = next.filter(|n| n.expires_at != current.record.expires_at) {
+                self.index_expiry(ExpiryKind::Challenge, next.id.as_bytes(), next.expires_at)?;
+            }
+            let key = current.record.id.as_bytes();
+            let next = next.map(encode);
+            tx_result(
+                (&self.challenges, &self.mail_queue).transaction(|(challenges, queue)| {
+                    let stored = challenges.get(key)?;
+                    if stored.as_deref().map(revision_of) != Some(current.revision) {
+                        return Ok(false);
+                    }
+                    match &next {
+                        Some(next) => challenges.insert(key, next.as_slice())?,
+                        None => challenges.remove(key)?,
+                    };
+                    queue_in(queue, mail)?;
+                    Ok(true)
+                }),
+            )
+        })
+        .await
     }
 
-    fn put_step_up(
+    async fn put_step_up(
         &self,
         challenge: &ChallengeRecord,
         reason: &str,
-        mail: &[QueuedMail],
+        mail: &[MailQueueRecord],
     ) -> Result<(), StoreError> {
-        self.index_expiry(
-            ExpiryKind::Challenge,
-            challenge.id.as_bytes(),
-            challenge.expires_at,
-        )?;
-        let key = step_up_key(&challenge.user_id, reason);
-        let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
-        let record = encode(challenge);
-        // Under the account's lock, so that a change ending its codes sees this one.
-        self.with_account(challenge.user_id, |t, _| {
-            if let Some(old) = t.step_ups.get(&key)? {
-                t.challenges.remove(old)?;
-            }
-            t.step_ups.insert(key.as_slice(), challenge.id.as_bytes())?;
-            t.challenges
-                .insert(challenge.id.as_bytes(), record.as_slice())?;
-            t.challenges_by_user.insert(index.as_slice(), &[])?;
-            t.queue(mail)?;
-            Ok(())
+        self.durably(|| {
+            self.index_expiry(
+                ExpiryKind::Challenge,
+                challenge.id.as_bytes(),
+                challenge.expires_at,
+            )?;
+            let key = step_up_key(&challenge.user_id, reason);
+            let index = challenge_by_user_key(&challenge.user_id, &challenge.id);
+            let record = encode(challenge);
+            // Under the account's lock, so that a change ending its codes sees this one.
+            self.with_account(challenge.user_id, |t, _| {
+                if let Some(old) = t.step_ups.get(&key)? {
+                    t.challenges.remove(old)?;
+                }
+                t.step_ups.insert(key.as_slice(), challenge.id.as_bytes())?;
+                t.challenges
+                    .insert(challenge.id.as_bytes(), record.as_slice())?;
+                t.challenges_by_user.insert(index.as_slice(), &[])?;
+                t.queue(mail)?;
+                Ok(())
+            })
         })
+        .await
     }
 
-    fn step_up(
+    async fn step_up(
         &self,
         user_id: Uuid,
         reason: &str,
     ) -> Result<Option<Versioned<ChallengeRecord>>, StoreError> {
         match self.step_ups_by_user.get(step_up_key(&user_id, reason))? {
-            Some(id) => self.challenge(uuid_from(STEP_UPS_BY_USER, &id)?),
+            Some(id) => self.challenge(uuid_from(STEP_UPS_BY_USER, &id)?).await,
             None => Ok(None),
         }
     }
 
-    fn factor_failures(&self, user_id: Uuid) -> Result<Option<FactorFailuresRecord>, StoreError> {
+    async fn factor_failures(
+        &self,
+        user_id: Uuid,
+    ) -> Result<Option<FactorFailuresRecord>, StoreError> {
         match self.factor_failures.get(user_id.as_bytes())? {
             Some(raw) => Ok(Some(decode(FACTOR_FAILURES, &raw)?)),
             None => Ok(None),
         }
     }
 
-    fn record_factor_failure(
+    async fn record_factor_failure(
         &self,
         user_id: Uuid,
         now: i64,
         window: i64,
     ) -> Result<FactorFailuresRecord, StoreError> {
-        let _writing = self.writing();
-        let key = user_id.as_bytes();
-        loop {
-            let current = self.factor_failures.get(key)?;
-            let before: Option<FactorFailuresRecord> = match &current {
-                Some(raw) => Some(decode(FACTOR_FAILURES, raw)?),
-                None => None,
-            };
-            let after = match before {
-                Some(f) if f.window_start + window > now => FactorFailuresRecord {
-                    failures: f.failures.saturating_add(1),
-                    ..f
-                },
-                _ => FactorFailuresRecord {
-                    window_start: now,
-                    failures: 1,
-                },
-            };
-            let swapped =
-                self.factor_failures
-                    .compare_and_swap(key, current, Some(encode(&after)))?;
-            if swapped.is_ok() {
-                return Ok(after);
+        self.durably(|| {
+            let _writing = self.writing();
+            let key = user_id.as_bytes();
+            loop {
+                let current = self.factor_failures.get(key)?;
+                let before: Option<FactorFailuresRecord> = match &current {
+                    Some(raw) => Some(decode(FACTOR_FAILURES, raw)?),
+                    None => None,
+                };
+                let after = match before {
+                    Some(f) if f.window_start + window > now => FactorFailuresRecord {
+                        failures: f.failures.saturating_add(1),
+                        ..f
+                    },
+                    _ => FactorFailuresRecord {
+                        window_start: now,
+                        failures: 1,
+                    },
+                };
+                let swapped =
+                    self.factor_failures
+                        .compare_and_swap(key, current, Some(encode(&after)))?;
+                if swapped.is_ok() {
+                    return Ok(after);
+                }
+                // Another failure was counted meanwhile: count this one on top of it.
             }
-            // Another failure was counted meanwhile: count this one on top of it.
-        }
+        })
+        .await
     }
 }
 
@@ -220,8 +264,8 @@ impl ChallengeStore for Store {
 mod tests {
     use super::*;
 
-    #[test]
-    fn past_the_cap_a_new_challenge_ends_the_oldest() {
+    #[tokio::test]
+    async fn past_the_cap_a_new_challenge_ends_the_oldest() {
         use crate::store::records::{ChallengePurpose, SecondFactor};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
@@ -242,32 +286,40 @@ mod tests {
                 stamp: 0,
             })
             .collect();
-        let ended: Vec<usize> = made
-            .iter()
-            .map(|c| store.put_challenge(c, 3, &[]).unwrap())
-            .collect();
+        let mut ended = Vec::new();
+        for c in &made {
+            ended.push(store.put_challenge(c, 3, &[]).await.unwrap());
+        }
         assert_eq!(ended, [0, 0, 0, 1, 1]);
         for (n, c) in made.iter().enumerate() {
-            let live = store.challenge(c.id).unwrap().is_some();
+            let live = store.challenge(c.id).await.unwrap().is_some();
             assert_eq!(live, n >= 2, "challenge {n}: the two oldest gave way");
         }
     }
 
-    #[test]
-    fn concurrent_factor_failures_are_all_counted_and_a_window_starts_afresh() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_factor_failures_are_all_counted_and_a_window_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let user = Uuid::new_v4();
-        std::thread::scope(|scope| {
-            for _ in 0..8 {
-                scope.spawn(|| {
+        let store = std::sync::Arc::new(store);
+        let counters: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
                     for _ in 0..50 {
-                        store.record_factor_failure(user, 1_000, 3600).unwrap();
+                        store
+                            .record_factor_failure(user, 1_000, 3600)
+                            .await
+                            .unwrap();
                     }
-                });
-            }
-        });
-        let counted = store.factor_failures(user).unwrap().unwrap();
+                })
+            })
+            .collect();
+        for counter in counters {
+            counter.await.unwrap();
+        }
+        let counted = store.factor_failures(user).await.unwrap().unwrap();
         assert_eq!(
             counted,
             FactorFailuresRecord {
@@ -275,9 +327,18 @@ mod tests {
                 failures: 400
             }
         );
-        let next = store.record_factor_failure(user, 4_600, 3600).unwrap();
+        let next = store
+            .record_factor_failure(user, 4_600, 3600)
+            .await
+            .unwrap();
         assert_eq!(next.failures, 1, "the window ended");
         assert_eq!(next.window_start, 4_600);
-        assert!(store.factor_failures(Uuid::new_v4()).unwrap().is_none());
+        assert!(
+            store
+                .factor_failures(Uuid::new_v4())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

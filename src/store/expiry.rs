@@ -9,7 +9,7 @@ use super::records::{
     ChallengePurpose, ChallengeRecord, EmailCodeRecord, RefreshRecord, ResetCodeRecord,
     SessionRecord, decode,
 };
-use super::{SessionStore, Store, StoreError};
+use super::{ExpiryStore, Store, StoreError};
 
 /// What one sweep removed, by kind.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,20 @@ impl SweepReport {
     }
 }
 
+#[async_trait::async_trait]
+impl ExpiryStore for Store {
+    /// [`Store::sweep_due`] on a blocking thread, so that a batch never holds a runtime
+    /// worker, then made durable.
+    async fn sweep_expired(&self, now: i64, limit: usize) -> Result<SweepReport, StoreError> {
+        let store = self.clone();
+        let report = tokio::task::spawn_blocking(move || store.sweep_due(now, limit))
+            .await
+            .map_err(|e| super::sled_store::thread_failed("sweeping", &e))??;
+        self.flush().await?;
+        Ok(report)
+    }
+}
+
 impl Store {
     /// Records that `id` of `kind` falls due at `at`. Written before the record, as a write
     /// that a backup waits for (the guard is recursive, so a caller may hold it already).
@@ -50,15 +64,6 @@ impl Store {
         let _writing = self.writing();
         self.expiry.insert(expiry_key(at, kind, id), &[])?;
         Ok(())
-    }
-
-    /// [`Store::sweep_due`] on a blocking thread, so that a batch never holds a runtime
-    /// worker.
-    pub async fn sweep_expired(&self, now: i64, limit: usize) -> Result<SweepReport, StoreError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.sweep_due(now, limit))
-            .await
-            .map_err(|e| super::sled_store::thread_failed("sweeping", &e))?
     }
 
     /// Removes at most `limit` index entries that are due at `now`, with their records when
@@ -129,7 +134,7 @@ impl Store {
                 if let Some(bytes) = self.sessions.get(id)? {
                     let session: SessionRecord = decode(SESSIONS, &bytes)?;
                     if session.refresh_expires_at <= now {
-                        self.end_sessions(&[session.id])?;
+                        self.end_sessions_now(&[session.id])?;
                         report.sessions += 1;
                     } else {
                         // Refreshed since it was indexed: a rotation moves the expiry without

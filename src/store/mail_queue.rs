@@ -11,40 +11,44 @@ use super::{Store, StoreError, tx_result};
 /// Inserts `mail` inside a running transaction.
 pub(super) fn queue_in(
     tree: &TransactionalTree,
-    mail: &[QueuedMail],
+    mail: &[MailQueueRecord],
 ) -> Result<(), UnabortableTransactionError> {
     for m in mail {
-        tree.insert(&m.id.to_be_bytes(), encode(&m.record))?;
+        let id = tree
+            .generate_id()
+            .map_err(UnabortableTransactionError::Storage)?;
+        tree.insert(&id.to_be_bytes(), encode(m))?;
     }
     Ok(())
 }
 
-pub trait MailQueueStore {
-    /// A fresh, increasing message id.
-    fn next_mail_id(&self) -> Result<u64, StoreError>;
-    /// Queues messages that no state change goes with.
-    fn enqueue(&self, mail: &[QueuedMail]) -> Result<(), StoreError>;
+#[async_trait::async_trait]
+pub trait MailQueueStore: Send + Sync {
+    /// Queues messages that no state change goes with. Each is given a fresh, increasing
+    /// id, as it is by every operation that queues mail.
+    async fn enqueue(&self, mail: &[MailQueueRecord]) -> Result<(), StoreError>;
     /// Messages whose next attempt is due at `now`, oldest first.
-    fn due_mail(&self, now: i64, limit: usize) -> Result<Vec<QueuedMail>, StoreError>;
-    fn reschedule_mail(&self, mail: &QueuedMail) -> Result<(), StoreError>;
-    fn remove_mail(&self, id: u64) -> Result<(), StoreError>;
-    fn mail_queue_len(&self) -> usize;
+    async fn due_mail(&self, now: i64, limit: usize) -> Result<Vec<QueuedMail>, StoreError>;
+    async fn reschedule_mail(&self, mail: &QueuedMail) -> Result<(), StoreError>;
+    async fn remove_mail(&self, id: u64) -> Result<(), StoreError>;
+    /// How many messages are queued.
+    async fn mail_queue_len(&self) -> Result<usize, StoreError>;
 }
 
+#[async_trait::async_trait]
 impl MailQueueStore for Store {
-    fn next_mail_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+    async fn enqueue(&self, mail: &[MailQueueRecord]) -> Result<(), StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            tx_result(self.mail_queue.transaction(|queue| {
+                queue_in(queue, mail)?;
+                Ok(())
+            }))
+        })
+        .await
     }
 
-    fn enqueue(&self, mail: &[QueuedMail]) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        tx_result(self.mail_queue.transaction(|queue| {
-            queue_in(queue, mail)?;
-            Ok(())
-        }))
-    }
-
-    fn due_mail(&self, now: i64, limit: usize) -> Result<Vec<QueuedMail>, StoreError> {
+    async fn due_mail(&self, now: i64, limit: usize) -> Result<Vec<QueuedMail>, StoreError> {
         let mut due = Vec::new();
         for entry in self.mail_queue.iter() {
             let (key, value) = entry?;
@@ -65,20 +69,26 @@ impl MailQueueStore for Store {
         Ok(due)
     }
 
-    fn reschedule_mail(&self, mail: &QueuedMail) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        self.mail_queue
-            .insert(mail.id.to_be_bytes(), encode(&mail.record))?;
-        Ok(())
+    async fn reschedule_mail(&self, mail: &QueuedMail) -> Result<(), StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            self.mail_queue
+                .insert(mail.id.to_be_bytes(), encode(&mail.record))?;
+            Ok(())
+        })
+        .await
     }
 
-    fn remove_mail(&self, id: u64) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        self.mail_queue.remove(id.to_be_bytes())?;
-        Ok(())
+    async fn remove_mail(&self, id: u64) -> Result<(), StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            self.mail_queue.remove(id.to_be_bytes())?;
+            Ok(())
+        })
+        .await
     }
 
-    fn mail_queue_len(&self) -> usize {
-        self.mail_queue.len()
+    async fn mail_queue_len(&self) -> Result<usize, StoreError> {
+        Ok(self.mail_queue.len())
     }
 }

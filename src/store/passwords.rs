@@ -5,46 +5,51 @@ use sled::Transactional;
 
 use super::keys::{ExpiryKind, RESET_CODES};
 use super::mail_queue::queue_in;
-use super::records::{QueuedMail, ResetCodeRecord, decode, encode};
+use super::records::{MailQueueRecord, ResetCodeRecord, decode, encode};
 use super::{Store, StoreError, tx_result};
 
-pub trait PasswordStore {
+#[async_trait::async_trait]
+pub trait PasswordStore: Send + Sync {
     /// Stores a reset code as the user's only one, replacing an earlier code.
-    fn put_reset_code(
+    async fn put_reset_code(
         &self,
         hash: &[u8; 32],
         record: &ResetCodeRecord,
-        mail: &[QueuedMail],
+        mail: &[MailQueueRecord],
     ) -> Result<(), StoreError>;
-    fn reset_code(&self, hash: &[u8; 32]) -> Result<Option<ResetCodeRecord>, StoreError>;
+    async fn reset_code(&self, hash: &[u8; 32]) -> Result<Option<ResetCodeRecord>, StoreError>;
 }
 
+#[async_trait::async_trait]
 impl PasswordStore for Store {
-    fn put_reset_code(
+    async fn put_reset_code(
         &self,
         hash: &[u8; 32],
         record: &ResetCodeRecord,
-        mail: &[QueuedMail],
+        mail: &[MailQueueRecord],
     ) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        self.index_expiry(ExpiryKind::ResetCode, hash, record.expires_at)?;
-        let bytes = encode(record);
-        tx_result(
-            (&self.reset_codes, &self.reset_by_user, &self.mail_queue).transaction(
-                |(codes, by_user, queue)| {
-                    if let Some(old) = by_user.get(record.user_id.as_bytes())? {
-                        codes.remove(old)?;
-                    }
-                    codes.insert(hash, bytes.as_slice())?;
-                    by_user.insert(record.user_id.as_bytes(), hash)?;
-                    queue_in(queue, mail)?;
-                    Ok(())
-                },
-            ),
-        )
+        self.durably(|| {
+            let _writing = self.writing();
+            self.index_expiry(ExpiryKind::ResetCode, hash, record.expires_at)?;
+            let bytes = encode(record);
+            tx_result(
+                (&self.reset_codes, &self.reset_by_user, &self.mail_queue).transaction(
+                    |(codes, by_user, queue)| {
+                        if let Some(old) = by_user.get(record.user_id.as_bytes())? {
+                            codes.remove(old)?;
+                        }
+                        codes.insert(hash, bytes.as_slice())?;
+                        by_user.insert(record.user_id.as_bytes(), hash)?;
+                        queue_in(queue, mail)?;
+                        Ok(())
+                    },
+                ),
+            )
+        })
+        .await
     }
 
-    fn reset_code(&self, hash: &[u8; 32]) -> Result<Option<ResetCodeRecord>, StoreError> {
+    async fn reset_code(&self, hash: &[u8; 32]) -> Result<Option<ResetCodeRecord>, StoreError> {
         self.reset_codes
             .get(hash)?
             .map(|bytes| decode(RESET_CODES, &bytes))

@@ -6,12 +6,12 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError as Tx, TransactionalTree};
 use uuid::Uuid;
 
-use super::account_tx::Changed;
+use super::account_tx::{Changed, UserChange};
 use super::keys::{
     ExpiryKind, META, META_SESSION_COUNT, REFRESH_TOKENS, SESSIONS, SESSIONS_BY_USER, SIGNING_KEYS,
     USERS, session_by_user_key,
 };
-use super::records::{RefreshRecord, SessionRecord, SigningKeyRecord, UserRecord, decode, encode};
+use super::records::{RefreshRecord, SessionRecord, SigningKeyRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 
 /// What presenting a refresh token did.
@@ -38,31 +38,34 @@ pub enum LegacyRefresh {
 }
 
 /// Signed-in devices and their refresh tokens.
-pub trait SessionStore {
-    fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
     /// The user whose session `id` is, if it exists: what every authenticated request asks,
     /// read without decoding the rest of the record.
-    fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError>;
-    fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError>;
+    async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError>;
     /// Starts a device session for its user, replacing the one the same device had, in one
     /// transaction with `sign_in`'s change to the account (its sign-in times, maybe a new
     /// hash), under the account's lock. `sign_in` sees the account as it is and may refuse
     /// (disabled, or changed since the sign-in was decided): then nothing is written. Past
     /// `max_sessions`, the user's oldest sessions end. `Done`'s `ended` holds the replaced and
     /// the ended ones.
-    fn start_session<E>(
+    /// The form a `dyn Storage` can take: callers use the typed `start_session` of
+    /// `dyn Storage`.
+    async fn start_session_with(
         &self,
         session: &SessionRecord,
         max_sessions: usize,
-        sign_in: impl Fn(&mut UserRecord) -> Result<(), E>,
-    ) -> Result<Changed<(), E>, StoreError>;
+        sign_in: &UserChange<'_>,
+    ) -> Result<Changed<(), ()>, StoreError>;
     /// Rotates the refresh token of generation `generation` of session `session_id`, whose
     /// keyed hash is `presented`, to the token with keyed hash `new` (generation + 1). An
     /// older generation ends the session. The new token expires at `new_expires_at`, but
     /// never later than `session_max_age` seconds after the session's sign-in. One write:
     /// the session record, compared and swapped.
     #[allow(clippy::too_many_arguments)]
-    fn rotate_refresh(
+    async fn rotate_refresh(
         &self,
         session_id: Uuid,
         generation: u64,
@@ -75,28 +78,27 @@ pub trait SessionStore {
     /// Finds the session of a refresh token of storage format 1, by its keyed hash `old`.
     /// A current one is returned for [`SessionStore::rotate_refresh`]; one that was already
     /// rotated ends its session.
-    fn legacy_refresh(&self, old: &[u8; 32], now: i64) -> Result<LegacyRefresh, StoreError>;
+    async fn legacy_refresh(&self, old: &[u8; 32], now: i64) -> Result<LegacyRefresh, StoreError>;
     /// Ends these sessions. Their refresh tokens die with them.
-    fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError>;
+    async fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError>;
 }
 
 /// The keys that sign access tokens.
-pub trait SigningKeyStore {
-    fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+#[async_trait::async_trait]
+pub trait SigningKeyStore: Send + Sync {
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
     /// Adds or replaces a key record, durably.
-    fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError>;
-    fn remove_signing_key(&self, kid: &str) -> Result<(), StoreError>;
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError>;
+    async fn remove_signing_key(&self, kid: &str) -> Result<(), StoreError>;
 }
 
+#[async_trait::async_trait]
 impl SessionStore for Store {
-    fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
-        self.sessions
-            .get(id.as_bytes())?
-            .map(|bytes| decode(SESSIONS, &bytes))
-            .transpose()
+    async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        self.read_session(id)
     }
 
-    fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError> {
+    async fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError> {
         /// The one field of a [`SessionRecord`] that `session_owner` reads.
         #[derive(Deserialize)]
         struct Owner {
@@ -108,23 +110,121 @@ impl SessionStore for Store {
             .transpose()
     }
 
-    fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError> {
         let mut found = Vec::new();
         for entry in self.sessions_by_user.scan_prefix(user_id.as_bytes()) {
             let (_, id) = entry?;
-            if let Some(session) = self.session(uuid_from(SESSIONS_BY_USER, &id)?)? {
+            if let Some(session) = self.read_session(uuid_from(SESSIONS_BY_USER, &id)?)? {
                 found.push(session);
             }
         }
         Ok(found)
     }
 
-    fn start_session<E>(
+    async fn start_session_with(
         &self,
         session: &SessionRecord,
         max_sessions: usize,
-        sign_in: impl Fn(&mut UserRecord) -> Result<(), E>,
-    ) -> Result<Changed<(), E>, StoreError> {
+        sign_in: &UserChange<'_>,
+    ) -> Result<Changed<(), ()>, StoreError> {
+        self.durably(|| self.start_session_now(session, max_sessions, sign_in))
+            .await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        session_id: Uuid,
+        generation: u64,
+        presented: &[u8; 32],
+        new: &[u8; 32],
+        new_expires_at: i64,
+        session_max_age: i64,
+        now: i64,
+    ) -> Result<RotateOutcome, StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            let key = session_id.as_bytes();
+            loop {
+                let Some(current) = self.sessions.get(key)? else {
+                    return Ok(RotateOutcome::Unknown);
+                };
+                let mut session: SessionRecord = decode(SESSIONS, &current)?;
+                if session.refresh_expires_at <= now {
+                    return Ok(RotateOutcome::Expired);
+                }
+                if generation < session.refresh_generation {
+                    // An old token came back: whoever holds the pair may be a thief.
+                    self.end_sessions_now(&[session.id])?;
+                    return Ok(RotateOutcome::Reused {
+                        session_id: session.id,
+                        user_id: session.user_id,
+                    });
+                }
+                if generation > session.refresh_generation
+                    || verify_slices_are_equal(presented, &session.refresh_hash).is_err()
+                {
+                    return Ok(RotateOutcome::Unknown);
+                }
+                session.refresh_hash = *new;
+                session.refresh_generation = generation + 1;
+                // However often it is refreshed, a session ends `session_max_age` after sign-in.
+                session.refresh_expires_at =
+                    new_expires_at.min(session.created_at.saturating_add(session_max_age));
+                session.last_seen_at = session.last_seen_at.max(now);
+                // The session keeps its older expiry entry: the sweeper moves it when it is due.
+                let swapped =
+                    self.sessions
+                        .compare_and_swap(key, Some(current), Some(encode(&session)))?;
+                if swapped.is_ok() {
+                    return Ok(RotateOutcome::Rotated(session));
+                }
+                // Changed meanwhile (another rotation, a logout): decide again on what is there.
+            }
+        })
+        .await
+    }
+
+    async fn legacy_refresh(&self, old: &[u8; 32], now: i64) -> Result<LegacyRefresh, StoreError> {
+        self.durably(|| {
+            let Some(record) = self.refresh_tokens.get(old)? else {
+                return Ok(LegacyRefresh::Refused(RotateOutcome::Unknown));
+            };
+            let record: RefreshRecord = decode(REFRESH_TOKENS, &record)?;
+            if record.expires_at <= now {
+                return Ok(LegacyRefresh::Refused(RotateOutcome::Expired));
+            }
+            let Some(session) = self.read_session(record.session_id)? else {
+                return Ok(LegacyRefresh::Refused(RotateOutcome::Unknown));
+            };
+            if &session.refresh_hash == old {
+                return Ok(LegacyRefresh::Current {
+                    session_id: session.id,
+                    generation: session.refresh_generation,
+                });
+            }
+            // A token of format 1 that was rotated already.
+            self.end_sessions_now(&[session.id])?;
+            Ok(LegacyRefresh::Refused(RotateOutcome::Reused {
+                session_id: session.id,
+                user_id: session.user_id,
+            }))
+        })
+        .await
+    }
+
+    async fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        self.durably(|| self.end_sessions_now(ids)).await
+    }
+}
+
+impl Store {
+    /// Starts a session, not yet durably.
+    fn start_session_now(
+        &self,
+        session: &SessionRecord,
+        max_sessions: usize,
+        sign_in: &UserChange<'_>,
+    ) -> Result<Changed<(), ()>, StoreError> {
         self.index_expiry(
             ExpiryKind::Session,
             session.id.as_bytes(),
@@ -171,82 +271,15 @@ impl SessionStore for Store {
         })
     }
 
-    fn rotate_refresh(
-        &self,
-        session_id: Uuid,
-        generation: u64,
-        presented: &[u8; 32],
-        new: &[u8; 32],
-        new_expires_at: i64,
-        session_max_age: i64,
-        now: i64,
-    ) -> Result<RotateOutcome, StoreError> {
-        let _writing = self.writing();
-        let key = session_id.as_bytes();
-        loop {
-            let Some(current) = self.sessions.get(key)? else {
-                return Ok(RotateOutcome::Unknown);
-            };
-            let mut session: SessionRecord = decode(SESSIONS, &current)?;
-            if session.refresh_expires_at <= now {
-                return Ok(RotateOutcome::Expired);
-            }
-            if generation < session.refresh_generation {
-                // An old token came back: whoever holds the pair may be a thief.
-                self.end_sessions(&[session.id])?;
-                return Ok(RotateOutcome::Reused {
-                    session_id: session.id,
-                    user_id: session.user_id,
-                });
-            }
-            if generation > session.refresh_generation
-                || verify_slices_are_equal(presented, &session.refresh_hash).is_err()
-            {
-                return Ok(RotateOutcome::Unknown);
-            }
-            session.refresh_hash = *new;
-            session.refresh_generation = generation + 1;
-            // However often it is refreshed, a session ends `session_max_age` after sign-in.
-            session.refresh_expires_at =
-                new_expires_at.min(session.created_at.saturating_add(session_max_age));
-            session.last_seen_at = session.last_seen_at.max(now);
-            // The session keeps its older expiry entry: the sweeper moves it when it is due.
-            let swapped =
-                self.sessions
-                    .compare_and_swap(key, Some(current), Some(encode(&session)))?;
-            if swapped.is_ok() {
-                return Ok(RotateOutcome::Rotated(session));
-            }
-            // Changed meanwhile (another rotation, a logout): decide again on what is there.
-        }
+    fn read_session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        self.sessions
+            .get(id.as_bytes())?
+            .map(|bytes| decode(SESSIONS, &bytes))
+            .transpose()
     }
 
-    fn legacy_refresh(&self, old: &[u8; 32], now: i64) -> Result<LegacyRefresh, StoreError> {
-        let Some(record) = self.refresh_tokens.get(old)? else {
-            return Ok(LegacyRefresh::Refused(RotateOutcome::Unknown));
-        };
-        let record: RefreshRecord = decode(REFRESH_TOKENS, &record)?;
-        if record.expires_at <= now {
-            return Ok(LegacyRefresh::Refused(RotateOutcome::Expired));
-        }
-        let Some(session) = self.session(record.session_id)? else {
-            return Ok(LegacyRefresh::Refused(RotateOutcome::Unknown));
-        };
-        if &session.refresh_hash == old {
-            return Ok(LegacyRefresh::Current {
-                session_id: session.id,
-                generation: session.refresh_generation,
-            });
-        }
-        // A token of format 1 that was rotated already.
-        self.end_sessions(&[session.id])?;
-        Ok(LegacyRefresh::Refused(RotateOutcome::Reused {
-            session_id: session.id,
-            user_id: session.user_id,
-        }))
-    }
-
-    fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+    /// Ends these sessions, not yet durably.
+    pub(super) fn end_sessions_now(&self, ids: &[Uuid]) -> Result<(), StoreError> {
         let _writing = self.writing();
         tx_result(
             (&self.sessions, &self.sessions_by_user, &self.meta).transaction(
@@ -301,9 +334,10 @@ fn read_count(bytes: &[u8]) -> Result<u64, StoreError> {
 impl Store {
     /// Starts `session` as a sign-in would, with no cap and no check: for tests and
     /// benchmarks. An error if its user does not exist.
+    /// Not durable by itself: seeding flushes once at its end ([`Store::flush_blocking`]).
     #[doc(hidden)]
     pub fn start_session_unchecked(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        match self.start_session(session, usize::MAX, |_| Ok::<_, ()>(()))? {
+        match self.start_session_now(session, usize::MAX, &|_| Ok(()))? {
             Changed::Done { .. } => Ok(()),
             _ => Err(StoreError::Record {
                 tree: USERS.into(),
@@ -339,8 +373,9 @@ impl Store {
     }
 }
 
+#[async_trait::async_trait]
 impl SigningKeyStore for Store {
-    fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.signing_keys
             .iter()
             .map(|entry| {
@@ -350,24 +385,29 @@ impl SigningKeyStore for Store {
             .collect()
     }
 
-    fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        self.signing_keys.insert(key.kid.as_bytes(), encode(key))?;
-        self.db.flush()?;
-        Ok(())
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            self.signing_keys.insert(key.kid.as_bytes(), encode(key))?;
+            Ok(())
+        })
+        .await
     }
 
-    fn remove_signing_key(&self, kid: &str) -> Result<(), StoreError> {
-        let _writing = self.writing();
-        self.signing_keys.remove(kid.as_bytes())?;
-        self.db.flush()?;
-        Ok(())
+    async fn remove_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            self.signing_keys.remove(kid.as_bytes())?;
+            Ok(())
+        })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::records::UserRecord;
     use crate::store::{AccountChange, Ends, UserStore};
 
     /// A new session of `user` on `device`.
@@ -387,22 +427,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_session_count_follows_starts_replacements_ends_and_a_password_change() {
+    #[tokio::test]
+    async fn the_session_count_follows_starts_replacements_ends_and_a_password_change() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let store = Store::open(&path).unwrap();
         assert_eq!(store.session_count().unwrap(), 0);
         let ada = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
-        store.insert_user(&ada).unwrap();
+        store.insert_user(&ada).await.unwrap();
         let (laptop, phone) = (session_on(&ada, "laptop"), session_on(&ada, "phone"));
         store.start_session_unchecked(&laptop).unwrap();
         store.start_session_unchecked(&phone).unwrap();
         assert_eq!(store.session_count().unwrap(), 2);
         // The same device signing in again replaces its session.
         let laptop_again = session_on(&ada, "laptop");
-        let started = store
+        let started = (&store as &dyn crate::store::Storage)
             .start_session(&laptop_again, 10, |_| Ok::<_, ()>(()))
+            .await
             .unwrap();
         assert!(
             matches!(&started, Changed::Done { ended, .. } if ended == &[laptop.id]),
@@ -412,6 +453,7 @@ mod tests {
         // A session already gone, or named twice, is not counted again.
         store
             .end_sessions(&[laptop.id, phone.id, phone.id, Uuid::new_v4()])
+            .await
             .unwrap();
         assert_eq!(store.session_count().unwrap(), 1);
         // A password change keeps the caller's session and ends the others.
@@ -425,11 +467,12 @@ mod tests {
         let how = AccountChange::ending(Ends::Everything {
             keep: Some(laptop_again.id),
         });
-        let changed = store
+        let changed = (&store as &dyn crate::store::Storage)
             .change_user(ada.id, how, |u| {
                 u.password_hash = "$argon2id$new".into();
                 Ok::<_, ()>(())
             })
+            .await
             .unwrap();
         let Changed::Done { user, ended, .. } = changed else {
             panic!("{changed:?}");
@@ -446,25 +489,27 @@ mod tests {
         assert_eq!(Store::open(&path).unwrap().session_count().unwrap(), 1);
     }
 
-    #[test]
-    fn past_the_cap_a_sign_in_ends_the_oldest_sessions() {
+    #[tokio::test]
+    async fn past_the_cap_a_sign_in_ends_the_oldest_sessions() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let ada = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
-        store.insert_user(&ada).unwrap();
+        store.insert_user(&ada).await.unwrap();
         let mut made = Vec::new();
         for n in 0..5 {
             let session = SessionRecord {
                 created_at: n,
                 ..session_on(&ada, &format!("device-{n}"))
             };
-            store
+            (&store as &dyn crate::store::Storage)
                 .start_session(&session, 3, |_| Ok::<_, ()>(()))
+                .await
                 .unwrap();
             made.push(session.id);
         }
         let left: Vec<Uuid> = store
             .sessions_of(ada.id)
+            .await
             .unwrap()
             .iter()
             .map(|s| s.id)
@@ -476,17 +521,20 @@ mod tests {
         assert_eq!(store.session_count().unwrap(), 3);
     }
 
-    #[test]
-    fn the_owner_of_a_session_is_read_while_it_exists() {
+    #[tokio::test]
+    async fn the_owner_of_a_session_is_read_while_it_exists() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let user = UserRecord::new("ada@example.com", "ada", "$argon2id$stub".into(), 1);
-        store.insert_user(&user).unwrap();
+        store.insert_user(&user).await.unwrap();
         let session = session_on(&user, "laptop");
         store.start_session_unchecked(&session).unwrap();
-        assert_eq!(store.session_owner(session.id).unwrap(), Some(user.id));
-        assert_eq!(store.session_owner(Uuid::new_v4()).unwrap(), None);
-        store.end_sessions(&[session.id]).unwrap();
-        assert_eq!(store.session_owner(session.id).unwrap(), None);
+        assert_eq!(
+            store.session_owner(session.id).await.unwrap(),
+            Some(user.id)
+        );
+        assert_eq!(store.session_owner(Uuid::new_v4()).await.unwrap(), None);
+        store.end_sessions(&[session.id]).await.unwrap();
+        assert_eq!(store.session_owner(session.id).await.unwrap(), None);
     }
 }

@@ -234,7 +234,7 @@ impl Store {
     /// sled's own `flush_async` can hang forever when several callers await it at once
     /// (spacejam/sled#1308, open in 0.34.7), so sled's blocking `flush` runs one at a time,
     /// and callers that queued meanwhile share the next one.
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    pub(super) async fn flush(&self) -> Result<(), StoreError> {
         let flusher = &self.flusher;
         let ticket = flusher.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let _running = flusher.running.lock().await;
@@ -259,6 +259,25 @@ impl Store {
         flusher.covered.fetch_max(covers, Ordering::SeqCst);
         flusher.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Makes every write so far durable, blocking: for tools that write without the
+    /// traits (seeding a benchmark's store).
+    #[doc(hidden)]
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Runs `write` (this store's writes, made on the calling thread) and returns once they
+    /// are durable: every write method of the store traits is one of these.
+    pub(super) async fn durably<T>(
+        &self,
+        write: impl FnOnce() -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        let value = write()?;
+        self.flush().await?;
+        Ok(value)
     }
 
     /// Durable writes and the flushes that covered them, since this store was opened.
@@ -365,8 +384,58 @@ pub(super) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+impl super::Storage for Store {
+    fn backend(&self) -> &'static str {
+        "sled"
+    }
+
+    fn backup_to(
+        &self,
+        out: &mut dyn std::io::Write,
+        file: &Path,
+        attachments: &[(&str, Vec<u8>)],
+        now: i64,
+    ) -> Result<super::BackupSummary, StoreError> {
+        Store::backup_to(self, out, file, attachments, now)
+    }
+
+    fn close(self: Arc<Self>) -> Result<bool, StoreError> {
+        match Arc::try_unwrap(self) {
+            Ok(store) => Store::close(store),
+            Err(shared) => {
+                shared.db.flush()?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+#[async_trait::async_trait]
 impl Health for Store {
-    fn check_writable(&self, now_unix_nanos: i128) -> Result<(), StoreError> {
+    async fn stats(&self) -> Result<super::StorageStats, StoreError> {
+        // Counting the mail queue walks its tree: off the async threads.
+        let store = self.clone();
+        let (device_sessions, queued_mail) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((store.session_count()?, store.mail_queue.len() as u64))
+        })
+        .await
+        .map_err(|e| thread_failed("statistics", &e))??;
+        let flushed = self.flush_stats();
+        Ok(super::StorageStats {
+            device_sessions,
+            queued_mail,
+            counters: vec![
+                ("keyhold_store_flush_requests_total", flushed.requests),
+                ("keyhold_store_flushes_total", flushed.flushes),
+            ],
+        })
+    }
+
+    async fn check_writable(&self, now_unix_nanos: i128) -> Result<(), StoreError> {
         let _writing = self.writing();
         let stamp = i64::try_from(now_unix_nanos).unwrap_or(i64::MAX);
         self.meta.insert(META_READY_PROBE, &stamp.to_be_bytes())?;
@@ -634,11 +703,11 @@ mod tests {
         assert!(err.to_string().contains("newer Keyhold"), "{err}");
     }
 
-    #[test]
-    fn the_health_probe_writes() {
+    #[tokio::test]
+    async fn the_health_probe_writes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
-        store.check_writable(42).unwrap();
+        store.check_writable(42).await.unwrap();
         assert_eq!(
             store.meta.get(META_READY_PROBE).unwrap().unwrap().as_ref(),
             42i64.to_be_bytes()

@@ -73,6 +73,7 @@ async fn a_bad_registration_document_is_refused_naming_the_field() {
         app.app
             .store()
             .user_by_email("a@example.com")
+            .await
             .unwrap()
             .is_none()
     );
@@ -247,15 +248,17 @@ async fn a_hash_made_with_old_parameters_is_replaced_at_the_next_sign_in() {
     let kept = app.stop_keeping_storage().await;
     let dir = kept.path().to_path_buf();
 
-    let stored = |dir: &std::path::Path| {
+    let stored = async |dir: &std::path::Path| {
         let store = Store::open(&dir.join("data/db")).unwrap();
         store
             .user_by_email("ida@example.com")
+            .await
             .unwrap()
             .unwrap()
             .password_hash
     };
-    assert!(stored(&dir).contains("m=64,t=1,p=1"), "{}", stored(&dir));
+    let hash = stored(&dir).await;
+    assert!(hash.contains("m=64,t=1,p=1"), "{hash}");
 
     let mut config = crate::helpers::test_config(dir.join("data"), smtp_port);
     config.passwords.argon2_memory_kib = 128;
@@ -270,7 +273,8 @@ async fn a_hash_made_with_old_parameters_is_replaced_at_the_next_sign_in() {
     .await;
     assert_eq!(body["data"]["login"]["status"], 200, "{body}");
     app.shutdown().await.unwrap();
-    assert!(stored(&dir).contains("m=128,t=2,p=1"), "{}", stored(&dir));
+    let hash = stored(&dir).await;
+    assert!(hash.contains("m=128,t=2,p=1"), "{hash}");
 }
 
 #[tokio::test]
@@ -524,19 +528,19 @@ async fn a_totp_secret_stored_in_clear_is_sealed_at_the_first_start_only() {
             recovery_codes: Vec::new(),
             enabled_at: 1,
         });
-        store.insert_user(&user).unwrap();
-        assert!(!store.secrets_sealed().unwrap());
+        store.insert_user(&user).await.unwrap();
+        assert!(!store.secrets_sealed().await.unwrap());
         user.id
     };
     let app = keyhold::Application::build(config.clone()).await.unwrap();
-    let user = app.store().user(id).unwrap().unwrap();
+    let user = app.store().user(id).await.unwrap().unwrap();
     let stored = user.two_factor.unwrap().totp_secret.unwrap();
     assert!(
         stored.starts_with("sealed:") && !stored.contains(clear),
         "{stored}"
     );
     assert!(
-        app.store().secrets_sealed().unwrap(),
+        app.store().secrets_sealed().await.unwrap(),
         "marked: later starts skip the scan"
     );
     app.shutdown().await.unwrap();

@@ -1,4 +1,3 @@
-use keyhold::store::AuditStore;
 use serde_json::json;
 
 use crate::helpers::{PASSWORD, TestApp};
@@ -26,6 +25,7 @@ async fn security_events_are_kept_in_time_order_without_secrets() {
         .app
         .store()
         .audit_since(0, Some("ada@example.com"), 100)
+        .await
         .unwrap();
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
@@ -51,7 +51,7 @@ async fn security_events_are_kept_in_time_order_without_secrets() {
     app.clock
         .advance(std::time::Duration::from_secs(91 * 86400));
     let now = app.clock.now().unix_timestamp();
-    let removed = app.app.store().prune_audit(now - 90 * 86400).unwrap();
+    let removed = app.app.store().prune_audit(now - 90 * 86400).await.unwrap();
     assert_eq!(removed, events.len());
     app.stop().await;
 }

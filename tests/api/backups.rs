@@ -62,12 +62,14 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     let config = test_config(kept.path().join("data"), smtp_port);
     // A new machine: the storage is gone; the backup and the identity are all there is.
     std::fs::remove_dir_all(&config.storage.path).unwrap();
-    keyhold::backup::restore(&config, &file, &identity, 0).unwrap();
+    keyhold::backup::restore(&config, &file, &identity, 0)
+        .await
+        .unwrap();
     let app = Application::build(config).await.unwrap();
-    use keyhold::store::UserStore;
     assert!(
         app.store()
             .user_by_email("late@example.com")
+            .await
             .unwrap()
             .is_none(),
         "the later account is gone"
@@ -75,6 +77,7 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     assert!(
         app.store()
             .user_by_email("ada@example.com")
+            .await
             .unwrap()
             .is_some(),
         "the earlier one is back"
@@ -101,7 +104,9 @@ async fn restore_refuses_a_running_server_a_cut_or_altered_file_and_a_wrong_iden
     let answer = backup_through(&app, &file).await;
     assert_eq!(answer["ok"], true, "{answer}");
     let config = test_config(app.dir.path().join("data"), 1);
-    let err = keyhold::backup::restore(&config, &file, &identity, 0).unwrap_err();
+    let err = keyhold::backup::restore(&config, &file, &identity, 0)
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("in use"), "{err:#}");
     let kept = app.stop_keeping_storage().await;
     let config = test_config(kept.path().join("data"), 1);
@@ -116,12 +121,20 @@ async fn restore_refuses_a_running_server_a_cut_or_altered_file_and_a_wrong_iden
     std::fs::write(&altered, &flipped).unwrap();
     let (_elsewhere, stranger, _) = backup_key();
     for (file, identity) in [(&cut, &identity), (&altered, &identity), (&file, &stranger)] {
-        let err = keyhold::backup::restore(&config, file, identity, 0).unwrap_err();
+        let err = keyhold::backup::restore(&config, file, identity, 0)
+            .await
+            .unwrap_err();
         assert!(!format!("{err:#}").is_empty());
         // The live storage was left as it was, and nothing was left beside it.
         use keyhold::store::UserStore;
         let store = keyhold::store::Store::open(&config.db_path()).unwrap();
-        assert!(store.user_by_email("bo@example.com").unwrap().is_some());
+        assert!(
+            store
+                .user_by_email("bo@example.com")
+                .await
+                .unwrap()
+                .is_some()
+        );
         drop(store);
         let beside: Vec<String> = std::fs::read_dir(&config.storage.path)
             .unwrap()

@@ -238,3 +238,12 @@ pub const NEW_TOKEN: &str = "mutation($refresh: String!) { newToken(refreshToken
 
 /// A password that meets the policy.
 pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The sled backend under a running application, for tests of what is particular to it
+/// (its format version, its expiry index).
+pub fn sled(app: &Application) -> &keyhold::store::Store {
+    app.store()
+        .as_any()
+        .downcast_ref()
+        .expect("the tests run on the sled backend")
+}

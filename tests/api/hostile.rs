@@ -1,6 +1,5 @@
 //! Hostile input: each bad request gets its stable error code, and nothing changes.
 
-use keyhold::store::{SessionStore, UserStore};
 use serde_json::{Value, json};
 
 use crate::helpers::{LOGIN, PASSWORD, TestApp};
@@ -265,6 +264,7 @@ async fn sixty_and_more_bad_inputs_each_get_their_code_and_change_nothing() {
         &keyhold::auth::Secrets::load_or_create(&other_dir.path().join("keys")).unwrap(),
         app.clock.unix_seconds(),
     )
+    .await
     .unwrap()
     .issue(
         uuid::Uuid::parse_str(login["userId"].as_str().unwrap()).unwrap(),
@@ -402,16 +402,20 @@ async fn sixty_and_more_bad_inputs_each_get_their_code_and_change_nothing() {
         "dup@example.com",
     ] {
         assert!(
-            store.user_by_email(email).unwrap().is_none(),
+            store.user_by_email(email).await.unwrap().is_none(),
             "{email} was created"
         );
     }
-    let ada = store.user_by_email("ada@example.com").unwrap().unwrap();
+    let ada = store
+        .user_by_email("ada@example.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ada.profile.city, None);
-    assert_eq!(store.sessions_of(ada.id).unwrap().len(), 1);
+    assert_eq!(store.sessions_of(ada.id).await.unwrap().len(), 1);
     let bob_id = uuid::Uuid::parse_str(bob["userId"].as_str().unwrap()).unwrap();
     assert_eq!(
-        store.sessions_of(bob_id).unwrap().len(),
+        store.sessions_of(bob_id).await.unwrap().len(),
         1,
         "bob's device survived"
     );

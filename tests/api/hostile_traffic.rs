@@ -1,7 +1,6 @@
 //! What an attacker sends to take the server down or to use it against others: documents
 //! nested past any bound, and cross-site "simple" POSTs.
 
-use keyhold::store::UserStore;
 use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, TestApp};
@@ -243,8 +242,20 @@ async fn a_cross_site_simple_post_runs_nothing() {
     assert_eq!(response.status().as_u16(), 200);
     app.mailbox.wait_for("real@example.com").await;
     let store = app.app.store();
-    assert!(store.user_by_email("victim@example.com").unwrap().is_none());
-    assert!(store.user_by_email("real@example.com").unwrap().is_some());
+    assert!(
+        store
+            .user_by_email("victim@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .user_by_email("real@example.com")
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert!(app.mailbox.to("victim@example.com").is_empty());
     app.stop().await;
 }
@@ -322,12 +333,14 @@ async fn a_full_mail_queue_drops_new_mail_and_the_request_still_succeeds() {
             .await;
         assert_eq!(body["data"]["register"]["status"], 201, "{body}");
     }
-    use keyhold::store::MailQueueStore;
     let store = app.app.store();
-    assert_eq!(store.mail_queue_len(), 3);
+    assert_eq!(store.mail_queue_len().await.unwrap(), 3);
     for i in 0..5 {
         let email = format!("q{i}@example.com");
-        assert!(store.user_by_email(&email).unwrap().is_some(), "{email}");
+        assert!(
+            store.user_by_email(&email).await.unwrap().is_some(),
+            "{email}"
+        );
     }
     let metrics = app.metrics().await;
     assert!(
@@ -355,17 +368,17 @@ async fn a_flood_of_refusals_writes_one_audit_record_and_counts_every_one() {
             "{i}: {body}"
         );
     }
-    use keyhold::store::AuditStore;
-    let refusals = || {
+    let refusals = || async {
         app.app
             .store()
             .audit_since(0, None, 10_000)
+            .await
             .unwrap()
             .into_iter()
             .filter(|r| r.event == "rate_limited")
             .count()
     };
-    assert_eq!(refusals(), 1, "one record for the key and window");
+    assert_eq!(refusals().await, 1, "one record for the key and window");
     let metrics = app.metrics().await;
     assert!(
         metrics.contains("keyhold_rate_limited_total{limit=\"RegisterPerIp\"} 10"),
@@ -377,6 +390,6 @@ async fn a_flood_of_refusals_writes_one_audit_record_and_counts_every_one() {
         app.register(json!({ "email": format!("g{i}@example.com"), "password": PASSWORD }))
             .await;
     }
-    assert_eq!(refusals(), 2);
+    assert_eq!(refusals().await, 2);
     app.stop().await;
 }

@@ -1,7 +1,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use keyhold::store::MailQueueStore;
 use keyhold::{Application, Clock};
 use serde_json::json;
 
@@ -18,9 +17,9 @@ fn free_port() -> u16 {
 }
 
 /// Waits (real time, bounded) until `done` holds: the worker runs in the background.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let waited = tokio::time::timeout(Duration::from_secs(10), async {
-        while !done() {
+        while !done().await {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -37,18 +36,18 @@ async fn with_smtp_down_the_request_succeeds_and_the_mail_follows_once_it_is_up(
         .await;
     assert_eq!(body["data"]["register"]["status"], 201, "{body}");
     let stats = app.app.mail_stats();
-    eventually("a failed first attempt", || {
+    eventually("a failed first attempt", async || {
         stats.retried.load(Ordering::Relaxed) >= 1
     })
     .await;
-    assert_eq!(app.app.store().mail_queue_len(), 1);
+    assert_eq!(app.app.store().mail_queue_len().await.unwrap(), 1);
 
     let sink = SmtpSink::start_on(SinkTls::None, port).await;
     app.clock.advance(Duration::from_secs(10));
     let mail = sink.mailbox.wait_for("ada@example.com").await;
     assert_eq!(mail.subject(), "Confirm your e-mail address");
-    eventually("the queue empties", || {
-        app.app.store().mail_queue_len() == 0
+    eventually("the queue empties", async || {
+        app.app.store().mail_queue_len().await.unwrap() == 0
     })
     .await;
 
@@ -57,7 +56,10 @@ async fn with_smtp_down_the_request_succeeds_and_the_mail_follows_once_it_is_up(
     app.register(json!({ "email": "bob@example.com", "password": PASSWORD }))
         .await;
     sink.mailbox.wait_for("bob@example.com").await;
-    eventually("two sends", || stats.sent.load(Ordering::Relaxed) == 2).await;
+    eventually("two sends", async || {
+        stats.sent.load(Ordering::Relaxed) == 2
+    })
+    .await;
     assert_eq!(sink.mailbox.to("ada@example.com").len(), 1);
     app.stop().await;
 }
@@ -104,12 +106,15 @@ async fn a_message_is_dropped_after_its_last_attempt() {
     app.register(json!({ "email": "dee@example.com", "password": PASSWORD }))
         .await;
     let stats = app.app.mail_stats();
-    eventually("the first failure", || {
+    eventually("the first failure", async || {
         stats.retried.load(Ordering::Relaxed) == 1
     })
     .await;
     app.clock.advance(Duration::from_secs(10));
-    eventually("the drop", || stats.dropped.load(Ordering::Relaxed) == 1).await;
-    assert_eq!(app.app.store().mail_queue_len(), 0);
+    eventually("the drop", async || {
+        stats.dropped.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(app.app.store().mail_queue_len().await.unwrap(), 0);
     app.stop().await;
 }

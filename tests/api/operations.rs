@@ -66,7 +66,13 @@ async fn a_rotated_key_verifies_its_tokens_until_they_expire_then_leaves_the_jwk
     app.clock.advance(ttl - std::time::Duration::from_secs(2));
     let auth = app.app.auth();
     let now = app.clock.unix_seconds();
-    assert_eq!(auth.tokens.drop_retired_keys(&auth.store, now).unwrap(), 0);
+    assert_eq!(
+        auth.tokens
+            .drop_retired_keys(&*auth.store, now)
+            .await
+            .unwrap(),
+        0
+    );
     let body = app.graphql_as(&old_token, PROFILE, Value::Null).await;
     assert_eq!(
         body["data"]["userProfile"]["email"], "ada@example.com",
@@ -76,7 +82,13 @@ async fn a_rotated_key_verifies_its_tokens_until_they_expire_then_leaves_the_jwk
     // Once every token it signed has expired, the sweeper drops it.
     app.clock.advance(std::time::Duration::from_secs(5));
     let now = app.clock.unix_seconds();
-    assert_eq!(auth.tokens.drop_retired_keys(&auth.store, now).unwrap(), 1);
+    assert_eq!(
+        auth.tokens
+            .drop_retired_keys(&*auth.store, now)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(jwks_kids(&app).await, vec![new_kid]);
     let body = app.graphql_as(&old_token, PROFILE, Value::Null).await;
     assert_eq!(error_code(&body), "INVALID_TOKEN");
@@ -454,11 +466,14 @@ async fn a_second_factor_confirmed_after_a_disable_signs_nobody_in() {
         .await;
     // The disable ended the challenge with everything else the account had pending.
     assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
-    use keyhold::store::{SessionStore, UserStore};
     let store = app.app.store();
-    let user = store.user_by_email("kim@example.com").unwrap().unwrap();
+    let user = store
+        .user_by_email("kim@example.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
-        store.sessions_of(user.id).unwrap().is_empty(),
+        store.sessions_of(user.id).await.unwrap().is_empty(),
         "no session was made"
     );
     app.stop().await;
@@ -505,13 +520,13 @@ async fn a_disable_ends_every_pending_challenge_step_up_code_and_reset_code_with
 
     let disabled = user_admin(&app, "disable", Some(email)).await;
     assert_eq!(disabled["state"], "disabled", "{disabled}");
-    use keyhold::store::{ChallengeStore, SessionStore, UserStore};
     let store = app.app.store();
-    let user = store.user_by_email(email).unwrap().unwrap();
-    assert!(store.sessions_of(user.id).unwrap().is_empty());
+    let user = store.user_by_email(email).await.unwrap().unwrap();
+    assert!(store.sessions_of(user.id).await.unwrap().is_empty());
     assert!(
         store
             .step_up(user.id, "DISABLE_TWO_FACTOR")
+            .await
             .unwrap()
             .is_none()
     );

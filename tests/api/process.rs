@@ -816,5 +816,9 @@ async fn a_mail_counted_as_sent_is_off_the_queue_on_disk_before_a_sigkill() {
     child.wait().await.unwrap();
     use keyhold::store::MailQueueStore;
     let store = keyhold::store::Store::open(&dir.path().join("data/db")).unwrap();
-    assert_eq!(store.mail_queue_len(), 0, "it would be sent again");
+    assert_eq!(
+        store.mail_queue_len().await.unwrap(),
+        0,
+        "it would be sent again"
+    );
 }

@@ -55,13 +55,17 @@ fn tokens() -> &'static keyhold::auth::Tokens {
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let store = keyhold::store::Store::open(&dir.path().join("db")).unwrap();
-            let tokens = keyhold::auth::Tokens::load_or_create(
-                &store,
-                &keyhold::config::TokensConfig::default(),
-                &keyhold::auth::Secrets::load_or_create(&dir.path().join("keys")).unwrap(),
-                0,
-            )
-            .unwrap();
+            let secrets = keyhold::auth::Secrets::load_or_create(&dir.path().join("keys")).unwrap();
+            let tokens = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(keyhold::auth::Tokens::load_or_create(
+                    &store,
+                    &keyhold::config::TokensConfig::default(),
+                    &secrets,
+                    0,
+                ))
+                .unwrap();
             (dir, tokens)
         })
         .1

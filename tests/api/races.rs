@@ -4,7 +4,6 @@
 
 use futures_util::future::join_all;
 use keyhold::store::records::AccountState;
-use keyhold::store::{SessionStore, UserStore};
 use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, TestApp, error_code};
@@ -66,10 +65,10 @@ async fn a_disable_during_sign_ins_leaves_the_account_disabled_with_no_session()
         );
         assert_eq!(disabled["ok"], true, "{disabled}");
         let store = app.app.store();
-        let user = store.user_by_email(&email).unwrap().unwrap();
+        let user = store.user_by_email(&email).await.unwrap().unwrap();
         assert_eq!(user.state, AccountState::Disabled, "round {round}");
         assert!(
-            store.sessions_of(user.id).unwrap().is_empty(),
+            store.sessions_of(user.id).await.unwrap().is_empty(),
             "round {round}: a session survived the disable"
         );
         for token in tokens(&logins) {
@@ -105,10 +104,11 @@ async fn a_password_change_during_sign_ins_keeps_the_new_hash_and_ends_every_oth
         let body = app.login(&email, PASSWORD, Some("after")).await;
         assert_eq!(error_code(&body), "INVALID_CREDENTIALS", "round {round}");
         let store = app.app.store();
-        let user = store.user_by_email(&email).unwrap().unwrap();
+        let user = store.user_by_email(&email).await.unwrap().unwrap();
         // Only the changer's device is left: no sign-in with the old password survived.
         let left: Vec<String> = store
             .sessions_of(user.id)
+            .await
             .unwrap()
             .into_iter()
             .map(|s| s.device_id)
@@ -148,9 +148,9 @@ async fn a_password_reset_during_sign_ins_keeps_the_new_hash_and_ends_every_sess
         let body = app.login(&email, PASSWORD, Some("after")).await;
         assert_eq!(error_code(&body), "INVALID_CREDENTIALS", "round {round}");
         let store = app.app.store();
-        let user = store.user_by_email(&email).unwrap().unwrap();
+        let user = store.user_by_email(&email).await.unwrap().unwrap();
         assert!(
-            store.sessions_of(user.id).unwrap().is_empty(),
+            store.sessions_of(user.id).await.unwrap().is_empty(),
             "round {round}: a session survived the reset"
         );
         for token in tokens(&logins) {
@@ -167,22 +167,35 @@ async fn a_delete_during_sign_ins_leaves_no_ghost_user() {
     for round in 0..ROUNDS {
         let email = format!("del{round}@example.com");
         app.verified_user(&email, PASSWORD).await;
-        let id = app.app.store().user_by_email(&email).unwrap().unwrap().id;
+        let id = app
+            .app
+            .store()
+            .user_by_email(&email)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
         let (logins, deleted) = tokio::join!(
             sign_ins(&app, &email, PASSWORD),
             admin(&app, "delete", &email)
         );
         assert_eq!(deleted["ok"], true, "{deleted}");
         let store = app.app.store();
-        assert!(store.user(id).unwrap().is_none(), "round {round}: a ghost");
-        assert!(store.user_by_email(&email).unwrap().is_none());
-        assert!(store.sessions_of(id).unwrap().is_empty(), "round {round}");
+        assert!(
+            store.user(id).await.unwrap().is_none(),
+            "round {round}: a ghost"
+        );
+        assert!(store.user_by_email(&email).await.unwrap().is_none());
+        assert!(
+            store.sessions_of(id).await.unwrap().is_empty(),
+            "round {round}"
+        );
         for token in tokens(&logins) {
             assert!(!works(&app, &token).await, "round {round}");
         }
     }
     // Nothing of the deleted accounts is left in the account list either.
-    assert!(app.app.store().all_users().unwrap().is_empty());
+    assert!(app.app.store().all_users().await.unwrap().is_empty());
     app.stop().await;
 }
 
@@ -206,10 +219,11 @@ async fn turning_2fa_on_or_off_during_sign_ins_is_never_undone() {
             .unwrap()
             .to_string();
         let store = app.app.store();
-        let user = store.user_by_email(&email).unwrap().unwrap();
+        let user = store.user_by_email(&email).await.unwrap().unwrap();
         assert!(user.two_factor.is_some(), "round {round}: 2FA was undone");
         let devices: Vec<String> = store
             .sessions_of(user.id)
+            .await
             .unwrap()
             .into_iter()
             .map(|s| s.device_id)
@@ -233,7 +247,7 @@ async fn turning_2fa_on_or_off_during_sign_ins_is_never_undone() {
             disabled["data"]["disable2Fa"]["status"], "DISABLED",
             "{disabled}"
         );
-        let user = store.user_by_email(&email).unwrap().unwrap();
+        let user = store.user_by_email(&email).await.unwrap().unwrap();
         assert!(user.two_factor.is_none(), "round {round}: 2FA came back");
         // A challenge made before the change signs nobody in after it.
         for body in &logins {
@@ -282,11 +296,12 @@ async fn challenge(app: &TestApp, email: &str, device: &str) -> String {
 }
 
 /// The device sessions of `email` on devices other than the owner's.
-fn racer_sessions(app: &TestApp, email: &str) -> usize {
+async fn racer_sessions(app: &TestApp, email: &str) -> usize {
     let store = app.app.store();
-    let user = store.user_by_email(email).unwrap().unwrap();
+    let user = store.user_by_email(email).await.unwrap().unwrap();
     store
         .sessions_of(user.id)
+        .await
         .unwrap()
         .iter()
         .filter(|s| s.device_id != "owner")
@@ -311,7 +326,7 @@ async fn eight_concurrent_confirmations_of_one_mailed_code_make_one_session() {
         .await;
         let signed_in = tokens_of_confirm(&answers);
         assert_eq!(signed_in, 1, "round {round}: {answers:?}");
-        assert_eq!(racer_sessions(&app, &email), 1, "round {round}");
+        assert_eq!(racer_sessions(&app, &email).await, 1, "round {round}");
     }
     app.stop().await;
 }
@@ -333,8 +348,14 @@ async fn one_recovery_code_on_four_concurrent_challenges_makes_one_session() {
         )
         .await;
         assert_eq!(tokens_of_confirm(&answers), 1, "round {round}: {answers:?}");
-        assert_eq!(racer_sessions(&app, &email), 1, "round {round}");
-        let user = app.app.store().user_by_email(&email).unwrap().unwrap();
+        assert_eq!(racer_sessions(&app, &email).await, 1, "round {round}");
+        let user = app
+            .app
+            .store()
+            .user_by_email(&email)
+            .await
+            .unwrap()
+            .unwrap();
         let left = user.two_factor.unwrap().recovery_codes.len();
         assert_eq!(left, recovery.len() - 1, "the code is spent exactly once");
     }

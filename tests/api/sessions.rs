@@ -285,7 +285,7 @@ async fn a_refresh_token_of_storage_format_1_rotates_once_into_one_that_names_it
         let store = Store::open(&config.db_path()).unwrap();
         let secrets = Secrets::load_or_create(&config.keys_dir()).unwrap();
         let id = session_id(&login["sessionId"]);
-        let mut session = store.session(id).unwrap().unwrap();
+        let mut session = store.session(id).await.unwrap().unwrap();
         let legacy = random_token::<32>();
         session.refresh_hash = secrets.keyed_hash(REFRESH_TOKEN, &legacy);
         store.start_session_unchecked(&session).unwrap();
@@ -301,12 +301,12 @@ async fn a_refresh_token_of_storage_format_1_rotates_once_into_one_that_names_it
     };
     let app = keyhold::Application::build(config).await.unwrap();
     assert_eq!(
-        app.store().format_version().unwrap(),
+        crate::helpers::sled(&app).format_version().unwrap(),
         keyhold::store::keys::FORMAT_VERSION,
         "migrated"
     );
     // The session the format 1 store held is counted as it opens (format 3).
-    assert_eq!(app.store().session_count().unwrap(), 1);
+    assert_eq!(crate::helpers::sled(&app).session_count().unwrap(), 1);
     let refresh_on = |token: &Value| graphql_on(&app, None, NEW_TOKEN, json!({ "refresh": token }));
     let body = refresh_on(&json!(legacy)).await;
     let rotated = &body["data"]["newToken"];
