@@ -11,12 +11,13 @@ use keyhold::auth::sessions::issue_refresh_token;
 use keyhold::auth::two_factor::six_digits;
 use keyhold::auth::{Auth, PasswordHasher, Secrets, Tokens};
 use keyhold::config::PasswordsConfig;
-use keyhold::graphql::RequestMeta;
-use keyhold::mail::{LogTransport, Mailer, Templates};
-use keyhold::store::records::{
+use keyhold::domain::records::{
     ChallengePurpose, ChallengeRecord, SecondFactor, SessionRecord, UserRecord,
 };
-use keyhold::store::{ChallengeStore, RotateOutcome, SessionStore, Store};
+use keyhold::graphql::RequestMeta;
+use keyhold::mail::{LogTransport, Mailer, Templates};
+use keyhold::store::sled::Store;
+use keyhold::store::{ChallengeStore, RotateOutcome, SessionStore};
 use keyhold::{Clock, Config};
 use serde_json::json;
 use uuid::Uuid;

@@ -65,7 +65,7 @@ impl Application {
             );
         }
         let config = Arc::new(config);
-        crate::store::create_private_dir(&config.storage.path)
+        crate::files::create_private_dir(&config.storage.path)
             .with_context(|| format!("storage.path {}", config.storage.path.display()))?;
         // Opening the store is sled reading the log written since its last checkpoint (a
         // clean stop leaves one), on one core. The password hasher starts meanwhile; its

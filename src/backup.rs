@@ -10,8 +10,10 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::backup::{BackupSummary, Staged, stage_restore};
-use crate::store::{Storage, Store, create_private_dir};
+use crate::files::create_private_dir;
+use crate::store::BackupSummary;
+use crate::store::Storage;
+use crate::store::{StagedRestore, stage_restore};
 
 /// The files beside the database that a backup carries, relative to `storage.path`.
 const ATTACHMENTS: [&str; 1] = ["keys/hmac.key"];
@@ -94,22 +96,21 @@ pub async fn restore(
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| anyhow::anyhow!("{} does not open with this identity: {e}", file.display()))?;
     create_private_dir(&config.storage.path)?;
-    let db_path = config.db_path();
-    let staged = stage_restore(&db_path, file, std::io::BufReader::new(plain), &ATTACHMENTS)
+    let staged = stage_restore(config, file, std::io::BufReader::new(plain), &ATTACHMENTS)
         .with_context(|| format!("restoring {}", file.display()))?;
     let checked = check_staged(&staged).await;
     if let Err(e) = checked {
         staged.discard();
         return Err(e.context(format!("restoring {}", file.display())));
     }
-    for (name, data) in &staged.attachments {
+    for (name, data) in staged.attachments() {
         let path = config.storage.path.join(name);
         if let Some(parent) = path.parent() {
             create_private_dir(parent)?;
         }
         write_private(&path, data)?;
     }
-    Ok(staged.install(&db_path, now)?)
+    Ok(staged.install(now)?)
 }
 
 /// Makes a new age identity in `file` (mode 0600; an existing file is left alone and is an
@@ -137,15 +138,15 @@ pub fn make_identity(file: &Path) -> anyhow::Result<String> {
 }
 
 /// Whether a staged backup is whole: its key file is there and opens its signing keys.
-async fn check_staged(staged: &Staged) -> anyhow::Result<()> {
+async fn check_staged(staged: &StagedRestore) -> anyhow::Result<()> {
     let (_, key) = staged
-        .attachments
+        .attachments()
         .iter()
         .find(|(name, _)| name == KEY_FILE)
         .ok_or_else(|| anyhow::anyhow!("the backup carries no key file"))?;
     let secrets = crate::auth::Secrets::from_key(Path::new(KEY_FILE), key)?;
-    let store = Store::open(&staged.path)?;
-    let keys = crate::auth::tokens::check_sealed_keys(&store, &secrets).await?;
+    let store = staged.open()?;
+    let keys = crate::auth::tokens::check_sealed_keys(&*store, &secrets).await?;
     drop(store);
     if keys == 0 {
         anyhow::bail!("the backup holds no signing key");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::auth::Auth;
-use crate::store::records::QueuedMail;
+use crate::domain::records::QueuedMail;
 use crate::store::{Storage, StoreError, SweepReport};
 
 /// Index entries handled per batch: small enough that a batch never stalls requests for long.
@@ -238,13 +238,12 @@ async fn deliver(auth: &Auth, stats: &MailStats, mut queued: QueuedMail, now: i6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::records::{
+    use crate::domain::records::{
         ChallengePurpose, ChallengeRecord, EmailCodeRecord, RefreshRecord, ResetCodeRecord,
         SecondFactor, SessionRecord, UserRecord,
     };
-    use crate::store::{
-        ChallengeStore, PasswordStore, RotateOutcome, SessionStore, Store, UserStore,
-    };
+    use crate::store::sled::Store;
+    use crate::store::{ChallengeStore, PasswordStore, RotateOutcome, SessionStore, UserStore};
     use uuid::Uuid;
 
     fn user() -> UserRecord {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connections;
 pub mod domain;
 pub mod error;
+pub mod files;
 pub mod graphiql;
 pub mod graphql;
 pub mod http;

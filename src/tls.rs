@@ -59,7 +59,7 @@ impl TlsMaterial {
         if cert.exists() || key.exists() {
             return Self::from_files(&cert, &key, true);
         }
-        crate::store::create_private_dir(dir).map_err(|e| ConfigError::file(dir, e))?;
+        crate::files::create_private_dir(dir).map_err(|e| ConfigError::file(dir, e))?;
         let names: Vec<String> = GENERATED_NAMES.iter().map(|s| s.to_string()).collect();
         let made = rcgen::generate_simple_self_signed(names)
             .map_err(|e| ConfigError::file(&cert, format!("cannot make a certificate: {e}")))?;

@@ -8,9 +8,9 @@ use super::limits::Limit;
 use super::secrets::random_token;
 use super::{Auth, Caller, Origin, StepUpReason, iso, passwords, seconds};
 use crate::domain::profile::{ProfileFields, ProfileUpdate, Registration, username_from};
+use crate::domain::records::{EmailCodeRecord, MailQueueRecord, PendingEmailRecord, UserRecord};
 use crate::error::{Error, Result};
 use crate::mail::Template;
-use crate::store::records::{EmailCodeRecord, MailQueueRecord, PendingEmailRecord, UserRecord};
 use crate::store::{AccountChange, Changed, CreateOutcome, Ends, VerifyOutcome};
 
 /// Purpose tag of e-mail verification codes in the keyed hash.

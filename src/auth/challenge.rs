@@ -10,12 +10,12 @@ use super::audit::{Event, Subject};
 use super::factors::{MAILED_CODE, Matched, six_digits};
 use super::two_factor::CodeSent;
 use super::{Auth, iso, seconds};
+use crate::domain::records::{
+    ChallengePurpose, ChallengeRecord, MailQueueRecord, SecondFactor, UserRecord,
+};
 use crate::error::{Error, Result};
 use crate::mail::Template;
 use crate::store::Versioned;
-use crate::store::records::{
-    ChallengePurpose, ChallengeRecord, MailQueueRecord, SecondFactor, UserRecord,
-};
 
 /// Where a challenge stands at a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,7 +271,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::store::records::{ChallengePurpose, SecondFactor};
+    use crate::domain::records::{ChallengePurpose, SecondFactor};
 
     /// Made at 1,000, good until 1,600, no wrong try and no resend yet.
     fn challenge() -> ChallengeRecord {

@@ -8,8 +8,8 @@ use totp_rs::{Builder, Secret, Totp};
 
 use super::Auth;
 use super::secrets::{SEALED_PREFIX, random_bytes};
+use crate::domain::records::{ChallengeRecord, UserRecord};
 use crate::error::{Error, Result};
-use crate::store::records::{ChallengeRecord, UserRecord};
 use crate::store::{AccountChange, Changed, Ends};
 
 /// Purpose tag of mailed second-factor and step-up codes in the keyed hash.

@@ -29,9 +29,9 @@ use crate::config::Config;
 use base64::Engine;
 use tokio::sync::Notify;
 
+use crate::domain::records::{AccountState, UserRecord};
+use crate::domain::records::{MailQueueRecord, QueuedMail};
 use crate::mail::{Mailer, OutgoingMail, Template};
-use crate::store::records::{AccountState, UserRecord};
-use crate::store::records::{MailQueueRecord, QueuedMail};
 use crate::store::{Changed, Storage};
 
 pub use password_change::ChangeOutcome;

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::audit::{Event, Subject};
 use super::{Auth, iso};
 use crate::domain::Email;
+use crate::domain::records::{AccountState, SecondFactor, SessionRecord, UserRecord};
 use crate::error::{Error, Result};
 use crate::mail::Template;
-use crate::store::records::{AccountState, SecondFactor, SessionRecord, UserRecord};
 use crate::store::{AccountChange, Changed, CreateOutcome, Ends};
 
 /// One account, as `keyhold user list` shows it.

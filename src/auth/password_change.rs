@@ -15,9 +15,9 @@ use super::two_factor::Matched;
 use super::two_factor::PendingSignIn;
 use super::{Auth, Caller, Origin, iso, passwords, seconds};
 use crate::domain::Email;
+use crate::domain::records::{ChallengePurpose, MailQueueRecord, ResetCodeRecord, UserRecord};
 use crate::error::{Error, Result};
 use crate::mail::Template;
-use crate::store::records::{ChallengePurpose, MailQueueRecord, ResetCodeRecord, UserRecord};
 use crate::store::{AccountChange, Changed, Ends};
 
 /// Purpose tag of reset codes in the keyed hash.
@@ -244,7 +244,7 @@ impl Auth {
     /// `template` (`PasswordReset`, or `Invite` for an account an operator made).
     pub(crate) async fn mail_reset_code(
         &self,
-        user: &crate::store::records::UserRecord,
+        user: &crate::domain::records::UserRecord,
         template: Template,
         ttl: std::time::Duration,
     ) -> Result<()> {

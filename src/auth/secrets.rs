@@ -37,7 +37,7 @@ impl Secrets {
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::store::create_private_dir(dir).map_err(|e| ConfigError::file(dir, e))?;
+                crate::files::create_private_dir(dir).map_err(|e| ConfigError::file(dir, e))?;
                 let fresh = random_bytes::<32>();
                 let write = || -> std::io::Result<()> {
                     let tmp = path.with_extension("tmp");

@@ -12,8 +12,8 @@ use super::secrets::{Secrets, random_bytes};
 use super::two_factor::LoginOutcome;
 use super::{Auth, Caller, Origin, seconds};
 use crate::domain::Email;
+use crate::domain::records::{AccountState, SessionRecord, UserRecord};
 use crate::error::{Error, Result};
-use crate::store::records::{AccountState, SessionRecord, UserRecord};
 use crate::store::{AccountChange, Changed, Ends, LegacyRefresh, RotateOutcome};
 
 /// Purpose tag of refresh tokens in the keyed hash.

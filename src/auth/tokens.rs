@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 use super::secrets::{SEALED_PREFIX, Secrets, random_bytes};
 use crate::config::TokensConfig;
+use crate::domain::records::SigningKeyRecord;
 use crate::error::{Error, Result};
 use crate::store::Storage;
-use crate::store::records::SigningKeyRecord;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -334,7 +334,8 @@ fn thumbprint(x: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{SigningKeyStore, Store};
+    use crate::store::SigningKeyStore;
+    use crate::store::sled::Store;
 
     fn secrets(dir: &tempfile::TempDir) -> Secrets {
         Secrets::load_or_create(&dir.path().join("keys")).unwrap()

@@ -13,9 +13,9 @@ use super::limits::Limit;
 use super::sessions::SignedIn;
 use super::{Auth, Caller, Origin, seconds};
 use crate::domain::Email;
+use crate::domain::records::{ChallengePurpose, ChallengeRecord, SecondFactor, UserRecord};
 use crate::error::{Error, Result};
 use crate::store::Versioned;
-use crate::store::records::{ChallengePurpose, ChallengeRecord, SecondFactor, UserRecord};
 
 /// What a step-up code authorises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +152,7 @@ impl Auth {
     ) -> Result<SignedIn> {
         let (current, user) = self.sign_in_challenge(challenge_id, email).await?;
         // Disabled while the challenge waited: no code signs it in.
-        if user.state == crate::store::records::AccountState::Disabled {
+        if user.state == crate::domain::records::AccountState::Disabled {
             return Err(Error::AccountDisabled);
         }
         let ip = match &current.record.purpose {

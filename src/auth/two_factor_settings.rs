@@ -7,8 +7,8 @@ use super::audit::{Event, Subject};
 use super::factors::TOTP_SECRET;
 use super::secrets::random_bytes;
 use super::{Auth, Caller, StepUpReason};
+use crate::domain::records::{PendingTotpRecord, SecondFactor, TwoFactorRecord, UserRecord};
 use crate::error::{Error, Result};
-use crate::store::records::{PendingTotpRecord, SecondFactor, TwoFactorRecord, UserRecord};
 use crate::store::{AccountChange, Changed, Ends};
 
 /// The result of `enable2Fa`.

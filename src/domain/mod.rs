@@ -2,5 +2,6 @@
 
 mod email;
 pub mod profile;
+pub mod records;
 
 pub use email::Email;

@@ -4,7 +4,7 @@ use async_graphql::{ComplexObject, Enum, InputObject, SimpleObject};
 
 use super::scalars::{EmailAddress, RId};
 use crate::auth::{Auth, CodeSent, PendingSignIn, SignedIn, StepUpReason, iso};
-use crate::store::records::{SecondFactor, SessionRecord, UserRecord};
+use crate::domain::records::{SecondFactor, SessionRecord, UserRecord};
 
 /// The second factor a user signs in with.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -48,7 +48,7 @@ impl Transport for LogTransport {
             if messages_in(&dir) >= max_files {
                 return Ok(false);
             }
-            crate::store::create_private_dir(&dir).map_err(std::io::Error::other)?;
+            crate::files::create_private_dir(&dir).map_err(std::io::Error::other)?;
             let tmp = target.with_extension("tmp");
             let mut file = std::fs::OpenOptions::new()
                 .write(true)

@@ -1,20 +1,17 @@
-//! Storage: small traits that the use cases depend on, and sled behind them. Every sled call
-//! in Keyhold lives under this module.
+//! Storage: the traits the use cases depend on, what their operations report, and a neutral
+//! error. Every method is one whole operation, durable when it returns. The backends live
+//! below: [`sled`] (the embedded default). Nothing outside a backend's folder knows how it
+//! keeps its data.
 
 mod account_tx;
 mod accounts;
-pub mod audit;
-pub mod backup;
+mod audit;
 mod challenges;
 mod expiry;
-pub mod keys;
 mod mail_queue;
 mod passwords;
-pub mod records;
 mod sessions;
-mod sled_store;
-
-use std::path::PathBuf;
+pub mod sled;
 
 pub use account_tx::{AccountChange, Changed, Ends, UserChange};
 pub use accounts::{CreateOutcome, UserStore, VerifyOutcome};
@@ -25,44 +22,60 @@ pub use mail_queue::MailQueueStore;
 pub use passwords::PasswordStore;
 pub use sessions::{LegacyRefresh, RotateOutcome, SessionStore, SigningKeyStore};
 
+use std::sync::Arc;
+
 /// Opens the storage that `storage.backend` names: the one place the server and every
 /// command open it.
-pub fn open(config: &crate::Config) -> Result<std::sync::Arc<dyn Storage>, StoreError> {
+pub fn open(config: &crate::Config) -> Result<Arc<dyn Storage>, OpenError> {
     match config.storage.backend {
-        crate::config::StorageBackend::Sled => {
-            Ok(std::sync::Arc::new(Store::open(&config.db_path())?))
-        }
+        crate::config::StorageBackend::Sled => Ok(Arc::new(
+            sled::Store::open(&config.db_path()).map_err(OpenError::new)?,
+        )),
     }
 }
-pub use backup::BackupSummary;
-pub use sled_store::{FlushStats, Store, create_private_dir};
+
+/// Why the storage could not be opened: the backend's own error, with its own message
+/// (a locked folder, a newer format, an unreachable server).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct OpenError(Box<dyn std::error::Error + Send + Sync>);
+
+impl OpenError {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> OpenError {
+        OpenError(Box::new(e))
+    }
+
+    /// The backend's error, for callers (and tests) that know the backend.
+    pub fn backend_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create the storage folder {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "the database at {path} is in use by another process (is another Keyhold running on the same storage.path?)"
-    )]
-    Locked { path: PathBuf },
-    #[error(
-        "the database at {path} has storage format {found}, but this Keyhold reads format {supported} at most: run a newer Keyhold, or restore a backup made by this version"
-    )]
-    FormatTooNew {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
-    #[error("the database at {path} is damaged: {what}")]
-    Corrupt { path: PathBuf, what: String },
-    #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("a record in tree {tree} cannot be read: {what}")]
-    Record { tree: String, what: String },
+    /// Stored data cannot be read: damaged, or written by an unknown version.
+    #[error("stored data cannot be read: {what}")]
+    Corrupt { what: String },
+    /// A write conflicted with another one and could not be retried.
+    #[error("a write conflicted with another: {0}")]
+    Conflict(String),
+    /// The backend failed or cannot be reached (I/O, a lost connection).
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Unavailable(Box::new(e))
+    }
+}
+
+/// What a backup holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSummary {
+    pub trees: usize,
+    pub entries: u64,
 }
 
 /// Whether the store can take writes, and what `/metrics` reports of it.
@@ -138,7 +151,7 @@ impl dyn Storage + '_ {
         &self,
         id: uuid::Uuid,
         how: AccountChange<'_>,
-        change: impl Fn(&mut records::UserRecord) -> Result<T, E> + Send + Sync,
+        change: impl Fn(&mut crate::domain::records::UserRecord) -> Result<T, E> + Send + Sync,
     ) -> Result<Changed<T, E>, StoreError> {
         let last = parking_lot::Mutex::new(None);
         let changed = self
@@ -155,9 +168,9 @@ impl dyn Storage + '_ {
     /// [`SessionStore::start_session_with`], with `sign_in`'s refusal.
     pub async fn start_session<E: Send>(
         &self,
-        session: &records::SessionRecord,
+        session: &crate::domain::records::SessionRecord,
         max_sessions: usize,
-        sign_in: impl Fn(&mut records::UserRecord) -> Result<(), E> + Send + Sync,
+        sign_in: impl Fn(&mut crate::domain::records::UserRecord) -> Result<(), E> + Send + Sync,
     ) -> Result<Changed<(), E>, StoreError> {
         let last = parking_lot::Mutex::new(None);
         let changed = self
@@ -178,8 +191,7 @@ fn typed<T, E>(
     changed: Changed<(), ()>,
     last: Option<Result<T, E>>,
 ) -> Result<Changed<T, E>, StoreError> {
-    let lost = || StoreError::Record {
-        tree: "*".into(),
+    let lost = || StoreError::Corrupt {
         what: "a change finished without running its closure".into(),
     };
     Ok(match changed {
@@ -197,20 +209,55 @@ fn typed<T, E>(
     })
 }
 
-/// Turns a transaction's outcome into the store's error.
-pub(crate) fn tx_result<T>(
-    result: sled::transaction::TransactionResult<T, StoreError>,
-) -> Result<T, StoreError> {
-    result.map_err(|e| match e {
-        sled::transaction::TransactionError::Abort(e) => e,
-        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-    })
+/// A backup read whole into new storage beside the live one, which is not touched yet: it
+/// is checked, then installed in the live one's place or discarded.
+#[derive(Debug)]
+pub struct StagedRestore {
+    staged: sled::Staged,
+    db_path: std::path::PathBuf,
 }
 
-/// A 16-byte id read back from an index value.
-pub(crate) fn uuid_from(tree: &str, bytes: &[u8]) -> Result<uuid::Uuid, StoreError> {
-    uuid::Uuid::from_slice(bytes).map_err(|_| StoreError::Record {
-        tree: tree.to_string(),
-        what: "an id is not 16 bytes".into(),
-    })
+/// Reads the backup stream `input` (from `file`) whole into new storage beside the stopped
+/// storage that `config` names. The files it may carry beside the store are `allowed`.
+/// Anything wrong leaves nothing behind.
+pub fn stage_restore(
+    config: &crate::Config,
+    file: &std::path::Path,
+    input: impl std::io::BufRead,
+    allowed: &[&str],
+) -> Result<StagedRestore, OpenError> {
+    match config.storage.backend {
+        crate::config::StorageBackend::Sled => {
+            let db_path = config.db_path();
+            let staged =
+                sled::stage_restore(&db_path, file, input, allowed).map_err(OpenError::new)?;
+            Ok(StagedRestore { staged, db_path })
+        }
+    }
+}
+
+impl StagedRestore {
+    /// The files the backup carries beside the store, by name.
+    pub fn attachments(&self) -> &[(String, Vec<u8>)] {
+        &self.staged.attachments
+    }
+
+    /// Opens the staged storage, to check it before it is installed.
+    pub fn open(&self) -> Result<Arc<dyn Storage>, OpenError> {
+        Ok(Arc::new(
+            sled::Store::open(&self.staged.path).map_err(OpenError::new)?,
+        ))
+    }
+
+    /// Puts the staged storage in the place of the live one, which is kept beside it.
+    pub fn install(self, now: i64) -> Result<BackupSummary, OpenError> {
+        self.staged
+            .install(&self.db_path, now)
+            .map_err(OpenError::new)
+    }
+
+    /// Removes the staged storage: the backup is not restored.
+    pub fn discard(self) {
+        self.staged.discard();
+    }
 }

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use keyhold::store::{Store, UserStore};
+use keyhold::store::UserStore;
+use keyhold::store::sled::Store;
 use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, TestApp, error_code};
@@ -508,14 +509,14 @@ async fn totp_is_turned_on_only_for_a_verified_address() {
 
 #[tokio::test]
 async fn a_totp_secret_stored_in_clear_is_sealed_at_the_first_start_only() {
-    use keyhold::store::records::{SecondFactor, TwoFactorRecord};
+    use keyhold::domain::records::{SecondFactor, TwoFactorRecord};
     let dir = tempfile::tempdir().unwrap();
     let config = crate::helpers::test_config(dir.path().join("data"), 1);
     let clear = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
     let id = {
         std::fs::create_dir_all(&config.storage.path).unwrap();
         let store = Store::open(&config.db_path()).unwrap();
-        let mut user = keyhold::store::records::UserRecord::new(
+        let mut user = keyhold::domain::records::UserRecord::new(
             "old@example.com",
             "old",
             "$argon2id$stub".into(),

@@ -127,7 +127,7 @@ async fn restore_refuses_a_running_server_a_cut_or_altered_file_and_a_wrong_iden
         assert!(!format!("{err:#}").is_empty());
         // The live storage was left as it was, and nothing was left beside it.
         use keyhold::store::UserStore;
-        let store = keyhold::store::Store::open(&config.db_path()).unwrap();
+        let store = keyhold::store::sled::Store::open(&config.db_path()).unwrap();
         assert!(
             store
                 .user_by_email("bo@example.com")

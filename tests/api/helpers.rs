@@ -241,7 +241,7 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 /// The sled backend under a running application, for tests of what is particular to it
 /// (its format version, its expiry index).
-pub fn sled(app: &Application) -> &keyhold::store::Store {
+pub fn sled(app: &Application) -> &keyhold::store::sled::Store {
     app.store()
         .as_any()
         .downcast_ref()

@@ -254,7 +254,7 @@ async fn sixty_and_more_bad_inputs_each_get_their_code_and_change_nothing() {
         parts[2]
     );
     let other_dir = tempfile::tempdir().unwrap();
-    let other_store = keyhold::store::Store::open(&other_dir.path().join("db")).unwrap();
+    let other_store = keyhold::store::sled::Store::open(&other_dir.path().join("db")).unwrap();
     let foreign = keyhold::auth::Tokens::load_or_create(
         &other_store,
         &keyhold::config::TokensConfig {

@@ -263,7 +263,7 @@ async fn the_server_stops_cleanly_on_sigterm() {
 
     stops_cleanly_on_sigterm(&mut child, &mut stderr, &mut log).await;
     // The database was released: it opens again.
-    keyhold::store::Store::open(&dir.path().join("data/db")).unwrap();
+    keyhold::store::sled::Store::open(&dir.path().join("data/db")).unwrap();
     // Nothing answers any more.
     assert!(client.post(&url).send().await.is_err());
 }
@@ -815,7 +815,7 @@ async fn a_mail_counted_as_sent_is_off_the_queue_on_disk_before_a_sigkill() {
     signal(&child, "-KILL");
     child.wait().await.unwrap();
     use keyhold::store::MailQueueStore;
-    let store = keyhold::store::Store::open(&dir.path().join("data/db")).unwrap();
+    let store = keyhold::store::sled::Store::open(&dir.path().join("data/db")).unwrap();
     assert_eq!(
         store.mail_queue_len().await.unwrap(),
         0,

@@ -54,7 +54,7 @@ fn tokens() -> &'static keyhold::auth::Tokens {
     &TOKENS
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            let store = keyhold::store::Store::open(&dir.path().join("db")).unwrap();
+            let store = keyhold::store::sled::Store::open(&dir.path().join("db")).unwrap();
             let secrets = keyhold::auth::Secrets::load_or_create(&dir.path().join("keys")).unwrap();
             let tokens = tokio::runtime::Builder::new_current_thread()
                 .build()

@@ -3,7 +3,7 @@
 //! it read before its password hash) shows here as a broken invariant in some round.
 
 use futures_util::future::join_all;
-use keyhold::store::records::AccountState;
+use keyhold::domain::records::AccountState;
 use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, TestApp, error_code};

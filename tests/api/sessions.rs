@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 use keyhold::auth::Secrets;
 use keyhold::auth::secrets::random_token;
 use keyhold::auth::sessions::REFRESH_TOKEN;
-use keyhold::store::records::RefreshRecord;
-use keyhold::store::{SessionStore, Store};
+use keyhold::domain::records::RefreshRecord;
+use keyhold::store::SessionStore;
+use keyhold::store::sled::Store;
 
 use crate::helpers::{NEW_TOKEN, PASSWORD, TestApp, error_code, graphql_on};
 
@@ -302,7 +303,7 @@ async fn a_refresh_token_of_storage_format_1_rotates_once_into_one_that_names_it
     let app = keyhold::Application::build(config).await.unwrap();
     assert_eq!(
         crate::helpers::sled(&app).format_version().unwrap(),
-        keyhold::store::keys::FORMAT_VERSION,
+        keyhold::store::sled::keys::FORMAT_VERSION,
         "migrated"
     );
     // The session the format 1 store held is counted as it opens (format 3).

@@ -1,6 +1,6 @@
 //! The store across a stop and the next start.
 
-use keyhold::store::Store;
+use keyhold::store::sled::Store;
 use keyhold::{Application, Clock};
 use serde_json::json;
 

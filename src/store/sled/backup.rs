@@ -2,6 +2,14 @@
 //! stream of lines, and restoring one into a stopped server's storage. The file around the
 //! stream (its encryption) is `crate::backup`'s.
 
+#[allow(unused_imports)]
+use crate::store::{
+    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
+    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
+    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
+    UserStore, VerifyOutcome, Versioned,
+};
+
 use std::future::Future;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +24,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use super::keys::FORMAT_VERSION;
-use super::{Store, StoreError};
+use super::{OpenError, Store, StoreError};
 
 /// The backup file's own format: 3 added the writes made while the backup was taken
 /// (`Removed` lines among them); 2 is read too.
@@ -51,24 +59,16 @@ enum Line {
     },
 }
 
-/// What a backup holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackupSummary {
-    pub trees: usize,
-    pub entries: u64,
-}
-
 fn io(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::CreateDir {
-        path: path.to_path_buf(),
-        source: e,
-    }
+    StoreError::unavailable(std::io::Error::new(
+        e.kind(),
+        format!("{}: {e}", path.display()),
+    ))
 }
 
 fn bad(path: &Path, what: &str) -> StoreError {
     StoreError::Corrupt {
-        path: path.to_path_buf(),
-        what: what.to_string(),
+        what: format!("{}: {what}", path.display()),
     }
 }
 
@@ -135,8 +135,8 @@ impl Store {
         copied?;
         // Without every write made meanwhile, the copy is not one state: no backup.
         let changes = changes.ok_or_else(|| {
-            StoreError::Sled(sled::Error::ReportableBug(
-                "the backup's watch of the writes made during it stopped".into(),
+            StoreError::unavailable(std::io::Error::other(
+                "the backup's watch of the writes made during it stopped",
             ))
         })?;
         for (tree, event) in changes {
@@ -227,7 +227,7 @@ pub struct Staged {
 impl Staged {
     /// Puts the staged database in the place of the one at `db_path`, which is kept beside
     /// it as `db.replaced-<now>`.
-    pub fn install(self, db_path: &Path, now: i64) -> Result<BackupSummary, StoreError> {
+    pub fn install(self, db_path: &Path, now: i64) -> Result<BackupSummary, OpenError> {
         if db_path.exists() {
             let aside = db_path.with_extension(format!("replaced-{now}"));
             std::fs::rename(db_path, &aside).map_err(|e| io(db_path, e))?;
@@ -251,7 +251,7 @@ pub fn stage_restore(
     file: &Path,
     input: impl BufRead,
     allowed: &[&str],
-) -> Result<Staged, StoreError> {
+) -> Result<Staged, OpenError> {
     // Refuses while a server holds the database.
     drop(Store::open(db_path)?);
     let staging = db_path.with_extension("restoring");
@@ -270,7 +270,7 @@ fn read_into(
     file: &Path,
     input: impl BufRead,
     allowed: &[&str],
-) -> Result<Staged, StoreError> {
+) -> Result<Staged, OpenError> {
     let db = sled::Config::new().path(staging).open()?;
     let mut attachments = Vec::new();
     let mut trees = std::collections::BTreeSet::new();
@@ -287,19 +287,19 @@ fn read_into(
                 ..
             } => {
                 if !READABLE_VERSIONS.contains(&keyhold_backup) || storage_format > FORMAT_VERSION {
-                    return Err(bad(file, "made by another version of Keyhold"));
+                    return Err(bad(file, "made by another version of Keyhold").into());
                 }
                 header = true;
             }
             Line::Attachment { attachment, data } => {
                 if !allowed.contains(&attachment.as_str()) {
-                    return Err(bad(file, "it carries an unexpected file"));
+                    return Err(bad(file, "it carries an unexpected file").into());
                 }
                 attachments.push((attachment, decode(&data)?));
             }
             Line::Entry { tree, key, value } => {
                 if !header || ended.is_some() {
-                    return Err(bad(file, "entries outside the backup's frame"));
+                    return Err(bad(file, "entries outside the backup's frame").into());
                 }
                 let name = decode(&tree)?;
                 db.open_tree(&name)?
@@ -309,7 +309,7 @@ fn read_into(
             }
             Line::Removed { tree, removed } => {
                 if !header || ended.is_some() {
-                    return Err(bad(file, "entries outside the backup's frame"));
+                    return Err(bad(file, "entries outside the backup's frame").into());
                 }
                 db.open_tree(decode(&tree)?)?.remove(decode(&removed)?)?;
                 entries += 1;
@@ -318,7 +318,7 @@ fn read_into(
         }
     }
     if !header || ended != Some(entries) {
-        return Err(bad(file, "incomplete: the backup was cut short"));
+        return Err(bad(file, "incomplete: the backup was cut short").into());
     }
     db.flush()?;
     drop(db);
@@ -370,7 +370,7 @@ mod tests {
     fn check_restored(dir: &Path, n: usize, backup: &[u8]) {
         let db_path = dir.join(format!("restored-{n}"));
         let staged = stage_restore(&db_path, Path::new("backup"), backup, &[]).unwrap();
-        let db = crate::store::sled_store::open_sled(&staged.path).unwrap();
+        let db = crate::store::sled::store::open_sled(&staged.path).unwrap();
         let (a, b) = (db.open_tree("a").unwrap(), db.open_tree("b").unwrap());
         let sum = number(a.get("n").unwrap()) + number(b.get("n").unwrap());
         assert_eq!(sum, 1000, "backup {n} is not one state");

@@ -1,40 +1,9 @@
-//! The records Keyhold keeps, and how they are written: a one-byte record version, then JSON.
-//! JSON keeps records readable in a pinch and lets fields be added with serde defaults.
+//! What Keyhold keeps: accounts, device sessions, challenges, codes, keys and queued mail.
+//! The serde derives describe their shape; how a backend writes them is its own (the sled
+//! backend: a version byte, then JSON).
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use super::StoreError;
-
-/// The version byte in front of every record written by this binary.
-pub const RECORD_VERSION: u8 = 1;
-
-/// The buffer `encode` starts with.
-const ENCODE_CAPACITY: usize = 512;
-
-pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    // Room for a session record (a few hundred bytes), so that it is written without regrowing.
-    let mut bytes = Vec::with_capacity(ENCODE_CAPACITY);
-    bytes.push(RECORD_VERSION);
-    // Serialising these plain structs to JSON cannot fail (no maps with non-string keys).
-    serde_json::to_writer(&mut bytes, record).unwrap_or_else(|_| unreachable!());
-    bytes
-}
-
-pub fn decode<T: DeserializeOwned>(tree: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    let corrupt = |what: String| StoreError::Record {
-        tree: tree.to_string(),
-        what,
-    };
-    match bytes.split_first() {
-        Some((&RECORD_VERSION, json)) => {
-            serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
-        }
-        Some((version, _)) => Err(corrupt(format!("unknown record version {version}"))),
-        None => Err(corrupt("empty record".into())),
-    }
-}
 
 /// Whether an account may sign in at all.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -292,24 +261,6 @@ impl std::fmt::Debug for SigningKeyRecord {
             .field("created_at", &self.created_at)
             .field("retired_at", &self.retired_at)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_record_round_trips_behind_its_version_byte() {
-        let record = RefreshRecord {
-            session_id: Uuid::nil(),
-            expires_at: 42,
-        };
-        let bytes = encode(&record);
-        assert_eq!(bytes[0], RECORD_VERSION);
-        assert_eq!(decode::<RefreshRecord>("t", &bytes).unwrap(), record);
-        assert!(decode::<RefreshRecord>("t", &[9, b'{', b'}']).is_err());
-        assert!(decode::<RefreshRecord>("t", &[]).is_err());
     }
 }
 

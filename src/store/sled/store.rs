@@ -1,5 +1,11 @@
-use std::fs::DirBuilder;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+#[allow(unused_imports)]
+use crate::store::{
+    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
+    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
+    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
+    UserStore, VerifyOutcome, Versioned,
+};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +15,8 @@ use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::keys::{
     self, FORMAT_VERSION, META, META_FORMAT_VERSION, META_READY_PROBE, META_SESSION_COUNT,
 };
-use super::{Health, StoreError};
+use super::{Health, OpenError, StoreError};
+use crate::files::create_private_dir;
 
 /// The sled database with Keyhold's trees. Cheap to clone: clones share one database.
 #[derive(Clone)]
@@ -91,30 +98,18 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Creates `path` (and its parents) readable by this user only; an existing folder is
-/// narrowed to 0700 too, since it holds password hashes and keys.
-pub fn create_private_dir(path: &Path) -> Result<(), StoreError> {
-    let err = |source| StoreError::CreateDir {
-        path: path.to_path_buf(),
-        source,
-    };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
-}
-
 impl Store {
     /// Opens (or creates) the database at `path`, checking its storage format.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<Store, OpenError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_private_dir(parent)?;
+            create_private_dir(parent).map_err(|e| OpenError::CreateDir {
+                path: e.path,
+                source: e.source,
+            })?;
         }
         let db = open_sled(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(
-            |source| StoreError::CreateDir {
+            |source| OpenError::CreateDir {
                 path: path.to_path_buf(),
                 source,
             },
@@ -148,18 +143,18 @@ impl Store {
         Ok(store)
     }
 
-    fn check_format(&self) -> Result<(), StoreError> {
+    fn check_format(&self) -> Result<(), OpenError> {
         match self.meta.get(META_FORMAT_VERSION)? {
-            None => self.write_current_format(),
+            None => Ok(self.write_current_format()?),
             Some(bytes) => {
                 let found = <[u8; 4]>::try_from(bytes.as_ref())
                     .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt {
+                    .map_err(|_| OpenError::Corrupt {
                         path: self.path.clone(),
                         what: "the format version record is not 4 bytes".into(),
                     })?;
                 if found > FORMAT_VERSION {
-                    return Err(StoreError::FormatTooNew {
+                    return Err(OpenError::FormatTooNew {
                         path: self.path.clone(),
                         found,
                         supported: FORMAT_VERSION,
@@ -199,16 +194,10 @@ impl Store {
         let bytes = self
             .meta
             .get(META_FORMAT_VERSION)?
-            .ok_or_else(|| StoreError::Corrupt {
-                path: self.path.clone(),
-                what: "no format version record".into(),
-            })?;
+            .ok_or_else(|| super::corrupt(keys::META, "no format version record"))?;
         <[u8; 4]>::try_from(bytes.as_ref())
             .map(u32::from_be_bytes)
-            .map_err(|_| StoreError::Corrupt {
-                path: self.path.clone(),
-                what: "the format version record is not 4 bytes".into(),
-            })
+            .map_err(|_| super::corrupt(keys::META, "the format version record is not 4 bytes"))
     }
 
     /// Held while writing. Recursive, so a write inside another never waits on a backup
@@ -315,7 +304,7 @@ impl Store {
         let path = self.path.clone();
         // The last handle: every tree and the database go with it.
         drop(self);
-        drop(open_sled(&path)?);
+        drop(open_sled(&path).map_err(StoreError::unavailable)?);
         Ok(true)
     }
 
@@ -347,9 +336,9 @@ impl Store {
 
 /// A blocking thread that did store work and panicked, as an I/O error of the store.
 pub(super) fn thread_failed(what: &str, e: &tokio::task::JoinError) -> StoreError {
-    StoreError::Sled(sled::Error::Io(std::io::Error::other(format!(
+    StoreError::unavailable(std::io::Error::other(format!(
         "the {what} thread failed: {e}"
-    ))))
+    )))
 }
 
 /// Opens sled's database at `path`; a lock still held by a handle that this process closed
@@ -358,25 +347,25 @@ pub(super) fn thread_failed(what: &str, e: &tokio::task::JoinError) -> StoreErro
     clippy::disallowed_methods,
     reason = "waits, briefly and in real time, for a lock this process let go of"
 )]
-pub(super) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+pub(super) fn open_sled(path: &Path) -> Result<sled::Db, OpenError> {
     let started = std::time::Instant::now();
     loop {
         let opened = sled::Config::new().path(path).open().map_err(|e| match e {
             sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                StoreError::Locked {
+                OpenError::Locked {
                     path: path.to_path_buf(),
                 }
             }
-            sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked {
+            sled::Error::Io(ref io) if io.to_string().contains("lock") => OpenError::Locked {
                 path: path.to_path_buf(),
             },
-            other => StoreError::Sled(other),
+            other => other.into(),
         });
         match opened {
             // A handle closed in this process a moment ago can hold the lock briefly: sled's
             // last log write runs on its own thread and lets go of the file just after the
             // drop returns. Another process holding it is still an error.
-            Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_PATIENCE => {
+            Err(OpenError::Locked { .. }) if started.elapsed() < LOCK_PATIENCE => {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             other => return other,
@@ -384,7 +373,7 @@ pub(super) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
-impl super::Storage for Store {
+impl crate::store::Storage for Store {
     fn backend(&self) -> &'static str {
         "sled"
     }
@@ -395,7 +384,7 @@ impl super::Storage for Store {
         file: &Path,
         attachments: &[(&str, Vec<u8>)],
         now: i64,
-    ) -> Result<super::BackupSummary, StoreError> {
+    ) -> Result<crate::store::BackupSummary, StoreError> {
         Store::backup_to(self, out, file, attachments, now)
     }
 
@@ -416,7 +405,7 @@ impl super::Storage for Store {
 
 #[async_trait::async_trait]
 impl Health for Store {
-    async fn stats(&self) -> Result<super::StorageStats, StoreError> {
+    async fn stats(&self) -> Result<crate::store::StorageStats, StoreError> {
         // Counting the mail queue walks its tree: off the async threads.
         let store = self.clone();
         let (device_sessions, queued_mail) = tokio::task::spawn_blocking(move || {
@@ -425,7 +414,7 @@ impl Health for Store {
         .await
         .map_err(|e| thread_failed("statistics", &e))??;
         let flushed = self.flush_stats();
-        Ok(super::StorageStats {
+        Ok(crate::store::StorageStats {
             device_sessions,
             queued_mail,
             counters: vec![
@@ -698,7 +687,7 @@ mod tests {
             .unwrap();
         let err = Store::open(&path).unwrap_err();
         assert!(
-            matches!(err, StoreError::FormatTooNew { found, .. } if found == FORMAT_VERSION + 1)
+            matches!(err, crate::store::sled::OpenError::FormatTooNew { found, .. } if found == FORMAT_VERSION + 1)
         );
         assert!(err.to_string().contains("newer Keyhold"), "{err}");
     }
