@@ -119,6 +119,9 @@ pub struct MailStats {
 
 /// Messages taken from the queue per round.
 const MAIL_BATCH: usize = 32;
+/// How long a claimed message is this worker's (seconds): a worker that dies holding claims
+/// leaves them to be sent again this long after.
+const MAIL_LEASE: i64 = 60;
 /// At shutdown, how long the last round may take.
 const FINAL_DRAIN: Duration = Duration::from_secs(5);
 
@@ -158,7 +161,7 @@ async fn send_due(auth: &Auth, stats: &MailStats, stop: &watch::Receiver<bool>) 
             Err(e) => tracing::error!(error = %e, "cannot count the mail queue"),
         }
         let now = auth.clock.unix_seconds();
-        let due = match auth.store.due_mail(now, MAIL_BATCH).await {
+        let due = match auth.store.claim_mail(now, MAIL_LEASE, MAIL_BATCH).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the mail queue");
@@ -168,8 +171,17 @@ async fn send_due(auth: &Auth, stats: &MailStats, stop: &watch::Receiver<bool>) 
         if due.is_empty() {
             return;
         }
-        for queued in due {
+        let mut due = due.into_iter();
+        while let Some(queued) = due.next() {
             if *stop.borrow() {
+                // Stopping: what this pass claimed and did not send is due again at once,
+                // for the final drain (or the next start), rather than when the lease ends.
+                for mut unsent in std::iter::once(queued).chain(due) {
+                    unsent.record.next_attempt_at = now;
+                    if let Err(e) = auth.store.reschedule_mail(&unsent).await {
+                        tracing::error!(error = %e, "cannot hand back a claimed message");
+                    }
+                }
                 return;
             }
             deliver(auth, stats, queued, now).await;

@@ -288,6 +288,9 @@ impl TestServer {
 
     /// Signs in to an account with e-mailed 2FA: the password, then the code from the mail.
     pub async fn sign_in_with_2fa(&self, email: &str, password: &str) -> anyhow::Result<TokenPair> {
+        // Mail queued before this sign-in (an earlier one's code) is delivered first, so
+        // that the count below names this sign-in's message.
+        self.mail_delivered().await?;
         let already = self.mailbox.to(email).len();
         let login = self.login(email, password).await?;
         let challenge = login["sessionId"]
@@ -306,6 +309,19 @@ impl TestServer {
             )
             .await?;
         pair(&data["confirm2Fa"]).context("confirm2Fa gave no tokens")
+    }
+
+    /// Waits (up to 10 s) until every message queued so far has been delivered: a message
+    /// leaves the queue only once it was sent.
+    pub async fn mail_delivered(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+        while self.app().store().mail_queue_len().await? > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("queued mail was not delivered");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 
     async fn login(&self, email: &str, password: &str) -> anyhow::Result<Value> {

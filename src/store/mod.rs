@@ -7,6 +7,9 @@ mod account_tx;
 mod accounts;
 mod audit;
 mod challenges;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod conformance;
 mod expiry;
 mod mail_queue;
 mod passwords;

@@ -4,13 +4,7 @@
 //! inside a transaction, so the lock is what keeps a session or challenge added between the
 //! scan and the commit from escaping: every writer of those takes it too.
 
-#[allow(unused_imports)]
-use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
-};
+use crate::store::{Changed, Ends};
 
 use super::keys::{CHALLENGES, SESSIONS, USERS, session_by_user_key, step_up_key};
 use super::mail_queue::queue_in;

@@ -1,11 +1,7 @@
 //! Accounts: users, their e-mail and username indexes, and pending e-mail verifications.
 
-#[allow(unused_imports)]
 use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
+    AccountChange, Changed, CreateOutcome, Ends, UserChange, UserStore, VerifyOutcome,
 };
 
 use super::account_tx::username_key;

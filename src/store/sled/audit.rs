@@ -1,13 +1,7 @@
 //! The audit log: security events in time order, never a secret, pruned after
 //! `audit.retention`.
 
-#[allow(unused_imports)]
-use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
-};
+use crate::store::{AuditRecord, AuditStore};
 
 use super::keys::AUDIT;
 use super::records::{decode, encode};

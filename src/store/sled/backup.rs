@@ -2,13 +2,7 @@
 //! stream of lines, and restoring one into a stopped server's storage. The file around the
 //! stream (its encryption) is `crate::backup`'s.
 
-#[allow(unused_imports)]
-use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
-};
+use crate::store::BackupSummary;
 
 use std::future::Future;
 use std::io::{BufRead, Write};

@@ -2,13 +2,7 @@
 //! only by compare-and-swap, so two guesses racing each other are both counted and a code
 //! succeeds at most once.
 
-#[allow(unused_imports)]
-use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
-};
+use crate::store::{ChallengeStore, FactorFailuresRecord, Revision, Versioned};
 
 use super::keys::{
     CHALLENGES, ExpiryKind, FACTOR_FAILURES, STEP_UPS_BY_USER, challenge_by_user_key, step_up_key,

@@ -1,13 +1,7 @@
 //! The expiry index and the sweep that reclaims what has expired. Expiry is enforced where a
 //! record is used; sweeping only frees the space.
 
-#[allow(unused_imports)]
-use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
-};
+use crate::store::SweepReport;
 
 use super::keys::{
     CHALLENGES, EMAIL_CODES, ExpiryKind, REFRESH_TOKENS, RESET_CODES, SESSIONS, expiry_key,

@@ -2,13 +2,7 @@
 //! caused them (see the `mail` parameters of the other stores); the worker in `jobs` sends
 //! them and takes them out.
 
-#[allow(unused_imports)]
-use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
-};
+use crate::store::MailQueueStore;
 
 use super::keys::MAIL_QUEUE;
 use super::records::{MailQueueRecord, QueuedMail, decode, encode};
@@ -42,29 +36,47 @@ impl MailQueueStore for Store {
         .await
     }
 
-    async fn due_mail(&self, now: i64, limit: usize) -> Result<Vec<QueuedMail>, StoreError> {
-        let mut due = Vec::new();
-        for entry in self.mail_queue.iter() {
-            let (key, value) = entry?;
-            let record: MailQueueRecord = decode(MAIL_QUEUE, &value)?;
-            if record.next_attempt_at <= now {
+    async fn claim_mail(
+        &self,
+        now: i64,
+        lease: i64,
+        limit: usize,
+    ) -> Result<Vec<QueuedMail>, StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            let mut claimed = Vec::new();
+            for entry in self.mail_queue.iter() {
+                if claimed.len() >= limit {
+                    break;
+                }
+                let (key, value) = entry?;
+                let mut record: MailQueueRecord = decode(MAIL_QUEUE, &value)?;
+                if record.next_attempt_at > now {
+                    continue;
+                }
                 let id = <[u8; 8]>::try_from(key.as_ref())
                     .map(u64::from_be_bytes)
                     .map_err(|_| super::corrupt(MAIL_QUEUE, "a key is not 8 bytes"))?;
-                due.push(QueuedMail { id, record });
-                if due.len() >= limit {
-                    break;
+                record.next_attempt_at = now.saturating_add(lease);
+                // Lost to another claim (or taken out) meanwhile: not this caller's.
+                let swapped =
+                    self.mail_queue
+                        .compare_and_swap(&key, Some(&value), Some(encode(&record)))?;
+                if swapped.is_ok() {
+                    claimed.push(QueuedMail { id, record });
                 }
             }
-        }
-        Ok(due)
+            Ok(claimed)
+        })
+        .await
     }
 
     async fn reschedule_mail(&self, mail: &QueuedMail) -> Result<(), StoreError> {
         self.durably(|| {
             let _writing = self.writing();
+            let record = encode(&mail.record);
             self.mail_queue
-                .insert(mail.id.to_be_bytes(), encode(&mail.record))?;
+                .fetch_and_update(mail.id.to_be_bytes(), |old| old.map(|_| record.clone()))?;
             Ok(())
         })
         .await

@@ -18,7 +18,7 @@ mod store;
 use std::path::PathBuf;
 
 // The neutral items the files below name as `super::…`.
-use crate::store::{ExpiryStore, Health, StoreError, UserStore};
+use crate::store::{ExpiryStore, StoreError, UserStore};
 
 pub use backup::{Staged, stage_restore};
 pub use store::{FlushStats, Store};
@@ -86,4 +86,17 @@ pub(crate) fn tx_result<T>(
 /// A 16-byte id read back from an index value.
 pub(crate) fn uuid_from(tree: &str, bytes: &[u8]) -> Result<uuid::Uuid, StoreError> {
     uuid::Uuid::from_slice(bytes).map_err(|_| corrupt(tree, "an id is not 16 bytes"))
+}
+
+/// The storage contract, on sled in a temporary folder.
+#[cfg(test)]
+mod conformance {
+    crate::storage_conformance_tests!(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::Store::open(&dir.path().join("db")).unwrap();
+        (
+            std::sync::Arc::new(store) as std::sync::Arc<dyn crate::store::Storage>,
+            dir,
+        )
+    });
 }

@@ -1,13 +1,7 @@
 //! Forgotten-password codes. A new password is applied by `UserStore::change_user`, with
 //! everything it ends.
 
-#[allow(unused_imports)]
-use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
-};
+use crate::store::PasswordStore;
 
 use super::keys::{ExpiryKind, RESET_CODES};
 use super::mail_queue::queue_in;

@@ -1,11 +1,7 @@
 //! Device sessions, their refresh tokens, and the keys that sign access tokens.
 
-#[allow(unused_imports)]
 use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
+    Changed, LegacyRefresh, RotateOutcome, SessionStore, SigningKeyStore, UserChange,
 };
 
 use super::keys::{

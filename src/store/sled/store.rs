@@ -1,10 +1,3 @@
-#[allow(unused_imports)]
-use crate::store::{
-    AccountChange, AuditRecord, AuditStore, BackupSummary, ChallengeStore, Changed, CreateOutcome,
-    Ends, FactorFailuresRecord, LegacyRefresh, MailQueueStore, PasswordStore, Revision,
-    RotateOutcome, SessionStore, SigningKeyStore, Storage, StorageStats, SweepReport, UserChange,
-    UserStore, VerifyOutcome, Versioned,
-};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,8 +8,9 @@ use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::keys::{
     self, FORMAT_VERSION, META, META_FORMAT_VERSION, META_READY_PROBE, META_SESSION_COUNT,
 };
-use super::{Health, OpenError, StoreError};
+use super::{OpenError, StoreError};
 use crate::files::create_private_dir;
+use crate::store::Health;
 
 /// The sled database with Keyhold's trees. Cheap to clone: clones share one database.
 #[derive(Clone)]
