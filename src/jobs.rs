@@ -57,7 +57,7 @@ pub async fn run_sweeper(
     stats: Arc<SweepStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (store, clock, limits) = (auth.store.clone(), auth.clock.clone(), auth.limits.clone());
+    let (store, clock) = (auth.store.clone(), auth.clock.clone());
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -82,7 +82,11 @@ pub async fn run_sweeper(
                 tracing::error!(error = %e, "cannot remove retired signing keys");
                 0
             });
-        let pruned = limits.prune(now) + old_events + old_keys;
+        let old_limits = store.prune_limits(now).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot prune the abuse limits");
+            0
+        });
+        let pruned = old_limits + old_events + old_keys;
         stats
             .removed
             .fetch_add(u64::try_from(pruned).unwrap_or(0), Ordering::Relaxed);

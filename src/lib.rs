@@ -19,6 +19,7 @@ pub mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
+pub mod limits;
 pub mod logging;
 pub mod mail;
 pub mod metrics;

@@ -72,8 +72,9 @@ impl Auth {
                     // The owner is told instead, a few times an hour at most: registering
                     // someone else's address over and over must not mail-bomb its owner.
                     if self
-                        .limits
-                        .hit(Limit::NoticesPerAddress, &user.email, now)
+                        .store
+                        .hit_limit(Limit::NoticesPerAddress, &user.email, now)
+                        .await?
                         .is_ok()
                     {
                         let notice = self.queue_mail(
@@ -241,8 +242,9 @@ impl Auth {
             if taken {
                 // Told to the holder, at most a few times an hour.
                 if self
-                    .limits
-                    .hit(Limit::NoticesPerAddress, email, now)
+                    .store
+                    .hit_limit(Limit::NoticesPerAddress, email, now)
+                    .await?
                     .is_ok()
                 {
                     mail.extend(self.queue_mail(

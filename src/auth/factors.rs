@@ -155,7 +155,7 @@ impl Auth {
         password: Option<String>,
     ) -> Result<()> {
         let now = self.now();
-        self.limits.check_account(&user.email, now)?;
+        self.store.check_lockout(&user.email, now).await??;
         let matches = match password {
             Some(password) => {
                 self.passwords
@@ -168,7 +168,7 @@ impl Auth {
         if matches {
             Ok(())
         } else {
-            self.limits.record_failure(&user.email, now);
+            self.store.record_sign_in_failure(&user.email, now).await?;
             Err(Error::InvalidCredentials)
         }
     }

@@ -5,7 +5,7 @@ pub mod accounts;
 pub mod audit;
 pub mod challenge;
 pub mod factors;
-pub mod limits;
+pub use crate::limits;
 pub mod operators;
 pub mod password_change;
 pub mod passwords;
@@ -54,8 +54,6 @@ pub struct Auth {
     pub tasks: TaskTracker,
     /// Woken when mail is queued.
     pub mail_ready: Arc<Notify>,
-    /// Abuse limits, shared with the sweeper that prunes them.
-    pub limits: Arc<limits::Limits>,
     /// Messages in the mail queue: counted up as they are queued, and set to the stored
     /// count by the mail worker at each pass (so what a failed change queued is forgotten).
     pub mail_backlog: AtomicUsize,
@@ -105,7 +103,6 @@ impl Auth {
         let secrets = Secrets::load_or_create(&config.keys_dir())?;
         let tokens =
             Tokens::load_or_create(&*store, &config.tokens, &secrets, clock.unix_seconds()).await?;
-        let limits = Arc::new(limits::Limits::new(&config.limits));
         let mail_backlog = AtomicUsize::new(store.mail_queue_len().await?);
         Ok(Auth {
             mail_backlog,
@@ -118,7 +115,6 @@ impl Auth {
             secrets,
             tasks: TaskTracker::new(),
             mail_ready: Arc::new(Notify::new()),
-            limits,
             metrics: crate::metrics::Metrics::new(),
             last_seen: Mutex::new(HashMap::new()),
         })
@@ -134,11 +130,19 @@ impl Auth {
         limit: limits::Limit,
         ip: Option<IpAddr>,
     ) -> crate::error::Result<()> {
-        match self.limits.hit_ip(limit, ip, self.now()) {
+        let Some(ip) = ip else {
+            return Ok(());
+        };
+        let network = limits::client_network(ip, self.config.limits.ipv6_prefix);
+        match self
+            .store
+            .hit_limit(limit, &network.to_string(), self.now())
+            .await?
+        {
             Ok(()) => Ok(()),
             Err(refused) => {
                 let who = audit::Subject {
-                    ip,
+                    ip: Some(ip),
                     ..audit::Subject::default()
                 };
                 Err(self.rate_limited(refused, who, &format!("{limit:?}")).await)
@@ -152,7 +156,7 @@ impl Auth {
         limit: limits::Limit,
         email: &str,
     ) -> crate::error::Result<()> {
-        match self.limits.hit(limit, email, self.now()) {
+        match self.store.hit_limit(limit, email, self.now()).await? {
             Ok(()) => Ok(()),
             Err(refused) => {
                 let who = audit::Subject {

@@ -139,16 +139,27 @@ impl Auth {
             device: requested_device.as_deref(),
         };
         // The account's wait is checked before the password: a right one does not skip it.
-        let allowed = self
-            .limits
-            .hit_ip(Limit::LoginPerIp, origin.ip, now)
-            .and_then(|()| self.limits.check_account(email.as_str(), now));
+        let by_network = match origin.ip {
+            Some(ip) => {
+                let network = super::limits::client_network(ip, self.config.limits.ipv6_prefix);
+                self.store
+                    .hit_limit(Limit::LoginPerIp, &network.to_string(), now)
+                    .await?
+            }
+            None => Ok(()),
+        };
+        let allowed = match by_network {
+            Ok(()) => self.store.check_lockout(email.as_str(), now).await?,
+            refused => refused,
+        };
         if let Err(refused) = allowed {
             return Err(self.rate_limited(refused, who, "login").await);
         }
         if password.chars().count() > super::passwords::MAX_LENGTH {
             // Never hash unbounded input; no stored password can be this long.
-            self.limits.record_failure(email.as_str(), now);
+            self.store
+                .record_sign_in_failure(email.as_str(), now)
+                .await?;
             self.audit(Event::SignInFailed, who, "INVALID_CREDENTIALS")
                 .await;
             return Err(Error::InvalidCredentials);
@@ -163,7 +174,9 @@ impl Auth {
             .await?;
         let Some(user) = user.filter(|_| verified.matches) else {
             // Unknown addresses count too, so the limit says nothing about which exist.
-            self.limits.record_failure(email.as_str(), now);
+            self.store
+                .record_sign_in_failure(email.as_str(), now)
+                .await?;
             self.audit(Event::SignInFailed, who, "INVALID_CREDENTIALS")
                 .await;
             return Err(Error::InvalidCredentials);
@@ -172,7 +185,7 @@ impl Auth {
             user_id: Some(user.id),
             ..who
         };
-        self.limits.record_success(email.as_str());
+        self.store.record_sign_in_success(email.as_str()).await?;
         if user.state == AccountState::Disabled {
             self.audit(Event::SignInFailed, who, "ACCOUNT_DISABLED")
                 .await;

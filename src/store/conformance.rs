@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::domain::records::*;
+use crate::limits::Limit;
 
 /// How many times each race runs.
 const ROUNDS: usize = 20;
@@ -867,9 +868,52 @@ pub async fn health_statistics_and_flags(s: &dyn Storage) {
     assert!(!s.backend().is_empty());
 }
 
+/// A key's events are counted in their window, at once too: of many hits racing past the
+/// budget, exactly the budget's worth pass. A new window starts afresh. (The storage is
+/// opened with the default `[limits]`.)
+pub async fn limit_windows_count_every_hit(s: &dyn Storage) {
+    let budget = crate::config::LimitsConfig::default().notices_per_address_per_hour as usize;
+    let passed = concurrently(budget * 3, |_| async {
+        s.hit_limit(Limit::NoticesPerAddress, "ada@example.com", 1_000)
+            .await
+            .unwrap()
+            .is_ok()
+    });
+    assert_eq!(passed.iter().filter(|p| **p).count(), budget);
+    let other = s
+        .hit_limit(Limit::NoticesPerAddress, "bo@example.com", 1_000)
+        .await;
+    assert!(other.unwrap().is_ok(), "keys are counted apart");
+    let next = s
+        .hit_limit(Limit::NoticesPerAddress, "ada@example.com", 4_600)
+        .await;
+    assert!(next.unwrap().is_ok(), "a new window");
+    assert!(s.prune_limits(100_000).await.unwrap() > 0);
+}
+
+/// Failed sign-ins make the account wait, right password or not; a success forgets them.
+pub async fn failed_sign_ins_make_the_account_wait(s: &dyn Storage) {
+    let threshold = crate::config::LimitsConfig::default().login_failures_per_account;
+    let email = "ada@example.com";
+    for _ in 0..threshold {
+        assert!(s.check_lockout(email, 1_000).await.unwrap().is_ok());
+        s.record_sign_in_failure(email, 1_000).await.unwrap();
+    }
+    let refused = s.check_lockout(email, 1_000).await.unwrap();
+    assert!(refused.is_err(), "waits after {threshold} failures");
+    assert!(
+        s.check_lockout("bo@example.com", 1_000)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    s.record_sign_in_success(email).await.unwrap();
+    assert!(s.check_lockout(email, 1_000).await.unwrap().is_ok());
+}
+
 /// Every conformance test, as `#[tokio::test]`s over the storage that `$open` (an async
 /// expression giving `(Arc<dyn Storage>, guard)`, the guard kept alive for the test) makes
-/// afresh for each one.
+/// afresh for each one, with the default configuration.
 #[macro_export]
 macro_rules! storage_conformance_tests {
     ($open:expr) => {
@@ -894,6 +938,8 @@ macro_rules! storage_conformance_tests {
             the_audit_log_is_read_in_order_and_pruned,
             the_sweep_removes_what_expired_and_nothing_else,
             a_refreshed_session_outlives_its_first_expiry,
+            limit_windows_count_every_hit,
+            failed_sign_ins_make_the_account_wait,
             health_statistics_and_flags
         );
     };

@@ -11,6 +11,7 @@ mod challenges;
 #[doc(hidden)]
 pub mod conformance;
 mod expiry;
+mod limits;
 mod mail_queue;
 mod passwords;
 mod sessions;
@@ -21,6 +22,7 @@ pub use accounts::{CreateOutcome, UserStore, VerifyOutcome};
 pub use audit::{AuditRecord, AuditStore};
 pub use challenges::{ChallengeStore, FactorFailuresRecord, Revision, Versioned};
 pub use expiry::SweepReport;
+pub use limits::LimitStore;
 pub use mail_queue::MailQueueStore;
 pub use passwords::PasswordStore;
 pub use sessions::{LegacyRefresh, RotateOutcome, SessionStore, SigningKeyStore};
@@ -32,7 +34,8 @@ use std::sync::Arc;
 pub fn open(config: &crate::Config) -> Result<Arc<dyn Storage>, OpenError> {
     match config.storage.backend {
         crate::config::StorageBackend::Sled => Ok(Arc::new(
-            sled::Store::open(&config.db_path()).map_err(OpenError::new)?,
+            sled::Store::open_with_limits(&config.db_path(), &config.limits)
+                .map_err(OpenError::new)?,
         )),
     }
 }
@@ -122,6 +125,7 @@ pub trait Storage:
     + MailQueueStore
     + AuditStore
     + ExpiryStore
+    + LimitStore
     + Health
 {
     /// The backend, as `storage.backend` names it.

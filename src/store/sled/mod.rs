@@ -9,6 +9,7 @@ pub mod backup;
 mod challenges;
 mod expiry;
 pub mod keys;
+mod limits;
 mod mail_queue;
 mod passwords;
 pub mod records;

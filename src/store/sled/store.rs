@@ -43,6 +43,8 @@ pub struct Store {
     /// surviving a password change or a disable.
     accounts: Arc<[Mutex<()>; ACCOUNT_LOCKS]>,
     flusher: Arc<Flusher>,
+    /// The abuse limits: this process's alone, as the store is (one process opens it).
+    pub(super) limits: Arc<crate::limits::Limits>,
     path: PathBuf,
 }
 
@@ -93,8 +95,17 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`, checking its storage format.
+    /// Opens (or creates) the database at `path`, checking its storage format, with the
+    /// default abuse limits.
     pub fn open(path: &Path) -> Result<Store, OpenError> {
+        Store::open_with_limits(path, &crate::config::LimitsConfig::default())
+    }
+
+    /// Opens (or creates) the database at `path`, checking its storage format.
+    pub fn open_with_limits(
+        path: &Path,
+        limits: &crate::config::LimitsConfig,
+    ) -> Result<Store, OpenError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir(parent).map_err(|e| OpenError::CreateDir {
                 path: e.path,
@@ -130,6 +141,7 @@ impl Store {
             gate: Arc::new(RwLock::new(())),
             accounts: Arc::new(std::array::from_fn(|_| Mutex::new(()))),
             flusher: Arc::new(Flusher::default()),
+            limits: Arc::new(crate::limits::Limits::new(limits)),
             db,
             path: path.to_path_buf(),
         };
