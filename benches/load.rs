@@ -7,7 +7,7 @@
 //! cargo bench --bench load -- --seed-only --storage DIR       # seed DIR for a server of your own,
 //! cargo bench --bench load -- --storage DIR --url https://localhost:8443 --pid PID   # then load it
 //! cargo bench --bench load -- --keyhold /tmp/keyhold-a --only floor,newToken   # another build
-//! cargo bench --bench load -- --ab /tmp/keyhold-old --only floor      # A/B in one run
+//! cargo bench --bench load -- --ab /tmp/keyhold-old --only floor,newToken,userProfile,login   # A/B in one run
 //! ```
 //!
 //! It seeds users and one device session each straight into the store and closes it as a
@@ -235,11 +235,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // Its store is a copy of the same seeding: the seeded tokens work there too.
             let plans = take_tokens(c)?.into_iter().map(Plan::Refresh).collect();
             turns.push((
+                "newToken (B)".to_string(),
+                other,
+                connect(other, c).await?,
+                plans,
+            ));
+            let plans = take_tokens(c)?.into_iter().map(Plan::Refresh).collect();
+            turns.push((
                 format!("newToken (B){HTTP2}"),
                 other,
                 connect_http2(other, c).await?,
                 plans,
             ));
+        }
+        if wanted("userProfile") {
+            let other_clients = connect(other, c).await?;
+            let mut plans = Vec::new();
+            for (client, refresh) in other_clients.iter().zip(take_tokens(c)?) {
+                let body = client
+                    .call(None, NEW_TOKEN, json!({ "t": refresh }))
+                    .await?;
+                let token = body["data"]["newToken"]["token"]
+                    .as_str()
+                    .context("newToken for userProfile (B)")?;
+                plans.push(Plan::Profile(token.to_string()));
+            }
+            turns.push(("userProfile (B)".to_string(), other, other_clients, plans));
         }
     }
     for (suffix, clients) in protocols {
@@ -268,6 +289,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if !turns.is_empty() {
         rows.extend(measure_in_turns(turns, args.seconds).await?);
+    }
+    if let (Some(other), true) = (&other, wanted("login")) {
+        // Sign-ins of the other build right after this build's, on users of its own copy.
+        let login = |n: usize| -> Vec<Plan> {
+            (0..c)
+                .map(|k| Plan::Login {
+                    next: n * users / 4 + k,
+                    step: c,
+                    users,
+                })
+                .collect()
+        };
+        rows.push(measure(&server, "login", &clients[..c], login(3), duration).await?);
+        let other_clients = connect(other, c).await?;
+        rows.push(measure(other, "login (B)", &other_clients, login(0), duration).await?);
     }
     if let Some(other) = &other {
         other.stop().await;

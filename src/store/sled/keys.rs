@@ -11,6 +11,7 @@
 //! | `meta` | `format_version` | `u32` BE: the storage format of the whole database ([`FORMAT_VERSION`]) |
 //! | `meta` | `ready_probe` | `i64` BE: Unix nanoseconds of the last `/readyz` write probe |
 //! | `meta` | `session_count` | `u64` BE: how many records `sessions` holds, changed in the same transaction as they are |
+//! | `meta` | `secrets_sealed` | `[1]` once the TOTP secrets older versions stored in clear have been sealed |
 //! | `users` | user id (16-byte UUID) | `UserRecord` |
 //! | `users_by_email` | normalised e-mail address (UTF-8) | user id (16 bytes) |
 //! | `users_by_username` | lower-cased username (UTF-8) | user id (16 bytes) |
@@ -19,15 +20,19 @@
 //! | `refresh_tokens` | HMAC-SHA256 of a refresh token of format 1 (32 bytes); nothing new is written since format 2 | `RefreshRecord` |
 //! | `email_codes` | HMAC-SHA256 of the verification code (32 bytes) | `EmailCodeRecord` |
 //! | `signing_keys` | key id (`kid`, UTF-8) | `SigningKeyRecord` (Ed25519, PKCS#8) |
-//! | `challenges` | challenge id (16 bytes) | `ChallengeRecord`: a pending sign-in second factor or step-up code |
+//! | `challenges` | challenge id (16 bytes) | `ChallengeRecord`: a pending sign-in second factor or step-up code; its `Revision` is the first 8 bytes of the SHA-256 of the stored value |
 //! | `step_ups_by_user` | user id (16) ‖ reason (UTF-8) | challenge id (16 bytes): the one live step-up code per reason (and the pending password change, reason `PASSWORD_CHANGE`) |
 //! | `challenges_by_user` | user id (16) ‖ challenge id (16) | empty: every challenge of a user, to end them all at once |
 //! | `factor_failures` | user id (16 bytes) | `FactorFailuresRecord`: the account's wrong second-factor codes in the current window |
 //! | `reset_codes` | HMAC-SHA256 of the reset code (32 bytes) | `ResetCodeRecord` |
 //! | `reset_by_user` | user id (16 bytes) | keyed hash of the user's one live reset code (32 bytes) |
 //! | `audit` | time (`u64` BE, Unix seconds) ‖ id (`u64` BE) | `AuditRecord`: one security event |
-//! | `mail_queue` | message id (`u64` BE, in order of queueing) | `MailQueueRecord` (the message sealed) |
+//! | `mail_queue` | message id (`u64` BE, sled's `generate_id` at queueing, so in order) | `MailQueueRecord` (the message sealed); a claim moves its `next_attempt_at` on by the lease, by compare-and-swap |
 //! | `expiry` | expiry time (`u64` BE, Unix seconds) ‖ kind (1 byte) ‖ the record's key | empty: what falls due when, for the sweeper |
+//!
+//! Records are written as [`super::records::encode`] says: the version byte, then JSON of the
+//! `crate::domain::records` type. The abuse limits are not kept here (they live in the process:
+//! `crate::limits`).
 //!
 //! Every record that expires (e-mail and reset codes, refresh tokens of format 1, device
 //! sessions, challenges) gets an `expiry` entry written *before* the record itself, so no record is
