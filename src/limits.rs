@@ -240,22 +240,6 @@ impl Limits {
         Ok(())
     }
 
-    /// Counts one event for a client's network, if the transport knew its address.
-    pub fn hit_ip(
-        &self,
-        limit: Limit,
-        ip: Option<IpAddr>,
-        now: i64,
-    ) -> std::result::Result<(), Refused> {
-        match ip {
-            Some(ip) => {
-                let network = client_network(ip, self.config.ipv6_prefix);
-                self.hit(limit, &network.to_string(), now)
-            }
-            None => Ok(()),
-        }
-    }
-
     /// `RATE_LIMITED` while the account of `email` waits after failed sign-ins, whatever the
     /// password this time.
     pub fn check_account(&self, email: &str, now: i64) -> std::result::Result<(), Refused> {
@@ -447,17 +431,21 @@ mod tests {
         assert_eq!(client_network(ip("::ffff:192.0.2.7"), 64), ip("192.0.2.7"));
         assert_eq!(client_network(ip("192.0.2.7"), 64), ip("192.0.2.7"));
         let l = limits();
+        let hit = |addr: IpAddr| {
+            l.hit(
+                Limit::LoginPerIp,
+                &client_network(addr, 64).to_string(),
+                1000,
+            )
+        };
         for i in 0..30 {
-            let addr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
-            l.hit_ip(Limit::LoginPerIp, Some(addr), 1000).unwrap();
+            hit(format!("2001:db8:1:2::{i:x}").parse().unwrap()).unwrap();
         }
         assert!(
-            l.hit_ip(Limit::LoginPerIp, Some(ip("2001:db8:1:2:dead::beef")), 1000)
-                .is_err(),
+            hit(ip("2001:db8:1:2:dead::beef")).is_err(),
             "a new address in the same /64 shares its limit"
         );
-        l.hit_ip(Limit::LoginPerIp, Some(ip("2001:db8:1:3::1")), 1000)
-            .unwrap();
+        hit(ip("2001:db8:1:3::1")).unwrap();
     }
 
     #[test]

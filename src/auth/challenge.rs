@@ -117,7 +117,7 @@ impl Auth {
     }
 
     /// The mail carrying a code, if there is one (TOTP challenges have none).
-    pub(crate) async fn code_mail(
+    pub(crate) fn code_mail(
         &self,
         to: &str,
         code: Option<&str>,
@@ -246,9 +246,7 @@ impl Auth {
             now,
             seconds(tf.code_ttl),
         );
-        let mail = self
-            .code_mail(&user.email, Some(&code), purpose, next.expires_at)
-            .await?;
+        let mail = self.code_mail(&user.email, Some(&code), purpose, next.expires_at)?;
         if !self
             .store
             .swap_challenge(current, Some(&next), &mail)

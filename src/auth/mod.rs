@@ -130,24 +130,34 @@ impl Auth {
         limit: limits::Limit,
         ip: Option<IpAddr>,
     ) -> crate::error::Result<()> {
-        let Some(ip) = ip else {
-            return Ok(());
-        };
-        let network = limits::client_network(ip, self.config.limits.ipv6_prefix);
-        match self
-            .store
-            .hit_limit(limit, &network.to_string(), self.now())
-            .await?
-        {
+        match self.hit_network(limit, ip, self.now()).await? {
             Ok(()) => Ok(()),
             Err(refused) => {
                 let who = audit::Subject {
-                    ip: Some(ip),
+                    ip,
                     ..audit::Subject::default()
                 };
                 Err(self.rate_limited(refused, who, &format!("{limit:?}")).await)
             }
         }
+    }
+
+    /// Counts one event of `limit` for the client's network (see
+    /// [`limits::client_network`]), if the transport knew its address.
+    pub(crate) async fn hit_network(
+        &self,
+        limit: limits::Limit,
+        ip: Option<IpAddr>,
+        now: i64,
+    ) -> crate::error::Result<std::result::Result<(), limits::Refused>> {
+        let Some(ip) = ip else {
+            return Ok(Ok(()));
+        };
+        let network = limits::client_network(ip, self.config.limits.ipv6_prefix);
+        Ok(self
+            .store
+            .hit_limit(limit, &network.to_string(), now)
+            .await?)
     }
 
     /// Counts one event of `limit` for an address.

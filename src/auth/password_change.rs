@@ -62,14 +62,12 @@ impl Auth {
             session_id: caller.session_id,
         };
         let (challenge, code) = self.new_challenge(&user, purpose, method);
-        let mail = self
-            .code_mail(
-                &user.email,
-                code.as_deref(),
-                "change your password",
-                challenge.expires_at,
-            )
-            .await?;
+        let mail = self.code_mail(
+            &user.email,
+            code.as_deref(),
+            "change your password",
+            challenge.expires_at,
+        )?;
         // A new change replaces one still waiting.
         self.store
             .put_step_up(&challenge, PASSWORD_CHANGE, &mail)

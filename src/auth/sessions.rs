@@ -139,16 +139,7 @@ impl Auth {
             device: requested_device.as_deref(),
         };
         // The account's wait is checked before the password: a right one does not skip it.
-        let by_network = match origin.ip {
-            Some(ip) => {
-                let network = super::limits::client_network(ip, self.config.limits.ipv6_prefix);
-                self.store
-                    .hit_limit(Limit::LoginPerIp, &network.to_string(), now)
-                    .await?
-            }
-            None => Ok(()),
-        };
-        let allowed = match by_network {
+        let allowed = match self.hit_network(Limit::LoginPerIp, origin.ip, now).await? {
             Ok(()) => self.store.check_lockout(email.as_str(), now).await?,
             refused => refused,
         };

@@ -94,14 +94,12 @@ impl Auth {
             user_agent: origin.user_agent.clone(),
         };
         let (challenge, code) = self.new_challenge(&user, purpose, method);
-        let mail = self
-            .code_mail(
-                &user.email,
-                code.as_deref(),
-                "sign in",
-                challenge.expires_at,
-            )
-            .await?;
+        let mail = self.code_mail(
+            &user.email,
+            code.as_deref(),
+            "sign in",
+            challenge.expires_at,
+        )?;
         let ended = self
             .store
             .put_challenge(
@@ -243,14 +241,12 @@ impl Auth {
             reason: reason.as_str().to_string(),
         };
         let (challenge, code) = self.new_challenge(&user, purpose, SecondFactor::Email);
-        let mail = self
-            .code_mail(
-                &user.email,
-                code.as_deref(),
-                reason.purpose(),
-                challenge.expires_at,
-            )
-            .await?;
+        let mail = self.code_mail(
+            &user.email,
+            code.as_deref(),
+            reason.purpose(),
+            challenge.expires_at,
+        )?;
         self.store
             .put_step_up(&challenge, reason.as_str(), &mail)
             .await?;
