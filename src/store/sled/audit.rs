@@ -53,7 +53,7 @@ impl AuditStore for Store {
     }
 
     async fn prune_audit(&self, before: i64) -> Result<usize, StoreError> {
-        self.durably(|| {
+        let prune = || {
             let _writing = self.writing();
             let old: Vec<sled::IVec> = self
                 .audit
@@ -64,7 +64,7 @@ impl AuditStore for Store {
                 self.audit.remove(key)?;
             }
             Ok(old.len())
-        })
-        .await
+        };
+        self.durably_if(prune, |pruned| *pruned > 0).await
     }
 }

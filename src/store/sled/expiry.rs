@@ -16,13 +16,16 @@ use super::{ExpiryStore, Store, StoreError};
 #[async_trait::async_trait]
 impl ExpiryStore for Store {
     /// [`Store::sweep_due`] on a blocking thread, so that a batch never holds a runtime
-    /// worker, then made durable.
+    /// worker, then made durable (when it removed any index entry: an idle pass writes
+    /// nothing).
     async fn sweep_expired(&self, now: i64, limit: usize) -> Result<SweepReport, StoreError> {
         let store = self.clone();
         let report = tokio::task::spawn_blocking(move || store.sweep_due(now, limit))
             .await
             .map_err(|e| super::store::thread_failed("sweeping", &e))??;
-        self.flush().await?;
+        if report.entries > 0 {
+            self.flush().await?;
+        }
         Ok(report)
     }
 }

@@ -42,7 +42,7 @@ impl MailQueueStore for Store {
         lease: i64,
         limit: usize,
     ) -> Result<Vec<QueuedMail>, StoreError> {
-        self.durably(|| {
+        let claim = || {
             let _writing = self.writing();
             let mut claimed = Vec::new();
             for entry in self.mail_queue.iter() {
@@ -67,8 +67,9 @@ impl MailQueueStore for Store {
                 }
             }
             Ok(claimed)
-        })
-        .await
+        };
+        // A claim that found nothing due wrote nothing: the worker's every idle pass ends so.
+        self.durably_if(claim, |claimed| !claimed.is_empty()).await
     }
 
     async fn reschedule_mail(&self, mail: &QueuedMail) -> Result<(), StoreError> {

@@ -270,8 +270,21 @@ impl Store {
         &self,
         write: impl FnOnce() -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
+        self.durably_if(write, |_| true).await
+    }
+
+    /// As [`Store::durably`], for an operation that may find nothing to write (a claim of
+    /// mail when none is due, a prune with nothing old): it waits for the disk only when
+    /// `wrote` says, from what it returned, that it wrote.
+    pub(super) async fn durably_if<T>(
+        &self,
+        write: impl FnOnce() -> Result<T, StoreError> + Send,
+        wrote: impl FnOnce(&T) -> bool + Send,
+    ) -> Result<T, StoreError> {
         let value = write()?;
-        self.flush().await?;
+        if wrote(&value) {
+            self.flush().await?;
+        }
         Ok(value)
     }
 
@@ -696,6 +709,29 @@ mod tests {
             matches!(err, crate::store::sled::OpenError::FormatTooNew { found, .. } if found == FORMAT_VERSION + 1)
         );
         assert!(err.to_string().contains("newer Keyhold"), "{err}");
+    }
+
+    /// The background passes that find nothing to do (the mail worker's last claim of each
+    /// pass, the sweeper's prune and sweep) wait for no flush; ones that write do.
+    #[tokio::test]
+    async fn a_claim_prune_or_sweep_that_writes_nothing_waits_for_no_flush() {
+        use crate::domain::records::MailQueueRecord;
+        use crate::store::{AuditStore, ExpiryStore, MailQueueStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        assert!(store.claim_mail(1_000, 60, 10).await.unwrap().is_empty());
+        assert_eq!(store.prune_audit(1_000).await.unwrap(), 0);
+        assert_eq!(store.sweep_expired(1_000, 10).await.unwrap().entries, 0);
+        assert_eq!(store.flush_stats(), FlushStats::default());
+        let mail = MailQueueRecord {
+            attempts: 0,
+            next_attempt_at: 1_000,
+            created_at: 1_000,
+            sealed: "sealed".into(),
+        };
+        store.enqueue(&[mail]).await.unwrap();
+        assert_eq!(store.claim_mail(1_000, 60, 10).await.unwrap().len(), 1);
+        assert_eq!(store.flush_stats().requests, 2, "the enqueue and the claim");
     }
 
     #[tokio::test]
