@@ -162,12 +162,7 @@ impl dyn Storage + '_ {
     ) -> Result<Changed<T, E>, StoreError> {
         let last = parking_lot::Mutex::new(None);
         let changed = self
-            .change_user_with(id, how, &|user| {
-                let outcome = change(user);
-                let refused = outcome.is_err();
-                *last.lock() = Some(outcome);
-                if refused { Err(()) } else { Ok(()) }
-            })
+            .change_user_with(id, how, &erased(&change, &last))
             .await?;
         typed(changed, last.into_inner())
     }
@@ -181,14 +176,23 @@ impl dyn Storage + '_ {
     ) -> Result<Changed<(), E>, StoreError> {
         let last = parking_lot::Mutex::new(None);
         let changed = self
-            .start_session_with(session, max_sessions, &|user| {
-                let outcome = sign_in(user);
-                let refused = outcome.is_err();
-                *last.lock() = Some(outcome);
-                if refused { Err(()) } else { Ok(()) }
-            })
+            .start_session_with(session, max_sessions, &erased(&sign_in, &last))
             .await?;
         typed(changed, last.into_inner())
+    }
+}
+
+/// `change` as the object-safe methods take it: each run's outcome is kept in `last`, and
+/// the backend sees only whether it refused.
+fn erased<'a, T: Send, E: Send>(
+    change: &'a (impl Fn(&mut crate::domain::records::UserRecord) -> Result<T, E> + Sync),
+    last: &'a parking_lot::Mutex<Option<Result<T, E>>>,
+) -> impl Fn(&mut crate::domain::records::UserRecord) -> Result<(), ()> + Send + Sync + 'a {
+    move |user| {
+        let outcome = change(user);
+        let refused = outcome.is_err();
+        *last.lock() = Some(outcome);
+        if refused { Err(()) } else { Ok(()) }
     }
 }
 
