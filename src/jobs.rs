@@ -161,7 +161,7 @@ pub async fn run_mail_worker(
 async fn send_due(auth: &Auth, stats: &MailStats, stop: &watch::Receiver<bool>) {
     loop {
         match auth.store.mail_queue_len().await {
-            Ok(queued) => auth.mail_backlog.store(queued, Ordering::Relaxed),
+            Ok(queued) => auth.mail_backlog.recount(queued),
             Err(e) => tracing::error!(error = %e, "cannot count the mail queue"),
         }
         let now = auth.clock.unix_seconds();

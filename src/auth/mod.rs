@@ -17,7 +17,6 @@ pub mod two_factor_settings;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use time::OffsetDateTime;
@@ -56,7 +55,7 @@ pub struct Auth {
     pub mail_ready: Arc<Notify>,
     /// Messages in the mail queue: counted up as they are queued, and set to the stored
     /// count by the mail worker at each pass (so what a failed change queued is forgotten).
-    pub mail_backlog: AtomicUsize,
+    pub mail_backlog: crate::mail::MailBacklog,
     /// What `GET /metrics` reports.
     pub metrics: crate::metrics::Metrics,
     /// When each session was last used, kept in memory so that a request does not write.
@@ -103,7 +102,7 @@ impl Auth {
         let secrets = Secrets::load_or_create(&config.keys_dir())?;
         let tokens =
             Tokens::load_or_create(&*store, &config.tokens, &secrets, clock.unix_seconds()).await?;
-        let mail_backlog = AtomicUsize::new(store.mail_queue_len().await?);
+        let mail_backlog = crate::mail::MailBacklog::new(store.mail_queue_len().await?);
         Ok(Auth {
             mail_backlog,
             config,
@@ -238,8 +237,7 @@ impl Auth {
         context: minijinja::Value,
     ) -> Result<Option<MailQueueRecord>, crate::error::Error> {
         let max = self.config.mail.max_queued;
-        if self.mail_backlog.fetch_add(1, Ordering::Relaxed) >= max {
-            self.mail_backlog.fetch_sub(1, Ordering::Relaxed);
+        if !self.mail_backlog.reserve(max) {
             tracing::error!(
                 template = template.name(),
                 max_queued = max,
@@ -268,13 +266,13 @@ impl Auth {
     /// took another branch), before the mail worker's next count would.
     pub(crate) fn not_queued(&self, mail: &Option<MailQueueRecord>) {
         if mail.is_some() {
-            self.mail_backlog.fetch_sub(1, Ordering::Relaxed);
+            self.mail_backlog.release(1);
         }
     }
 
     /// Like [`Auth::not_queued`], for several messages.
     pub(crate) fn none_queued(&self, mail: &[MailQueueRecord]) {
-        self.mail_backlog.fetch_sub(mail.len(), Ordering::Relaxed);
+        self.mail_backlog.release(mail.len());
     }
 
     /// Tells the mail worker that something was queued.

@@ -1,6 +1,7 @@
 //! Outgoing mail: templates rendered to a message, and a transport that delivers it
 //! (SMTP through mail-send, or the `log` transport that writes an outbox folder).
 
+mod backlog;
 mod outbox;
 mod smtp;
 mod templates;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use backlog::MailBacklog;
 pub use outbox::LogTransport;
 pub use smtp::SmtpTransport;
 pub use templates::{Template, Templates};
