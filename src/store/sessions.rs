@@ -65,10 +65,20 @@ pub trait SessionStore: Send + Sync {
         session_max_age: i64,
         now: i64,
     ) -> Result<RotateOutcome, StoreError>;
-    /// Finds the session of a refresh token of storage format 1, by its keyed hash `old`.
-    /// A current one is returned for [`SessionStore::rotate_refresh`]; one that was already
-    /// rotated ends its session.
-    async fn legacy_refresh(&self, old: &[u8; 32], now: i64) -> Result<LegacyRefresh, StoreError>;
+    /// Finds the session of a refresh token handed out before tokens named their session
+    /// (the sled backend's storage format 1), by its keyed hash `old`. A current one is
+    /// returned for [`SessionStore::rotate_refresh`]; one that was already rotated ends its
+    /// session.
+    ///
+    /// Only a backend that holds such tokens overrides this: any other (one that never
+    /// stored format 1) knows none, and refuses every one as unknown.
+    async fn legacy_refresh(
+        &self,
+        _old: &[u8; 32],
+        _now: i64,
+    ) -> Result<LegacyRefresh, StoreError> {
+        Ok(LegacyRefresh::Refused(RotateOutcome::Unknown))
+    }
     /// Ends these sessions. Their refresh tokens die with them.
     async fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError>;
 }
