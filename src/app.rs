@@ -181,11 +181,11 @@ impl Application {
         })
     }
 
-    /// A stop that leaves no checkpoint: for storage thrown away after the stop (a test
-    /// server's temporary folder), where it would only make the stop slower.
+    /// Whether the stop leaves a checkpoint: not for storage thrown away after the stop (a
+    /// test server's temporary folder), where it would only make the stop slower.
     #[cfg(feature = "testing")]
-    pub(crate) fn without_checkpoint(mut self) -> Application {
-        self.checkpoint_at_stop = false;
+    pub(crate) fn checkpoint_at_stop(mut self, checkpoint: bool) -> Application {
+        self.checkpoint_at_stop = checkpoint;
         self
     }
 

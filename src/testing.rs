@@ -51,6 +51,9 @@ use crate::{Application, Clock, Config};
 /// Configures a [`TestServer`] before it starts.
 pub struct Builder {
     config: Config,
+    /// Mail goes through `mail.transport` (for example SMTP to a server the test runs)
+    /// rather than into the [`Mailbox`].
+    configured_mail: bool,
 }
 
 impl Builder {
@@ -69,6 +72,13 @@ impl Builder {
         self
     }
 
+    /// Sends mail as `mail.transport` says (for example over SMTP to a server the test
+    /// runs on loopback) instead of capturing it: [`TestServer::mailbox`] then stays empty.
+    pub fn deliver_mail_as_configured(mut self) -> Builder {
+        self.configured_mail = true;
+        self
+    }
+
     /// Starts the server: bound, serving, with its background tasks running.
     pub async fn start(self) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir().context("a temporary folder for the test server")?;
@@ -79,27 +89,27 @@ impl Builder {
         }
         let mailbox = Mailbox::default();
         let clock = Clock::manual(Clock::system().now());
-        let app = Application::build_with_transport(
-            config,
-            clock.clone(),
-            Arc::new(CaptureTransport {
-                mailbox: mailbox.clone(),
-            }),
-        )
-        .await?;
-        // The folder goes with the server: a checkpoint at the stop would be thrown away.
-        let app = if temporary {
-            app.without_checkpoint()
+        let app = if self.configured_mail {
+            Application::build_with_clock(config, clock.clone()).await?
         } else {
-            app
+            Application::build_with_transport(
+                config,
+                clock.clone(),
+                Arc::new(CaptureTransport {
+                    mailbox: mailbox.clone(),
+                }),
+            )
+            .await?
         };
+        // The folder goes with the server: a checkpoint at the stop would be thrown away.
+        let app = app.checkpoint_at_stop(!temporary);
         let client = client_for(app.certificate_pem(), app.addr())?;
         Ok(TestServer {
             app: Some(app),
             mailbox,
             clock,
             client,
-            _dir: dir,
+            dir: Some(dir),
         })
     }
 }
@@ -125,7 +135,7 @@ pub struct TestServer {
     mailbox: Mailbox,
     clock: Clock,
     client: reqwest::Client,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// An access token and its refresh token, as `login`, `confirm2Fa` and `newToken` give them.
@@ -144,6 +154,7 @@ impl TestServer {
     pub fn builder() -> Builder {
         Builder {
             config: test_config(),
+            configured_mail: false,
         }
     }
 
@@ -210,6 +221,21 @@ impl TestServer {
     /// Every message the server has sent.
     pub fn mailbox(&self) -> &Mailbox {
         &self.mailbox
+    }
+
+    /// The server's clock: a manual one, which only [`TestServer::advance_clock`] (or
+    /// [`Clock::advance`] on this handle) moves.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The temporary folder the server keeps its storage in (`data/` inside it, unless
+    /// `storage.path` was set), removed when the server is dropped.
+    pub fn dir(&self) -> &std::path::Path {
+        // Only `shutdown_keeping_storage` takes it out, and it consumes the server.
+        self.dir
+            .as_ref()
+            .map_or_else(|| unreachable!(), |dir| dir.path())
     }
 
     /// Moves the server's clock forward: codes, tokens and sessions expire as if that much
@@ -389,6 +415,17 @@ impl TestServer {
             Some(app) => app.shutdown().await,
             None => Ok(()),
         }
+    }
+
+    /// Stops the server like [`TestServer::shutdown`], with the store checkpointed, and
+    /// hands over the temporary folder instead of removing it: for a test that opens the
+    /// storage again (a restart, an offline backup, a look at the files).
+    pub async fn shutdown_keeping_storage(mut self) -> anyhow::Result<tempfile::TempDir> {
+        if let Some(app) = self.app.take() {
+            app.checkpoint_at_stop(true).shutdown().await?;
+        }
+        // Only this takes the folder out, and it consumes the server.
+        Ok(self.dir.take().unwrap_or_else(|| unreachable!()))
     }
 }
 

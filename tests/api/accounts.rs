@@ -71,7 +71,7 @@ async fn a_bad_registration_document_is_refused_naming_the_field() {
     }
     // Nothing was created along the way: the address is still free.
     assert!(
-        app.app
+        app.app()
             .store()
             .user_by_email("a@example.com")
             .await
@@ -245,7 +245,7 @@ async fn expose_codes_returns_the_verification_code_for_load_tests() {
 async fn a_hash_made_with_old_parameters_is_replaced_at_the_next_sign_in() {
     let app = TestApp::spawn().await;
     app.verified_user("ida@example.com", PASSWORD).await;
-    let smtp_port = app.app.config().mail.smtp.port;
+    let smtp_port = app.app().config().mail.smtp.port;
     let kept = app.stop_keeping_storage().await;
     let dir = kept.path().to_path_buf();
 

@@ -22,7 +22,7 @@ async fn security_events_are_kept_in_time_order_without_secrets() {
         .await;
 
     let events = app
-        .app
+        .app()
         .store()
         .audit_since(0, Some("ada@example.com"), 100)
         .await
@@ -51,7 +51,12 @@ async fn security_events_are_kept_in_time_order_without_secrets() {
     app.clock
         .advance(std::time::Duration::from_secs(91 * 86400));
     let now = app.clock.now().unix_timestamp();
-    let removed = app.app.store().prune_audit(now - 90 * 86400).await.unwrap();
+    let removed = app
+        .app()
+        .store()
+        .prune_audit(now - 90 * 86400)
+        .await
+        .unwrap();
     assert_eq!(removed, events.len());
     app.stop().await;
 }

@@ -17,7 +17,7 @@ fn backup_key() -> (tempfile::TempDir, std::path::PathBuf, String) {
 /// Asks the running server for a backup to `file`: its answer.
 async fn backup_through(app: &TestApp, file: &std::path::Path) -> serde_json::Value {
     keyhold::admin::call(
-        &app.app.config().admin_socket(),
+        &app.app().config().admin_socket(),
         &json!({ "command": "backup", "file": file }),
     )
     .await
@@ -36,7 +36,7 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     let app = with_backups(&recipient).await;
     app.verified_user("ada@example.com", PASSWORD).await;
     let login = app.signed_in("ada@example.com", PASSWORD, None).await;
-    let file = app.dir.path().join("manual.backup");
+    let file = app.dir().join("manual.backup");
     let answer = backup_through(&app, &file).await;
     assert_eq!(answer["ok"], true, "{answer}");
     assert!(answer["entries"].as_u64().unwrap() > 5);
@@ -47,7 +47,7 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     );
     // On its own the file yields nothing: not the key file, not a record, not an address.
     let bytes = std::fs::read(&file).unwrap();
-    let key = std::fs::read(app.app.config().keys_dir().join("hmac.key")).unwrap();
+    let key = std::fs::read(app.app().config().keys_dir().join("hmac.key")).unwrap();
     for clear in [&key[..], b"keyhold_backup", b"ada@example.com"] {
         assert!(!bytes.windows(clear.len()).any(|w| w == clear));
     }
@@ -56,7 +56,7 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     // Changes after the backup.
     app.register(json!({ "email": "late@example.com", "password": PASSWORD }))
         .await;
-    let smtp_port = app.app.config().mail.smtp.port;
+    let smtp_port = app.app().config().mail.smtp.port;
     let kept = app.stop_keeping_storage().await;
 
     let config = test_config(kept.path().join("data"), smtp_port);
@@ -100,10 +100,10 @@ async fn restore_refuses_a_running_server_a_cut_or_altered_file_and_a_wrong_iden
     let (_away, identity, recipient) = backup_key();
     let app = with_backups(&recipient).await;
     app.verified_user("bo@example.com", PASSWORD).await;
-    let file = app.dir.path().join("b.backup");
+    let file = app.dir().join("b.backup");
     let answer = backup_through(&app, &file).await;
     assert_eq!(answer["ok"], true, "{answer}");
-    let config = test_config(app.dir.path().join("data"), 1);
+    let config = test_config(app.dir().join("data"), 1);
     let err = keyhold::backup::restore(&config, &file, &identity, 0)
         .await
         .unwrap_err();
@@ -148,7 +148,7 @@ async fn restore_refuses_a_running_server_a_cut_or_altered_file_and_a_wrong_iden
 #[tokio::test]
 async fn no_backup_is_written_without_a_recipient() {
     let app = TestApp::spawn().await;
-    let file = app.dir.path().join("plain.backup");
+    let file = app.dir().join("plain.backup");
     let answer = backup_through(&app, &file).await;
     assert_eq!(answer["ok"], false, "{answer}");
     assert!(
@@ -171,7 +171,7 @@ async fn scheduled_backups_are_made_and_pruned() {
         c.storage.backup_recipient = Some(recipient);
     })
     .await;
-    let dir = app.app.config().backups_dir();
+    let dir = app.app().config().backups_dir();
     let made = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             // Keyhold names backups by its clock, which the test moves on.

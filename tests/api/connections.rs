@@ -44,7 +44,7 @@ async fn idle_sockets_from_one_address_leave_room_for_another() {
     let loopback: IpAddr = "127.0.0.1".parse().unwrap();
     let mut hoarded = Vec::new();
     for _ in 0..10 {
-        hoarded.push(connect_from(loopback, app.app.addr()).await);
+        hoarded.push(connect_from(loopback, app.app().addr()).await);
     }
     // Past its share, each socket of 127.0.0.1 is closed as soon as it is accepted.
     for socket in &mut hoarded[4..] {
@@ -59,9 +59,9 @@ async fn idle_sockets_from_one_address_leave_room_for_another() {
     // Another client, 127.0.0.2 (loopback too), is answered at once.
     let other = reqwest::Client::builder()
         .tls_certs_only([
-            reqwest::Certificate::from_pem(app.app.certificate_pem().as_bytes()).unwrap(),
+            reqwest::Certificate::from_pem(app.app().certificate_pem().as_bytes()).unwrap(),
         ])
-        .resolve("localhost", app.app.addr())
+        .resolve("localhost", app.app().addr())
         .local_address("127.0.0.2".parse::<IpAddr>().unwrap())
         .build()
         .unwrap();
@@ -91,7 +91,7 @@ async fn idle_sockets_from_one_address_leave_room_for_another() {
 async fn a_socket_that_never_sends_a_byte_is_closed_after_the_handshake_timeout() {
     let app =
         TestApp::spawn_with(|c| c.server.tls_handshake_timeout = Duration::from_secs(1)).await;
-    let mut silent = TcpStream::connect(app.app.addr()).await.unwrap();
+    let mut silent = TcpStream::connect(app.app().addr()).await.unwrap();
     let started = Instant::now();
     assert!(closed_within(&mut silent, Duration::from_secs(10)).await);
     let waited = started.elapsed();
@@ -109,7 +109,7 @@ async fn tls_to(app: &TestApp) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in
-        rustls::pki_types::CertificateDer::pem_slice_iter(app.app.certificate_pem().as_bytes())
+        rustls::pki_types::CertificateDer::pem_slice_iter(app.app().certificate_pem().as_bytes())
     {
         roots.add(cert.unwrap()).unwrap();
     }
@@ -118,7 +118,7 @@ async fn tls_to(app: &TestApp) -> tokio_rustls::client::TlsStream<TcpStream> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(app.app.addr()).await.unwrap();
+    let tcp = TcpStream::connect(app.app().addr()).await.unwrap();
     connector
         .connect("localhost".try_into().unwrap(), tcp)
         .await

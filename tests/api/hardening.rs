@@ -80,7 +80,7 @@ async fn cors_admits_only_the_configured_origins() {
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let app = TestApp::spawn_with(|c| c.server.max_connections = 1).await;
     // Hold the only slot with an idle TCP connection.
-    let held = tokio::net::TcpStream::connect(app.app.addr())
+    let held = tokio::net::TcpStream::connect(app.app().addr())
         .await
         .unwrap();
     let client = app.client.clone();

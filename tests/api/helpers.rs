@@ -1,34 +1,41 @@
-//! Starts a real Keyhold in-process: HTTPS on a free loopback port, sled in a temp folder, a
-//! real SMTP sink on loopback, and a manual clock the test moves.
+//! Starts a real Keyhold in-process through `keyhold::testing` (what an embedding
+//! project's tests run): HTTPS on a free loopback port, sled in a temp folder and a manual
+//! clock the test moves; here mail goes over real SMTP to a sink on loopback.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use keyhold::config::{MailTransportKind, SmtpSecurity};
+use keyhold::testing::TestServer;
 use keyhold::{Application, Clock, Config};
 use serde_json::{Value, json};
 
 use crate::smtp_sink::{Mailbox, SmtpSink};
 
 pub struct TestApp {
-    pub app: Application,
+    server: TestServer,
     pub client: reqwest::Client,
     pub mailbox: Mailbox,
+    /// The server's clock (a handle on the same manual clock).
     pub clock: Clock,
-    pub dir: tempfile::TempDir,
     _sink: SmtpSink,
 }
 
-/// The configuration every test starts from: cheap argon2 (through config, never by changing
-/// the defaults), port 0, storage in `dir`, mail to the sink.
-pub fn test_config(storage: PathBuf, smtp_port: u16) -> Config {
-    // The configuration every embedding project's tests get, with mail over real SMTP.
-    let mut config = keyhold::testing::test_config();
-    config.storage.path = storage;
+/// Mail over plain SMTP to `127.0.0.1:port`.
+fn smtp_to(config: &mut Config, port: u16) {
     config.mail.transport = MailTransportKind::Smtp;
     config.mail.smtp.host = Some("127.0.0.1".into());
-    config.mail.smtp.port = smtp_port;
+    config.mail.smtp.port = port;
     config.mail.smtp.security = SmtpSecurity::None;
+}
+
+/// The configuration of a test server (`keyhold::testing::test_config`: cheap argon2
+/// through config, never by changing the defaults, port 0) with its storage at `storage`
+/// and mail to the sink at `smtp_port`: for starting a stopped test's storage again.
+pub fn test_config(storage: PathBuf, smtp_port: u16) -> Config {
+    let mut config = keyhold::testing::test_config();
+    config.storage.path = storage;
+    smtp_to(&mut config, smtp_port);
     config
 }
 
@@ -69,26 +76,37 @@ impl TestApp {
 
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         let sink = SmtpSink::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(dir.path().join("data"), sink.port);
-        adjust(&mut config);
-        let clock = Clock::manual(Clock::system().now());
-        let app = Application::build_with_clock(config, clock.clone())
+        let port = sink.port;
+        let server = TestServer::builder()
+            .config(|c| {
+                smtp_to(c, port);
+                adjust(c);
+            })
+            .deliver_mail_as_configured()
+            .start()
             .await
             .expect("Keyhold starts");
-        let client = https_client(app.certificate_pem(), app.addr());
         TestApp {
-            client,
+            client: server.client(),
             mailbox: sink.mailbox.clone(),
-            clock,
-            dir,
-            app,
+            clock: server.clock().clone(),
+            server,
             _sink: sink,
         }
     }
 
+    /// The running application.
+    pub fn app(&self) -> &Application {
+        self.server.app()
+    }
+
+    /// The temporary folder; the storage is `data/` inside it.
+    pub fn dir(&self) -> &Path {
+        self.server.dir()
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.app.base_url())
+        format!("{}{path}", self.server.base_url())
     }
 
     /// POSTs `body` to `path` and returns the status and the JSON answer.
@@ -215,13 +233,15 @@ impl TestApp {
     }
 
     pub async fn stop(self) {
-        self.app.shutdown().await.expect("a clean shutdown");
+        self.server.shutdown().await.expect("a clean shutdown");
     }
 
-    /// Stops the server but keeps its storage for the test to look at.
+    /// Stops the server (with a checkpoint) but keeps its storage for the test to look at.
     pub async fn stop_keeping_storage(self) -> tempfile::TempDir {
-        self.app.shutdown().await.expect("a clean shutdown");
-        self.dir
+        self.server
+            .shutdown_keeping_storage()
+            .await
+            .expect("a clean shutdown")
     }
 }
 

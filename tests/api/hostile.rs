@@ -392,7 +392,7 @@ async fn sixty_and_more_bad_inputs_each_get_their_code_and_change_nothing() {
     );
 
     // Nothing changed.
-    let store = app.app.store();
+    let store = app.app().store();
     for email in [
         "h@example.com",
         "u@example.com",

@@ -241,7 +241,7 @@ async fn a_cross_site_simple_post_runs_nothing() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     app.mailbox.wait_for("real@example.com").await;
-    let store = app.app.store();
+    let store = app.app().store();
     assert!(
         store
             .user_by_email("victim@example.com")
@@ -333,7 +333,7 @@ async fn a_full_mail_queue_drops_new_mail_and_the_request_still_succeeds() {
             .await;
         assert_eq!(body["data"]["register"]["status"], 201, "{body}");
     }
-    let store = app.app.store();
+    let store = app.app().store();
     assert_eq!(store.mail_queue_len().await.unwrap(), 3);
     for i in 0..5 {
         let email = format!("q{i}@example.com");
@@ -369,7 +369,7 @@ async fn a_flood_of_refusals_writes_one_audit_record_and_counts_every_one() {
         );
     }
     let refusals = || async {
-        app.app
+        app.app()
             .store()
             .audit_since(0, None, 10_000)
             .await

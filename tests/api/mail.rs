@@ -13,7 +13,7 @@ use crate::smtp_sink::{SinkTls, SmtpSink};
 #[tokio::test]
 async fn a_message_sent_over_smtp_arrives_at_the_sink_with_its_subject_and_body() {
     let app = TestApp::spawn().await;
-    let mailer = app.app.mailer();
+    let mailer = app.app().mailer();
     let mail = mailer
         .render(
             "ada@example.com",
@@ -45,7 +45,7 @@ async fn an_unreachable_smtp_server_is_an_error_not_a_hang() {
         text: "body".into(),
         html: None,
     };
-    let err = app.app.mailer().send(&mail).await.unwrap_err();
+    let err = app.app().mailer().send(&mail).await.unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
     app.stop().await;
 }
@@ -101,7 +101,7 @@ async fn a_message_is_dated_by_the_servers_clock() {
         text: "body".into(),
         html: None,
     };
-    app.app.mailer().send(&mail).await.unwrap();
+    app.app().mailer().send(&mail).await.unwrap();
     let received = app.mailbox.wait_for("carol@example.com").await;
     let parsed = mail_parser::MessageParser::default()
         .parse(&received.data)

@@ -35,19 +35,19 @@ async fn with_smtp_down_the_request_succeeds_and_the_mail_follows_once_it_is_up(
         .register(json!({ "email": "ada@example.com", "password": PASSWORD }))
         .await;
     assert_eq!(body["data"]["register"]["status"], 201, "{body}");
-    let stats = app.app.mail_stats();
+    let stats = app.app().mail_stats();
     eventually("a failed first attempt", async || {
         stats.retried.load(Ordering::Relaxed) >= 1
     })
     .await;
-    assert_eq!(app.app.store().mail_queue_len().await.unwrap(), 1);
+    assert_eq!(app.app().store().mail_queue_len().await.unwrap(), 1);
 
     let sink = SmtpSink::start_on(SinkTls::None, port).await;
     app.clock.advance(Duration::from_secs(10));
     let mail = sink.mailbox.wait_for("ada@example.com").await;
     assert_eq!(mail.subject(), "Confirm your e-mail address");
     eventually("the queue empties", async || {
-        app.app.store().mail_queue_len().await.unwrap() == 0
+        app.app().store().mail_queue_len().await.unwrap() == 0
     })
     .await;
 
@@ -105,7 +105,7 @@ async fn a_message_is_dropped_after_its_last_attempt() {
     .await;
     app.register(json!({ "email": "dee@example.com", "password": PASSWORD }))
         .await;
-    let stats = app.app.mail_stats();
+    let stats = app.app().mail_stats();
     eventually("the first failure", async || {
         stats.retried.load(Ordering::Relaxed) == 1
     })
@@ -115,6 +115,6 @@ async fn a_message_is_dropped_after_its_last_attempt() {
         stats.dropped.load(Ordering::Relaxed) == 1
     })
     .await;
-    assert_eq!(app.app.store().mail_queue_len().await.unwrap(), 0);
+    assert_eq!(app.app().store().mail_queue_len().await.unwrap(), 0);
     app.stop().await;
 }

@@ -33,7 +33,7 @@ async fn a_rotated_key_verifies_its_tokens_until_they_expire_then_leaves_the_jwk
 
     // Through the admin socket, as `keyhold keys rotate` does while the server runs.
     let answer = keyhold::admin::call(
-        &app.app.config().admin_socket(),
+        &app.app().config().admin_socket(),
         &json!({ "command": "rotate-keys" }),
     )
     .await
@@ -62,9 +62,9 @@ async fn a_rotated_key_verifies_its_tokens_until_they_expire_then_leaves_the_jwk
     );
 
     // Just before the old token expires, the sweeper keeps the old key, and the token works.
-    let ttl = app.app.config().tokens.access_ttl;
+    let ttl = app.app().config().tokens.access_ttl;
     app.clock.advance(ttl - std::time::Duration::from_secs(2));
-    let auth = app.app.auth();
+    let auth = app.app().auth();
     let now = app.clock.unix_seconds();
     assert_eq!(
         auth.tokens
@@ -217,7 +217,7 @@ async fn metrics_token_guards_the_scrape() {
 /// `keyhold user ACTION [EMAIL]` through the admin socket, as the command line sends it.
 async fn user_admin(app: &TestApp, action: &str, email: Option<&str>) -> Value {
     let answer = keyhold::admin::call(
-        &app.app.config().admin_socket(),
+        &app.app().config().admin_socket(),
         &json!({ "command": "user", "action": action, "email": email }),
     )
     .await
@@ -317,7 +317,7 @@ async fn operators_list_show_disable_enable_reset_2fa_and_log_out_accounts_while
     );
 
     let unknown = keyhold::admin::call(
-        &app.app.config().admin_socket(),
+        &app.app().config().admin_socket(),
         &json!({ "command": "user", "action": "disable", "email": "nobody@example.com" }),
     )
     .await
@@ -353,7 +353,7 @@ async fn an_invited_user_chooses_a_password_by_the_mailed_link_and_a_deleted_one
     );
     assert!(app.signed_in("cy@example.com", PASSWORD, None).await["token"].is_string());
     let again = keyhold::admin::call(
-        &app.app.config().admin_socket(),
+        &app.app().config().admin_socket(),
         &json!({ "command": "user", "action": "create", "email": "cy@example.com" }),
     )
     .await
@@ -373,7 +373,7 @@ async fn an_invited_user_chooses_a_password_by_the_mailed_link_and_a_deleted_one
 #[tokio::test]
 async fn the_admin_socket_closes_a_client_that_sends_nothing() {
     let app = TestApp::spawn().await;
-    let mut silent = tokio::net::UnixStream::connect(app.app.config().admin_socket())
+    let mut silent = tokio::net::UnixStream::connect(app.app().config().admin_socket())
         .await
         .unwrap();
     // The server's clock for timeouts is tokio's: paused, it jumps to the next timer as soon
@@ -399,14 +399,14 @@ async fn the_admin_socket_answers_only_the_servers_own_user_and_root() {
         return;
     }
     let app = TestApp::spawn().await;
-    let socket = app.app.config().admin_socket();
+    let socket = app.app().config().admin_socket();
     // Loosen every mode on the way, as a careless operator might: the peer check still holds.
     use std::os::unix::fs::PermissionsExt;
     let open = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
     };
-    open(app.dir.path(), 0o755);
-    open(&app.app.config().storage.path, 0o755);
+    open(app.dir(), 0o755);
+    open(&app.app().config().storage.path, 0o755);
     open(&socket, 0o666);
     // The server may refuse before the request is written: a write then meets a closed
     // socket, which must not end the client before it reads the refusal.
@@ -466,7 +466,7 @@ async fn a_second_factor_confirmed_after_a_disable_signs_nobody_in() {
         .await;
     // The disable ended the challenge with everything else the account had pending.
     assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
-    let store = app.app.store();
+    let store = app.app().store();
     let user = store
         .user_by_email("kim@example.com")
         .await
@@ -520,7 +520,7 @@ async fn a_disable_ends_every_pending_challenge_step_up_code_and_reset_code_with
 
     let disabled = user_admin(&app, "disable", Some(email)).await;
     assert_eq!(disabled["state"], "disabled", "{disabled}");
-    let store = app.app.store();
+    let store = app.app().store();
     let user = store.user_by_email(email).await.unwrap().unwrap();
     assert!(store.sessions_of(user.id).await.unwrap().is_empty());
     assert!(

@@ -22,7 +22,7 @@ const PROFILE: &str = "{ userProfile { email } }";
 
 async fn admin(app: &TestApp, action: &str, email: &str) -> Value {
     keyhold::admin::call(
-        &app.app.config().admin_socket(),
+        &app.app().config().admin_socket(),
         &json!({ "command": "user", "action": action, "email": email }),
     )
     .await
@@ -64,7 +64,7 @@ async fn a_disable_during_sign_ins_leaves_the_account_disabled_with_no_session()
             admin(&app, "disable", &email)
         );
         assert_eq!(disabled["ok"], true, "{disabled}");
-        let store = app.app.store();
+        let store = app.app().store();
         let user = store.user_by_email(&email).await.unwrap().unwrap();
         assert_eq!(user.state, AccountState::Disabled, "round {round}");
         assert!(
@@ -103,7 +103,7 @@ async fn a_password_change_during_sign_ins_keeps_the_new_hash_and_ends_every_oth
         // The new hash is the one stored: the new password signs in, the old one does not.
         let body = app.login(&email, PASSWORD, Some("after")).await;
         assert_eq!(error_code(&body), "INVALID_CREDENTIALS", "round {round}");
-        let store = app.app.store();
+        let store = app.app().store();
         let user = store.user_by_email(&email).await.unwrap().unwrap();
         // Only the changer's device is left: no sign-in with the old password survived.
         let left: Vec<String> = store
@@ -147,7 +147,7 @@ async fn a_password_reset_during_sign_ins_keeps_the_new_hash_and_ends_every_sess
         );
         let body = app.login(&email, PASSWORD, Some("after")).await;
         assert_eq!(error_code(&body), "INVALID_CREDENTIALS", "round {round}");
-        let store = app.app.store();
+        let store = app.app().store();
         let user = store.user_by_email(&email).await.unwrap().unwrap();
         assert!(
             store.sessions_of(user.id).await.unwrap().is_empty(),
@@ -168,7 +168,7 @@ async fn a_delete_during_sign_ins_leaves_no_ghost_user() {
         let email = format!("del{round}@example.com");
         app.verified_user(&email, PASSWORD).await;
         let id = app
-            .app
+            .app()
             .store()
             .user_by_email(&email)
             .await
@@ -180,7 +180,7 @@ async fn a_delete_during_sign_ins_leaves_no_ghost_user() {
             admin(&app, "delete", &email)
         );
         assert_eq!(deleted["ok"], true, "{deleted}");
-        let store = app.app.store();
+        let store = app.app().store();
         assert!(
             store.user(id).await.unwrap().is_none(),
             "round {round}: a ghost"
@@ -195,7 +195,7 @@ async fn a_delete_during_sign_ins_leaves_no_ghost_user() {
         }
     }
     // Nothing of the deleted accounts is left in the account list either.
-    assert!(app.app.store().all_users().await.unwrap().is_empty());
+    assert!(app.app().store().all_users().await.unwrap().is_empty());
     app.stop().await;
 }
 
@@ -218,7 +218,7 @@ async fn turning_2fa_on_or_off_during_sign_ins_is_never_undone() {
             .as_str()
             .unwrap()
             .to_string();
-        let store = app.app.store();
+        let store = app.app().store();
         let user = store.user_by_email(&email).await.unwrap().unwrap();
         assert!(user.two_factor.is_some(), "round {round}: 2FA was undone");
         let devices: Vec<String> = store
@@ -297,7 +297,7 @@ async fn challenge(app: &TestApp, email: &str, device: &str) -> String {
 
 /// The device sessions of `email` on devices other than the owner's.
 async fn racer_sessions(app: &TestApp, email: &str) -> usize {
-    let store = app.app.store();
+    let store = app.app().store();
     let user = store.user_by_email(email).await.unwrap().unwrap();
     store
         .sessions_of(user.id)
@@ -350,7 +350,7 @@ async fn one_recovery_code_on_four_concurrent_challenges_makes_one_session() {
         assert_eq!(tokens_of_confirm(&answers), 1, "round {round}: {answers:?}");
         assert_eq!(racer_sessions(&app, &email).await, 1, "round {round}");
         let user = app
-            .app
+            .app()
             .store()
             .user_by_email(&email)
             .await

@@ -9,7 +9,7 @@ use crate::helpers::{NEW_TOKEN, PASSWORD, TestApp, graphql_on, test_config};
 #[tokio::test]
 async fn a_clean_stop_leaves_a_checkpoint_past_the_run_and_the_next_start_loses_nothing() {
     let app = TestApp::spawn().await;
-    let db = app.dir.path().join("data/db");
+    let db = app.dir().join("data/db");
     let at_start = Store::checkpointed_lsn(&db);
     for i in 0..5 {
         app.verified_user(&format!("user{i}@example.com"), PASSWORD)

@@ -10,7 +10,7 @@ use crate::helpers::{TestApp, https_client, test_config};
 #[tokio::test]
 async fn plain_http_to_the_port_gets_no_graphql_answer() {
     let app = TestApp::spawn().await;
-    let mut socket = tokio::net::TcpStream::connect(app.app.addr())
+    let mut socket = tokio::net::TcpStream::connect(app.app().addr())
         .await
         .unwrap();
     let body = r#"{"query":"{ __typename }"}"#;
@@ -28,7 +28,7 @@ async fn plain_http_to_the_port_gets_no_graphql_answer() {
     // A plain-HTTP client fails outright.
     let plain = reqwest::Client::new();
     let result = plain
-        .post(format!("http://{}/graphql", app.app.addr()))
+        .post(format!("http://{}/graphql", app.app().addr()))
         .json(&json!({ "query": "{ __typename }" }))
         .send()
         .await;
@@ -96,7 +96,7 @@ async fn configured_certificate_files_are_served() {
 #[tokio::test]
 async fn a_second_server_on_the_same_storage_is_refused() {
     let app = TestApp::spawn().await;
-    let config = test_config(app.dir.path().join("data"), 1);
+    let config = test_config(app.dir().join("data"), 1);
     let err = Application::build(config).await.err().expect("refused");
     assert!(format!("{err:#}").contains("in use"), "{err:#}");
     app.stop().await;
@@ -106,7 +106,7 @@ async fn a_second_server_on_the_same_storage_is_refused() {
 pub async fn raw_tls(app: &TestApp) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in
-        rustls::pki_types::CertificateDer::pem_slice_iter(app.app.certificate_pem().as_bytes())
+        rustls::pki_types::CertificateDer::pem_slice_iter(app.app().certificate_pem().as_bytes())
     {
         roots.add(cert.unwrap()).unwrap();
     }
@@ -118,7 +118,7 @@ pub async fn raw_tls(app: &TestApp) -> tokio_rustls::client::TlsStream<tokio::ne
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(app.app.addr())
+    let tcp = tokio::net::TcpStream::connect(app.app().addr())
         .await
         .unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -155,8 +155,8 @@ async fn a_request_in_flight_finishes_while_the_server_shuts_down() {
     let interim = read_until(&mut stream, "100 Continue").await;
     assert!(interim.contains("100 Continue"), "{interim}");
 
-    let addr = app.app.addr();
-    let shutdown = tokio::spawn(app.app.shutdown());
+    let addr = app.app().addr();
+    let shutdown = tokio::spawn(app.stop());
     // Wait until the listener is closed: shutdown is under way, new connections are refused.
     tokio::time::timeout(Duration::from_secs(10), async {
         while tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -174,7 +174,7 @@ async fn a_request_in_flight_finishes_while_the_server_shuts_down() {
     let answer = read_until(&mut stream, "RootQueryType").await;
     assert!(answer.contains("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("RootQueryType"), "{answer}");
-    shutdown.await.unwrap().unwrap();
+    shutdown.await.unwrap();
 }
 
 #[tokio::test]

@@ -726,7 +726,7 @@ async fn every_second_factor_path_draws_on_one_stored_budget() {
     assert!(notice.text().contains("4 times"), "{}", notice.text());
 
     // It survives a restart.
-    let smtp_port = app.app.config().mail.smtp.port;
+    let smtp_port = app.app().config().mail.smtp.port;
     let now = app.clock.now();
     let kept = app.stop_keeping_storage().await;
     let mut config = crate::helpers::test_config(kept.path().join("data"), smtp_port);
