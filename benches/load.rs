@@ -93,8 +93,10 @@ struct Args {
     #[arg(long, conflicts_with = "url")]
     keyhold: Option<PathBuf>,
     /// A second build, started beside the first on a copy of the same store: its `floor`,
-    /// and its `newToken` over HTTP/2, are measured in turns with the others (rows with
-    /// "(B)"), so the two builds meet the same moments of the machine.
+    /// `newToken` (HTTP/1.1 and HTTP/2) and `userProfile` each run right beside the same
+    /// scenario of this build, second by second (rows with "(B)"), so the two builds meet
+    /// the same moments of the machine, and each pair of seconds gives one ratio ("A/B …"
+    /// lines, with a 95 % interval: use `--seconds 30` or more for a narrow one).
     #[arg(long, conflicts_with = "url")]
     ab: Option<PathBuf>,
     /// Passed by `cargo bench` to every benchmark target.
@@ -1017,6 +1019,8 @@ struct Row {
     peak_rss: Option<u64>,
     /// What the server flushed while this row was measured.
     flushed: Flushes,
+    /// Server CPU µs per request of each slice `measure_in_turns` ran, in order.
+    slices: Vec<f64>,
 }
 
 impl Row {
@@ -1029,6 +1033,7 @@ impl Row {
             cpu: None,
             peak_rss: None,
             flushed: Flushes::default(),
+            slices: Vec::new(),
         }
     }
 
@@ -1107,6 +1112,10 @@ async fn measure_slice(
         .cpu()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
+    let n = logins.latencies.len() + logins.errors + others.latencies.len() + others.errors;
+    if let Some(cpu) = cpu.filter(|_| n > 0) {
+        row.slices.push(cpu.as_secs_f64() * 1e6 / n as f64);
+    }
     let flushed_after = clients[0].flush_stats().await.ok();
     row.flushed.add(flushed_before, flushed_after);
     row.cpu = if first {
@@ -1123,6 +1132,10 @@ async fn measure_slice(
 /// Measures several scenarios taking turns, a second each, `rounds` times over. The speed
 /// of this virtual machine changes from one minute to the next; taking turns exposes every
 /// scenario to the same changes, so their ratios to the floor hold.
+///
+/// A scenario of the other build ("… (B)…") runs right beside the same scenario of this
+/// one, first on every other round, and the two are compared second by second: see
+/// [`paired`].
 async fn measure_in_turns(
     scenarios: Vec<(String, &Server, Vec<Client>, Vec<Plan>)>,
     rounds: u64,
@@ -1133,17 +1146,95 @@ async fn measure_in_turns(
             (Row::new(&name, plans.len()), server, clients, plans)
         })
         .collect();
-    for _ in 0..rounds.max(1) {
-        for (row, server, clients, plans) in &mut turns {
-            let taken = std::mem::take(plans);
-            *plans = measure_slice(server, row, clients, taken, Duration::from_secs(1)).await?;
+    // Each scenario of the other build next to its counterpart of this one.
+    let counterpart = |name: &str| name.replacen(" (B)", "", 1);
+    let mut order: Vec<Vec<usize>> = Vec::new();
+    for (i, (row, ..)) in turns.iter().enumerate() {
+        if row.name.contains(" (B)") {
+            continue;
+        }
+        let mut group = vec![i];
+        group.extend(
+            turns
+                .iter()
+                .position(|(b, ..)| b.name.contains(" (B)") && counterpart(&b.name) == row.name),
+        );
+        order.push(group);
+    }
+    for (i, (row, ..)) in turns.iter().enumerate() {
+        if row.name.contains(" (B)") && !order.iter().flatten().any(|&k| k == i) {
+            order.push(vec![i]);
+        }
+    }
+    for round in 0..rounds.max(1) {
+        for group in &order {
+            let mut group = group.clone();
+            if round % 2 == 1 {
+                group.reverse();
+            }
+            for i in group {
+                let (row, server, clients, plans) = &mut turns[i];
+                let taken = std::mem::take(plans);
+                *plans = measure_slice(server, row, clients, taken, Duration::from_secs(1)).await?;
+            }
         }
     }
     let rows: Vec<Row> = turns.into_iter().map(|(row, _, _, _)| row).collect();
     for row in &rows {
         row.print();
     }
+    for b in rows.iter().filter(|r| r.name.contains(" (B)")) {
+        let Some(a) = rows.iter().find(|a| a.name == counterpart(&b.name)) else {
+            continue;
+        };
+        if let Some(p) = paired(&a.slices, &b.slices) {
+            println!(
+                "  A/B {}: A costs {:+.1} % CPU per request against B (95 % interval {:+.1} to {:+.1} %, {} paired seconds)",
+                a.name,
+                p.change * 100.0,
+                p.low * 100.0,
+                p.high * 100.0,
+                p.pairs
+            );
+        }
+    }
     Ok(rows)
+}
+
+/// How much more CPU per request A costs than B, from seconds measured in pairs.
+struct Paired {
+    /// The estimate: the geometric mean of the per-second ratios, less one.
+    change: f64,
+    /// A 95 % interval of it.
+    low: f64,
+    high: f64,
+    pairs: usize,
+}
+
+/// Compares two builds second by second: each pair of seconds ran back to back, so a drift
+/// of the machine touches both sides of a pair alike and falls out of their ratio. The
+/// interval is the mean of the log ratios ± 1.96 standard errors; it is honest only with
+/// many pairs (a run of `--seconds 30` gives 30).
+fn paired(a: &[f64], b: &[f64]) -> Option<Paired> {
+    let logs: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(a, b)| **a > 0.0 && **b > 0.0)
+        .map(|(a, b)| (a / b).ln())
+        .collect();
+    let n = logs.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = logs.iter().sum::<f64>() / n as f64;
+    let variance = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let half = 1.96 * (variance / n as f64).sqrt();
+    Some(Paired {
+        change: mean.exp() - 1.0,
+        low: (mean - half).exp() - 1.0,
+        high: (mean + half).exp() - 1.0,
+        pairs: n,
+    })
 }
 
 /// The storm: sign-ins and refreshes at once; the row is the refreshes, and the sign-in
@@ -1180,6 +1271,7 @@ async fn measure_storm(
         peak_rss: server.rss().map(|r| r.peak),
         // The sign-ins' writes and the refreshes' together.
         flushed,
+        slices: Vec::new(),
     };
     println!(
         "  storm: {login_rate:.1} sign-ins/s, newToken {:.1}/s",
@@ -1274,6 +1366,7 @@ async fn measure_backup(
                 cpu: None,
                 peak_rss: server.rss().map(|r| r.peak),
                 flushed: Flushes::default(),
+                slices: Vec::new(),
             };
             row.print();
             rows.push(row);
