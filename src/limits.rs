@@ -53,20 +53,24 @@ impl From<Refused> for Error {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: i64,
-    count: u32,
-    refused: u32,
+/// One key's count in its window: what a backend keeps per key (this process's tables, or a
+/// shared database's rows), changed only by [`Limits::after_hit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: i64,
+    pub count: u32,
+    pub refused: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    last: i64,
-    count: u32,
-    locked_until: i64,
+/// One account's failed sign-ins: what a backend keeps per address, changed only by
+/// [`Limits::after_failure`] and [`Limits::lockout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failures {
+    pub last: i64,
+    pub count: u32,
+    pub locked_until: i64,
     /// Attempts refused during the current wait.
-    refused: u32,
+    pub refused: u32,
 }
 
 /// Values by key, kept in order of expiry.
@@ -207,16 +211,22 @@ impl Limits {
         i64::try_from(self.config.login_failure_window.as_secs()).unwrap_or(i64::MAX / 4)
     }
 
-    /// Counts one event for `key` (an IP or an address); `RATE_LIMITED` once over the limit.
-    pub fn hit(&self, limit: Limit, key: &str, now: i64) -> std::result::Result<(), Refused> {
-        if !self.config.enabled {
-            return Ok(());
-        }
+    /// Whether the limits are on at all (`limits.enabled`).
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    /// One more event of `limit` on a key whose window was `before` (`None`: no count yet):
+    /// the window to keep, until when to keep it, and whether the event passes. Every
+    /// backend counts through this, so that they all count alike.
+    pub fn after_hit(
+        &self,
+        limit: Limit,
+        before: Option<Window>,
+        now: i64,
+    ) -> (Window, i64, std::result::Result<(), Refused>) {
         let (max, span) = self.rule(limit);
-        let id = self.key((limit, key));
-        let mut windows = self.windows.lock();
-        windows.expire(now);
-        let mut window = match windows.get(id) {
+        let mut window = match before {
             Some(w) if w.start + span > now => w,
             _ => Window {
                 start: now,
@@ -230,58 +240,42 @@ impl Limits {
         } else {
             window.count += 1;
         }
-        windows.put(id, window, window.start + span);
-        if refused {
-            return Err(Refused {
+        let outcome = if refused {
+            Err(Refused {
                 error: rate_limited(window.start + span - now),
                 first_in_window: window.refused == 1,
-            });
-        }
-        Ok(())
+            })
+        } else {
+            Ok(())
+        };
+        (window, window.start + span, outcome)
     }
 
-    /// `RATE_LIMITED` while the account of `email` waits after failed sign-ins, whatever the
-    /// password this time.
-    pub fn check_account(&self, email: &str, now: i64) -> std::result::Result<(), Refused> {
-        if !self.config.enabled {
-            return Ok(());
-        }
-        let id = self.key(email);
-        let mut accounts = self.accounts.lock();
-        match accounts.locked.get(id) {
+    /// Whether an account whose failures are `before` waits at `now`: if it does, the
+    /// failures to keep (one more refusal counted), until when, and the refusal.
+    pub fn lockout(&self, before: Option<Failures>, now: i64) -> Option<(Failures, i64, Refused)> {
+        match before {
             Some(mut f) if f.locked_until > now => {
                 f.refused = f.refused.saturating_add(1);
-                accounts
-                    .locked
-                    .put(id, f, f.locked_until + self.failure_window());
-                Err(Refused {
+                let refused = Refused {
                     error: rate_limited(f.locked_until - now),
                     first_in_window: f.refused == 1,
-                })
+                };
+                Some((f, f.locked_until + self.failure_window(), refused))
             }
-            _ => Ok(()),
+            _ => None,
         }
     }
 
-    /// A failed sign-in for `email`. From the `login_failures_per_account`-th failure within
+    /// One more failed sign-in of an account whose failures were `before`: the failures to
+    /// keep and until when. From the `login_failures_per_account`-th failure within
     /// `login_failure_window` on, the account waits 1 s, then 2 s, 4 s … (at most the window).
     /// The count is kept while the account waits and for a window after, so the delays keep
     /// growing rather than starting over when the longest one ends.
-    pub fn record_failure(&self, email: &str, now: i64) {
-        if !self.config.enabled {
-            return;
-        }
+    pub fn after_failure(&self, before: Option<Failures>, now: i64) -> (Failures, i64) {
         let window = self.failure_window();
         let threshold = self.config.login_failures_per_account.max(1);
-        let id = self.key(email);
-        let mut accounts = self.accounts.lock();
-        accounts.counting.expire(now);
-        accounts.locked.expire(now);
-        let known = accounts
-            .locked
-            .get(id)
-            .or_else(|| accounts.counting.get(id));
-        let mut f = match known {
+        let mut f = match before {
             Some(f) if f.last.max(f.locked_until) + window > now => f,
             _ => Failures {
                 last: now,
@@ -293,14 +287,65 @@ impl Limits {
         f.count = f.count.saturating_add(1);
         f.last = now;
         if f.count < threshold {
-            accounts.counting.put(id, f, now + window);
-            return;
+            return (f, now + window);
         }
         let doublings = (f.count - threshold).min(20);
         f.locked_until = now + (1i64 << doublings).min(window);
         f.refused = 0;
-        accounts.counting.remove(id);
-        accounts.locked.put(id, f, f.locked_until + window);
+        (f, f.locked_until + window)
+    }
+
+    /// Counts one event for `key` (an IP or an address); `RATE_LIMITED` once over the limit.
+    pub fn hit(&self, limit: Limit, key: &str, now: i64) -> std::result::Result<(), Refused> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let id = self.key((limit, key));
+        let mut windows = self.windows.lock();
+        windows.expire(now);
+        let (window, until, outcome) = self.after_hit(limit, windows.get(id), now);
+        windows.put(id, window, until);
+        outcome
+    }
+
+    /// `RATE_LIMITED` while the account of `email` waits after failed sign-ins, whatever the
+    /// password this time.
+    pub fn check_account(&self, email: &str, now: i64) -> std::result::Result<(), Refused> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let id = self.key(email);
+        let mut accounts = self.accounts.lock();
+        match self.lockout(accounts.locked.get(id), now) {
+            Some((f, until, refused)) => {
+                accounts.locked.put(id, f, until);
+                Err(refused)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A failed sign-in for `email` (see [`Limits::after_failure`]).
+    pub fn record_failure(&self, email: &str, now: i64) {
+        if !self.config.enabled {
+            return;
+        }
+        let threshold = self.config.login_failures_per_account.max(1);
+        let id = self.key(email);
+        let mut accounts = self.accounts.lock();
+        accounts.counting.expire(now);
+        accounts.locked.expire(now);
+        let known = accounts
+            .locked
+            .get(id)
+            .or_else(|| accounts.counting.get(id));
+        let (f, until) = self.after_failure(known, now);
+        if f.count < threshold {
+            accounts.counting.put(id, f, until);
+        } else {
+            accounts.counting.remove(id);
+            accounts.locked.put(id, f, until);
+        }
     }
 
     /// A successful sign-in: the count starts again.
