@@ -75,7 +75,7 @@ impl Application {
         // for them.
         let opening = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || crate::store::open(&config))
+            tokio::spawn(async move { crate::store::open(&config).await })
         };
         let passwords = PasswordHasher::new(&config.passwords);
         let store = opening

@@ -214,6 +214,12 @@ pub async fn run_backups(
     if interval == Duration::ZERO {
         return;
     }
+    if config.storage.backend == crate::config::StorageBackend::Postgres {
+        tracing::info!(
+            "no scheduled backups: a PostgreSQL store is backed up with pg_dump (README, \"Running several instances\")"
+        );
+        return;
+    }
     if config.storage.backup_recipient.is_none() {
         tracing::warn!(
             "no scheduled backups: storage.backup_recipient is not set (a backup is written only encrypted to a key kept away from this server; `keyhold backup-key FILE` makes one)"

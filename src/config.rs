@@ -174,6 +174,54 @@ pub struct StorageConfig {
     /// half, from `keyhold backup-key`) is kept away from the server and is needed to
     /// restore. Unset: no backup is written.
     pub backup_recipient: Option<String>,
+    /// The database of `backend = "postgres"`.
+    pub postgres: PostgresConfig,
+}
+
+/// `[storage.postgres]`: the shared database that several instances run on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://USER@HOST:PORT/DBNAME` (a `host=… dbname=…` string works too). Keep the
+    /// password out of it: in `password_file`, or `KEYHOLD_STORAGE__POSTGRES__PASSWORD`.
+    pub url: Option<String>,
+    pub password: Option<SecretString>,
+    /// A file whose first line is the password (read at start).
+    pub password_file: Option<PathBuf>,
+    /// `disable`, `require` (encrypted, server not verified) or `verify-full` (the
+    /// default: encrypted to a server whose certificate names its host).
+    pub sslmode: PostgresSslMode,
+    /// The CA certificates (PEM) the server's certificate must chain to, for
+    /// `verify-full`; unset: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Connections each instance keeps at most.
+    pub pool_size: usize,
+    /// How long a request waits to connect or for a free connection before it fails.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            password: None,
+            password_file: None,
+            sslmode: PostgresSslMode::VerifyFull,
+            ca_file: None,
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How the connection to PostgreSQL is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresSslMode {
+    Disable,
+    Require,
+    VerifyFull,
 }
 
 /// The storage backends Keyhold can run on.
@@ -183,6 +231,8 @@ pub enum StorageBackend {
     /// The embedded sled database in `storage.path`: one process on one machine.
     #[default]
     Sled,
+    /// PostgreSQL at `storage.postgres.url`: several instances share one database.
+    Postgres,
 }
 
 impl Default for StorageConfig {
@@ -194,6 +244,7 @@ impl Default for StorageConfig {
             backup_interval: Duration::from_secs(24 * 3600),
             backup_keep: 7,
             backup_recipient: None,
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -530,6 +581,28 @@ impl Config {
             ));
         }
         positive("server.request_timeout", self.server.request_timeout)?;
+        if self.storage.backend == StorageBackend::Postgres {
+            let pg = &self.storage.postgres;
+            if pg.url.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::key(
+                    "storage.postgres.url",
+                    "is needed with storage.backend = \"postgres\"",
+                ));
+            }
+            if pg.password.is_some() && pg.password_file.is_some() {
+                return Err(ConfigError::key(
+                    "storage.postgres.password_file",
+                    "give the password or its file, not both",
+                ));
+            }
+            if pg.pool_size < 1 {
+                return Err(ConfigError::key(
+                    "storage.postgres.pool_size",
+                    "must be at least 1",
+                ));
+            }
+            positive("storage.postgres.connect_timeout", pg.connect_timeout)?;
+        }
         positive("tokens.session_max_age", self.tokens.session_max_age)?;
         positive("two_factor.failure_window", self.two_factor.failure_window)?;
         if self.tokens.max_sessions_per_user < 1 {
@@ -956,15 +1029,28 @@ mod tests {
     }
 
     #[test]
-    fn sled_is_the_storage_backend_and_the_only_one_for_now() {
+    fn sled_is_the_default_backend_and_postgres_needs_its_url() {
         assert_eq!(Config::default().storage.backend, StorageBackend::Sled);
         let config = Config::from_toml_str("[storage]\nbackend = \"sled\"").unwrap();
         assert_eq!(config.storage.backend, StorageBackend::Sled);
-        let err = Config::from_toml_str("[storage]\nbackend = \"postgres\"")
+        let err = Config::from_toml_str("[storage]\nbackend = \"mysql\"")
             .unwrap_err()
             .to_string();
         assert!(err.contains("storage.backend"), "{err}");
-        assert!(err.contains("sled"), "names what it takes: {err}");
+        assert!(
+            err.contains("sled") && err.contains("postgres"),
+            "names what it takes: {err}"
+        );
+        let err = Config::from_toml_str("[storage]\nbackend = \"postgres\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.postgres.url"), "{err}");
+        let config = Config::from_toml_str(
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://keyhold@db/keyhold\"\nsslmode = \"require\"",
+        )
+        .unwrap();
+        assert_eq!(config.storage.postgres.sslmode, PostgresSslMode::Require);
+        assert_eq!(config.storage.postgres.pool_size, 16);
     }
 
     #[test]

@@ -259,7 +259,7 @@ async fn backup(config: Option<PathBuf>, file: PathBuf, logging: &Logging) -> an
         Some(answer) if answer["ok"] == true => answer,
         Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
         None => {
-            let store = keyhold::store::open(&config)?;
+            let store = keyhold::store::open(&config).await?;
             let summary = keyhold::backup::backup_store(&config, &*store, &file, now())?;
             serde_json::json!({ "trees": summary.trees, "entries": summary.entries })
         }
@@ -293,7 +293,7 @@ async fn audit(
             }
             Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
             None => {
-                let store = keyhold::store::open(&config)?;
+                let store = keyhold::store::open(&config).await?;
                 store
                     .audit_since(since, user.as_deref(), usize::MAX)
                     .await?
@@ -358,7 +358,7 @@ async fn user(command: UserCommand, logging: &Logging) -> anyhow::Result<()> {
             // The server is stopped: work on its storage directly. Mail is queued and goes
             // out when the server next starts.
             let clock = keyhold::Clock::system();
-            let store = keyhold::store::open(&config)?;
+            let store = keyhold::store::open(&config).await?;
             let mailer = keyhold::mail::Mailer::from_config(&config, clock.clone())?;
             let auth =
                 keyhold::auth::Auth::new(std::sync::Arc::new(config), store, clock, mailer).await?;
@@ -441,7 +441,7 @@ async fn rotate_keys(config: Option<PathBuf>, logging: &Logging) -> anyhow::Resu
         Some(answer) if answer["ok"] == true => answer["kid"].as_str().unwrap_or("?").to_string(),
         Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
         None => {
-            let store = keyhold::store::open(&config)?;
+            let store = keyhold::store::open(&config).await?;
             let secrets = keyhold::auth::Secrets::load_or_create(&config.keys_dir())?;
             let tokens =
                 keyhold::auth::Tokens::load_or_create(&*store, &config.tokens, &secrets, now())

@@ -1,7 +1,7 @@
 //! Storage: the traits the use cases depend on, what their operations report, and a neutral
 //! error. Every method is one whole operation, durable when it returns. The backends live
-//! below: [`sled`] (the embedded default). Nothing outside a backend's folder knows how it
-//! keeps its data.
+//! below: [`sled`] (the embedded default) and [`postgres`] (one database that several
+//! instances share). Nothing outside a backend's folder knows how it keeps its data.
 
 mod account_tx;
 mod accounts;
@@ -14,6 +14,7 @@ mod expiry;
 mod limits;
 mod mail_queue;
 mod passwords;
+pub mod postgres;
 mod sessions;
 pub mod sled;
 
@@ -30,11 +31,20 @@ pub use sessions::{LegacyRefresh, RotateOutcome, SessionStore, SigningKeyStore};
 use std::sync::Arc;
 
 /// Opens the storage that `storage.backend` names: the one place the server and every
-/// command open it.
-pub fn open(config: &crate::Config) -> Result<Arc<dyn Storage>, OpenError> {
+/// command open it. sled's open reads its log on a blocking thread.
+pub async fn open(config: &crate::Config) -> Result<Arc<dyn Storage>, OpenError> {
     match config.storage.backend {
-        crate::config::StorageBackend::Sled => Ok(Arc::new(
-            sled::Store::open_with_limits(&config.db_path(), &config.limits)
+        crate::config::StorageBackend::Sled => {
+            let (path, limits) = (config.db_path(), config.limits.clone());
+            let opened =
+                tokio::task::spawn_blocking(move || sled::Store::open_with_limits(&path, &limits))
+                    .await
+                    .map_err(OpenError::new)?;
+            Ok(Arc::new(opened.map_err(OpenError::new)?))
+        }
+        crate::config::StorageBackend::Postgres => Ok(Arc::new(
+            postgres::open(&config.storage.postgres, &config.limits)
+                .await
                 .map_err(OpenError::new)?,
         )),
     }
@@ -238,6 +248,9 @@ pub fn stage_restore(
     allowed: &[&str],
 ) -> Result<StagedRestore, OpenError> {
     match config.storage.backend {
+        crate::config::StorageBackend::Postgres => Err(OpenError::new(std::io::Error::other(
+            "a PostgreSQL store is restored with pg_restore (or psql), not keyhold restore",
+        ))),
         crate::config::StorageBackend::Sled => {
             let db_path = config.db_path();
             let staged =

@@ -1,0 +1,232 @@
+//! Device sessions, their refresh tokens, and the keys that sign access tokens. A rotation
+//! holds the session's row locked from its read to its commit, so that of two instances
+//! given the same refresh token at once, exactly one rotates and the other sees a reuse.
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use deadpool_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::domain::records::{SessionRecord, SigningKeyRecord};
+use crate::store::{Changed, RotateOutcome, SessionStore, SigningKeyStore, StoreError, UserChange};
+
+use super::accounts::lock_user;
+use super::{Fail, Store, db_error, json, record, transaction};
+
+/// Writes `session` over the stored one, if it is still there.
+pub(super) async fn rewrite(tx: &Transaction<'_>, session: &SessionRecord) -> Result<(), Fail> {
+    let update = tx
+        .prepare_cached("UPDATE sessions SET refresh_expires_at = $2, data = $3 WHERE id = $1")
+        .await?;
+    tx.execute(
+        &update,
+        &[&session.id, &session.refresh_expires_at, &json(session)],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn end_sessions_in(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>, Fail> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let delete = tx
+        .prepare_cached("DELETE FROM sessions WHERE id = ANY($1) RETURNING id")
+        .await?;
+    Ok(tx
+        .query(&delete, &[&ids])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
+#[async_trait::async_trait]
+impl SessionStore for Store {
+    async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached("SELECT data FROM sessions WHERE id = $1")
+            .await
+            .map_err(db_error)?;
+        let row = client.query_opt(&select, &[&id]).await.map_err(db_error)?;
+        row.map(|row| record(&row, 0, "sessions")).transpose()
+    }
+
+    async fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached("SELECT user_id FROM sessions WHERE id = $1")
+            .await
+            .map_err(db_error)?;
+        let row = client.query_opt(&select, &[&id]).await.map_err(db_error)?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached("SELECT data FROM sessions WHERE user_id = $1 ORDER BY device_id")
+            .await
+            .map_err(db_error)?;
+        let rows = client.query(&select, &[&user_id]).await.map_err(db_error)?;
+        rows.iter().map(|row| record(row, 0, "sessions")).collect()
+    }
+
+    async fn start_session_with(
+        &self,
+        session: &SessionRecord,
+        max_sessions: usize,
+        sign_in: &UserChange<'_>,
+    ) -> Result<Changed<(), ()>, StoreError> {
+        transaction!(self, |tx| {
+            let Some(mut user) = lock_user(&tx, session.user_id).await? else {
+                return Ok(Changed::Missing);
+            };
+            if sign_in(&mut user).is_err() {
+                return Ok(Changed::Refused(()));
+            }
+            let update = tx
+                .prepare_cached("UPDATE users SET data = $2 WHERE id = $1")
+                .await?;
+            tx.execute(&update, &[&user.id, &json(&user)]).await?;
+            // The device's session before this one, then the oldest past the cap.
+            let theirs = tx
+                .prepare_cached(
+                    "SELECT id, device_id = $2 FROM sessions WHERE user_id = $1
+                     ORDER BY created_at, id",
+                )
+                .await?;
+            let rows = tx.query(&theirs, &[&user.id, &session.device_id]).await?;
+            let mut ending: Vec<Uuid> = Vec::new();
+            let mut others: Vec<Uuid> = Vec::new();
+            for row in &rows {
+                if row.get::<_, bool>(1) {
+                    ending.push(row.get(0));
+                } else {
+                    others.push(row.get(0));
+                }
+            }
+            let over = (others.len() + 1).saturating_sub(max_sessions.max(1));
+            ending.extend(others.iter().take(over));
+            let ended = end_sessions_in(&tx, &ending).await?;
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO sessions
+                     (id, user_id, device_id, created_at, refresh_expires_at, data)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .await?;
+            tx.execute(
+                &insert,
+                &[
+                    &session.id,
+                    &session.user_id,
+                    &session.device_id,
+                    &session.created_at,
+                    &session.refresh_expires_at,
+                    &json(session),
+                ],
+            )
+            .await?;
+            Changed::Done {
+                user: Box::new(user),
+                value: (),
+                ended,
+            }
+        })
+    }
+
+    async fn rotate_refresh(
+        &self,
+        session_id: Uuid,
+        generation: u64,
+        presented: &[u8; 32],
+        new: &[u8; 32],
+        new_expires_at: i64,
+        session_max_age: i64,
+        now: i64,
+    ) -> Result<RotateOutcome, StoreError> {
+        transaction!(self, |tx| {
+            let select = tx
+                .prepare_cached("SELECT data FROM sessions WHERE id = $1 FOR UPDATE")
+                .await?;
+            let Some(row) = tx.query_opt(&select, &[&session_id]).await? else {
+                return Ok(RotateOutcome::Unknown);
+            };
+            let mut session: SessionRecord = record(&row, 0, "sessions")?;
+            if session.refresh_expires_at <= now {
+                return Ok(RotateOutcome::Expired);
+            }
+            if generation < session.refresh_generation {
+                // An old token came back: whoever holds the pair may be a thief.
+                end_sessions_in(&tx, &[session.id]).await?;
+                RotateOutcome::Reused {
+                    session_id: session.id,
+                    user_id: session.user_id,
+                }
+            } else if generation > session.refresh_generation
+                || verify_slices_are_equal(presented, &session.refresh_hash).is_err()
+            {
+                return Ok(RotateOutcome::Unknown);
+            } else {
+                session.refresh_hash = *new;
+                session.refresh_generation = generation + 1;
+                // However often it is refreshed, a session ends `session_max_age` after
+                // sign-in.
+                session.refresh_expires_at =
+                    new_expires_at.min(session.created_at.saturating_add(session_max_age));
+                session.last_seen_at = session.last_seen_at.max(now);
+                rewrite(&tx, &session).await?;
+                RotateOutcome::Rotated(session)
+            }
+        })
+    }
+
+    async fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM sessions WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl SigningKeyStore for Store {
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT data FROM signing_keys ORDER BY kid", &[])
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| record(row, 0, "signing_keys"))
+            .collect()
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO signing_keys (kid, data) VALUES ($1, $2)
+                 ON CONFLICT (kid) DO UPDATE SET data = EXCLUDED.data",
+                &[&key.kid, &json(key)],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn remove_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM signing_keys WHERE kid = $1", &[&kid])
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
