@@ -174,6 +174,11 @@ pub struct StorageConfig {
     /// half, from `keyhold backup-key`) is kept away from the server and is needed to
     /// restore. Unset: no backup is written.
     pub backup_recipient: Option<String>,
+    /// The key that codes and tokens are hashed, and queued mail and signing keys sealed,
+    /// under; unset: `storage.path/keys/hmac.key`. Made (mode 0600) when it does not exist.
+    /// Instances sharing a database need the same key: copy the first one's file to the
+    /// others. The database keeps its fingerprint and refuses a different key.
+    pub hmac_key_file: Option<PathBuf>,
     /// The database of `backend = "postgres"`.
     pub postgres: PostgresConfig,
 }
@@ -244,6 +249,7 @@ impl Default for StorageConfig {
             backup_interval: Duration::from_secs(24 * 3600),
             backup_keep: 7,
             backup_recipient: None,
+            hmac_key_file: None,
             postgres: PostgresConfig::default(),
         }
     }
@@ -863,6 +869,14 @@ impl Config {
     /// The key under which codes are hashed and queued mail sealed.
     pub fn keys_dir(&self) -> PathBuf {
         self.storage.path.join("keys")
+    }
+
+    /// The key file of `storage.hmac_key_file`, or its default in `keys_dir`.
+    pub fn hmac_key_path(&self) -> PathBuf {
+        self.storage
+            .hmac_key_file
+            .clone()
+            .unwrap_or_else(|| self.keys_dir().join("hmac.key"))
     }
 
     /// The local socket the command line uses while the server runs.

@@ -442,7 +442,7 @@ async fn rotate_keys(config: Option<PathBuf>, logging: &Logging) -> anyhow::Resu
         Some(answer) => anyhow::bail!("the server refused: {}", answer["error"]),
         None => {
             let store = keyhold::store::open(&config).await?;
-            let secrets = keyhold::auth::Secrets::load_or_create(&config.keys_dir())?;
+            let secrets = keyhold::auth::Secrets::load_or_create_file(&config.hmac_key_path())?;
             let tokens =
                 keyhold::auth::Tokens::load_or_create(&*store, &config.tokens, &secrets, now())
                     .await?;

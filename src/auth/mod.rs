@@ -99,7 +99,8 @@ impl Auth {
         mailer: Mailer,
         passwords: PasswordHasher,
     ) -> anyhow::Result<Auth> {
-        let secrets = Secrets::load_or_create(&config.keys_dir())?;
+        let secrets = Secrets::load_or_create_file(&config.hmac_key_path())?;
+        check_key(&*store, &secrets, &config).await?;
         let tokens =
             Tokens::load_or_create(&*store, &config.tokens, &secrets, clock.unix_seconds()).await?;
         let mail_backlog = crate::mail::MailBacklog::new(store.mail_queue_len().await?);
@@ -345,4 +346,21 @@ pub fn iso(unix: i64) -> String {
 /// A configured lifetime in whole seconds.
 pub(crate) fn seconds(ttl: std::time::Duration) -> i64 {
     i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Refuses a key other than the one the storage was first used with: each instance sharing
+/// a database must have the same `hmac.key`, or codes mailed by one fail on another.
+pub(crate) async fn check_key(
+    store: &dyn Storage,
+    secrets: &Secrets,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let ours = secrets.fingerprint();
+    match store.claim_key_fingerprint(&ours).await? {
+        None => Ok(()),
+        Some(theirs) => anyhow::bail!(
+            "{} is not the key this storage was first used with (its fingerprint is {ours}, the storage's {theirs}): every instance on one database needs the same key file; copy it from the first instance",
+            config.hmac_key_path().display()
+        ),
+    }
 }

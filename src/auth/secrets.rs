@@ -33,7 +33,14 @@ impl std::fmt::Debug for Secrets {
 impl Secrets {
     /// Reads `dir/hmac.key`, making it (32 random bytes, mode 0600) on first start.
     pub fn load_or_create(dir: &Path) -> Result<Secrets, ConfigError> {
-        let path = dir.join("hmac.key");
+        Secrets::load_or_create_file(&dir.join("hmac.key"))
+    }
+
+    /// Reads the key file `path`, making it (32 random bytes, mode 0600) when it does not
+    /// exist.
+    pub fn load_or_create_file(path: &Path) -> Result<Secrets, ConfigError> {
+        let path = path.to_path_buf();
+        let dir = path.parent().unwrap_or(Path::new("."));
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -72,6 +79,16 @@ impl Secrets {
             key,
             sealing: std::sync::Arc::new(aead::LessSafeKey::new(sealing)),
         })
+    }
+
+    /// What identifies the key without revealing it: a keyed hash of a fixed label, in hex.
+    /// The database keeps it, so that an instance started with another key is refused.
+    pub fn fingerprint(&self) -> String {
+        let tag = hmac::sign(&self.key, b"keyhold key fingerprint v1");
+        tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Encrypts `plain` (random nonce in front); `label` binds it to its use.

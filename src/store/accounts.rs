@@ -72,6 +72,9 @@ pub trait UserStore: Send + Sync {
     async fn secrets_sealed(&self) -> Result<bool, StoreError>;
     /// Records that they have. Lost in a crash, the sealing runs once more: it finds nothing.
     async fn mark_secrets_sealed(&self) -> Result<(), StoreError>;
+    /// Records `fingerprint` as the key's the storage is used with, if none is recorded
+    /// yet; returns the recorded one when it is another.
+    async fn claim_key_fingerprint(&self, fingerprint: &str) -> Result<Option<String>, StoreError>;
     /// Every account, in id order.
     async fn all_users(&self) -> Result<Vec<UserRecord>, StoreError>;
     /// Removes the account, its indexes, its device sessions, challenges and codes, in one

@@ -868,6 +868,28 @@ pub async fn health_statistics_and_flags(s: &dyn Storage) {
     assert!(!s.backend().is_empty());
 }
 
+/// The first key fingerprint claimed stays; another is answered with it, at once too.
+pub async fn the_key_fingerprint_is_claimed_once(s: &dyn Storage) {
+    let claims = concurrently(8, |i| async move {
+        s.claim_key_fingerprint(&format!("fingerprint-{i}"))
+            .await
+            .unwrap()
+    });
+    let won: Vec<usize> = (0..8).filter(|i| claims[*i].is_none()).collect();
+    assert_eq!(won.len(), 1, "exactly one claim wins: {claims:?}");
+    let winner = format!("fingerprint-{}", won[0]);
+    for (i, claim) in claims.iter().enumerate() {
+        if i != won[0] {
+            assert_eq!(claim.as_deref(), Some(winner.as_str()));
+        }
+    }
+    assert_eq!(s.claim_key_fingerprint(&winner).await.unwrap(), None);
+    assert_eq!(
+        s.claim_key_fingerprint("another").await.unwrap(),
+        Some(winner)
+    );
+}
+
 /// A key's events are counted in their window, at once too: of many hits racing past the
 /// budget, exactly the budget's worth pass. A new window starts afresh. (The storage is
 /// opened with the default `[limits]`.)
@@ -942,6 +964,7 @@ macro_rules! storage_conformance_tests {
             a_refreshed_session_outlives_its_first_expiry,
             limit_windows_count_every_hit,
             failed_sign_ins_make_the_account_wait,
+            the_key_fingerprint_is_claimed_once,
             health_statistics_and_flags
         );
     };

@@ -279,6 +279,24 @@ impl UserStore for Store {
         Ok(())
     }
 
+    async fn claim_key_fingerprint(&self, fingerprint: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('key_fingerprint', $1)
+                 ON CONFLICT (key) DO NOTHING",
+                &[&fingerprint],
+            )
+            .await
+            .map_err(db_error)?;
+        let row = client
+            .query_one("SELECT value FROM meta WHERE key = 'key_fingerprint'", &[])
+            .await
+            .map_err(db_error)?;
+        let theirs: String = row.get(0);
+        Ok((theirs != fingerprint).then_some(theirs))
+    }
+
     async fn all_users(&self) -> Result<Vec<UserRecord>, StoreError> {
         let client = self.client().await?;
         let rows = client

@@ -5,7 +5,9 @@ use crate::store::{
 };
 
 use super::account_tx::username_key;
-use super::keys::{EMAIL_CODES, ExpiryKind, META_SECRETS_SEALED, USERS, USERS_BY_EMAIL};
+use super::keys::{
+    EMAIL_CODES, ExpiryKind, META_KEY_FINGERPRINT, META_SECRETS_SEALED, USERS, USERS_BY_EMAIL,
+};
 use super::mail_queue::queue_in;
 use super::records::{EmailCodeRecord, MailQueueRecord, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
@@ -197,6 +199,25 @@ impl UserStore for Store {
             let _writing = self.writing();
             self.meta.insert(META_SECRETS_SEALED, &[1])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn claim_key_fingerprint(&self, fingerprint: &str) -> Result<Option<String>, StoreError> {
+        self.durably(|| {
+            let _writing = self.writing();
+            let claimed = self.meta.compare_and_swap(
+                META_KEY_FINGERPRINT,
+                None as Option<&[u8]>,
+                Some(fingerprint.as_bytes()),
+            )?;
+            Ok(match claimed {
+                Ok(()) => None,
+                Err(found) => found
+                    .current
+                    .map(|theirs| String::from_utf8_lossy(&theirs).into_owned())
+                    .filter(|theirs| theirs != fingerprint),
+            })
         })
         .await
     }

@@ -59,6 +59,8 @@ pub const META_SESSION_COUNT: &[u8] = b"session_count";
 /// `meta` key: present once the TOTP secrets that older versions stored in clear have been
 /// sealed, so that start-up does not read every account again.
 pub const META_SECRETS_SEALED: &[u8] = b"secrets_sealed";
+/// `meta`'s `key_fingerprint`: the fingerprint of the `hmac.key` the store is used with.
+pub const META_KEY_FINGERPRINT: &[u8] = b"key_fingerprint";
 
 pub const USERS: &str = "users";
 pub const USERS_BY_EMAIL: &str = "users_by_email";
