@@ -14,6 +14,7 @@ mod graphql_endpoint;
 mod hardening;
 mod hostile;
 mod hostile_traffic;
+mod instances;
 mod limits;
 mod logs;
 mod mail;

@@ -1,0 +1,404 @@
+//! Several Keyhold instances on one PostgreSQL database, each with its own folder, port
+//! and certificate and the same `hmac.key`: every step of an account may land on another
+//! instance, and what they share (sessions, rotation, limits, mail) holds across them.
+//! Without PostgreSQL these tests say so and pass as skipped (CI requires them).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use keyhold::store::postgres::test_cluster;
+use keyhold::testing::{Message, TestServer};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Three instances on a fresh database, or `None` without PostgreSQL.
+async fn instances(change: impl Fn(&mut keyhold::Config) + Copy) -> Option<Instances> {
+    let url = test_cluster::fresh_database().await?;
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("hmac.key");
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let postgres = test_cluster::config_for(&url);
+        let key_file = key_file.clone();
+        let server = TestServer::builder()
+            .config(move |c| {
+                c.storage.backend = keyhold::config::StorageBackend::Postgres;
+                c.storage.postgres = postgres;
+                c.storage.hmac_key_file = Some(key_file);
+                change(c);
+            })
+            .start()
+            .await
+            .unwrap();
+        servers.push(server);
+    }
+    Some(Instances {
+        servers,
+        _keys: keys,
+    })
+}
+
+struct Instances {
+    servers: Vec<TestServer>,
+    _keys: tempfile::TempDir,
+}
+
+impl Instances {
+    /// Instance `n` (round robin).
+    fn at(&self, n: usize) -> &TestServer {
+        &self.servers[n % self.servers.len()]
+    }
+
+    async fn call(&self, n: usize, token: Option<&str>, query: &str, variables: Value) -> Value {
+        self.at(n).graphql(token, query, variables).await.unwrap()
+    }
+
+    /// Every message any instance sent.
+    fn mail(&self) -> Vec<Message> {
+        self.servers
+            .iter()
+            .flat_map(|s| s.mailbox().all())
+            .collect()
+    }
+
+    /// A message to `to` whose subject has `subject`, sent by any instance, and not one of
+    /// `known` (each instance's mailbox keeps its own order, so "the newest" is not defined
+    /// across them); it is added to `known`.
+    async fn wait_for(&self, to: &str, subject: &str, known: &mut Vec<String>) -> Message {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let new = self
+                .mail()
+                .into_iter()
+                .find(|m| m.to == to && m.subject.contains(subject) && !known.contains(&m.text));
+            if let Some(message) = new {
+                known.push(message.text.clone());
+                return message;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no new mail {subject:?} to {to} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const LOGIN: &str = "mutation($e: EmailAddress!, $p: String!) { login(credentials: { email: $e, password: $p }) { token refreshToken sessionId } }";
+const NEW_TOKEN: &str =
+    "mutation($t: String!) { newToken(refreshToken: $t) { token refreshToken } }";
+
+fn code_of(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or("none")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_step_of_an_account_works_on_another_instance() {
+    let Some(k) = instances(|_| {}).await else {
+        return;
+    };
+    let email = "ada@example.com";
+    let mut known = Vec::new();
+    let document = json!({ "email": email, "password": PASSWORD }).to_string();
+    let registered = k
+        .call(
+            0,
+            None,
+            "mutation($d: String!) { register(input: { data: $d }) { status } }",
+            json!({ "d": document }),
+        )
+        .await;
+    assert!(registered["errors"].is_null(), "{registered}");
+    let link = k.wait_for(email, "Confirm your e-mail", &mut known).await;
+    let verified = k
+        .call(
+            1,
+            None,
+            "mutation($c: String!) { verifyEmail(code: $c) { verified } }",
+            json!({ "c": link.link_code().unwrap() }),
+        )
+        .await;
+    assert_eq!(
+        verified["data"]["verifyEmail"]["verified"], true,
+        "{verified}"
+    );
+
+    // Two-factor sign-in turned on at one instance, asked for by another, confirmed at a third.
+    let first = k
+        .call(2, None, LOGIN, json!({ "e": email, "p": PASSWORD }))
+        .await;
+    let token = first["data"]["login"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enabled = k
+        .call(
+            0,
+            Some(&token),
+            "mutation($p: String) { enable2Fa(password: $p) { status } }",
+            json!({ "p": PASSWORD }),
+        )
+        .await;
+    assert!(enabled["errors"].is_null(), "{enabled}");
+    let pending = k
+        .call(1, None, LOGIN, json!({ "e": email, "p": PASSWORD }))
+        .await;
+    let challenge = pending["data"]["login"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code = k.wait_for(email, "security code", &mut known).await;
+    let confirmed = k
+        .call(
+            2,
+            None,
+            "mutation($c: String!, $s: String!, $e: EmailAddress!) { confirm2Fa(code: $c, sessionId: $s, email: $e) { token refreshToken } }",
+            json!({ "c": code.six_digit_code().unwrap(), "s": challenge, "e": email }),
+        )
+        .await;
+    let refresh = confirmed["data"]["confirm2Fa"]["refreshToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{confirmed}"))
+        .to_string();
+
+    let rotated = k.call(0, None, NEW_TOKEN, json!({ "t": refresh })).await;
+    let access = rotated["data"]["newToken"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{rotated}"))
+        .to_string();
+    let next_refresh = rotated["data"]["newToken"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let profile = "{ userProfile { email } }";
+    let seen = k.call(2, Some(&access), profile, Value::Null).await;
+    assert_eq!(seen["data"]["userProfile"]["email"], email, "{seen}");
+    let again = k.call(1, None, NEW_TOKEN, json!({ "t": refresh })).await;
+    assert_ne!(
+        code_of(&again),
+        "none",
+        "a token rotated on A fails on B: {again}"
+    );
+    // The old token came back: the session is ended everywhere, at the next request.
+    let after_reuse = k.call(0, Some(&access), profile, Value::Null).await;
+    assert_eq!(code_of(&after_reuse), "INVALID_TOKEN", "{after_reuse}");
+    let dead = k
+        .call(1, None, NEW_TOKEN, json!({ "t": next_refresh }))
+        .await;
+    assert_ne!(code_of(&dead), "none", "{dead}");
+
+    // A new sign-in, signed out at one instance: refused at the others at once.
+    let pending = k
+        .call(0, None, LOGIN, json!({ "e": email, "p": PASSWORD }))
+        .await;
+    let challenge = pending["data"]["login"]["sessionId"].as_str().unwrap();
+    let code = k.wait_for(email, "security code", &mut known).await;
+    let confirmed = k
+        .call(
+            1,
+            None,
+            "mutation($c: String!, $s: String!, $e: EmailAddress!) { confirm2Fa(code: $c, sessionId: $s, email: $e) { token refreshToken } }",
+            json!({ "c": code.six_digit_code().unwrap(), "s": challenge, "e": email }),
+        )
+        .await;
+    let access = confirmed["data"]["confirm2Fa"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{confirmed}"));
+    let refresh = confirmed["data"]["confirm2Fa"]["refreshToken"]
+        .as_str()
+        .unwrap();
+    let out = k
+        .call(
+            2,
+            Some(access),
+            "mutation { logout { status } }",
+            Value::Null,
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    let refused = k.call(0, Some(access), profile, Value::Null).await;
+    assert_eq!(code_of(&refused), "INVALID_TOKEN", "{refused}");
+    let refused = k.call(1, None, NEW_TOKEN, json!({ "t": refresh })).await;
+    assert_ne!(code_of(&refused), "none", "{refused}");
+
+    // A forgotten password, reset at another instance, signs in at a third.
+    let asked = k
+        .call(
+            2,
+            None,
+            "mutation($e: EmailAddress!) { forgotPassword(email: $e) { header } }",
+            json!({ "e": email }),
+        )
+        .await;
+    assert!(asked["errors"].is_null(), "{asked}");
+    let reset = k.wait_for(email, "Reset your password", &mut known).await;
+    let new_password = "another horse battery staple";
+    let done = k
+        .call(
+            0,
+            None,
+            "mutation($c: String!, $p: String!) { confirmPasswordReset(passwordResetParams: { code: $c, newPassword: $p }) { reset } }",
+            json!({ "c": reset.link_code().unwrap(), "p": new_password }),
+        )
+        .await;
+    assert_eq!(
+        done["data"]["confirmPasswordReset"]["reset"], true,
+        "{done}"
+    );
+    let old = k
+        .call(1, None, LOGIN, json!({ "e": email, "p": PASSWORD }))
+        .await;
+    assert_eq!(code_of(&old), "INVALID_CREDENTIALS", "{old}");
+    let new = k
+        .call(1, None, LOGIN, json!({ "e": email, "p": new_password }))
+        .await;
+    assert!(new["data"]["login"]["sessionId"].is_string(), "{new}");
+}
+
+/// One instance's sign-in for `email`, with 2FA off: the pair.
+async fn signed_in(k: &Instances, n: usize, email: &str) -> (String, String) {
+    let body = k
+        .call(n, None, LOGIN, json!({ "e": email, "p": PASSWORD }))
+        .await;
+    (
+        body["data"]["login"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{body}"))
+            .to_string(),
+        body["data"]["login"]["refreshToken"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_token_sent_to_three_instances_at_once_rotates_exactly_once() {
+    let Some(k) = instances(|_| {}).await else {
+        return;
+    };
+    let email = "ada@example.com";
+    k.at(0).create_verified_user(email, PASSWORD).await.unwrap();
+    for round in 0..20 {
+        let (_, refresh) = signed_in(&k, round, email).await;
+        let racers = (0..3).map(|n| {
+            let refresh = refresh.clone();
+            let k = &k;
+            async move { k.call(n, None, NEW_TOKEN, json!({ "t": refresh })).await }
+        });
+        let answers = futures_util::future::join_all(racers).await;
+        let won: Vec<&Value> = answers
+            .iter()
+            .filter(|a| a["data"]["newToken"]["refreshToken"].is_string())
+            .collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: exactly one rotates: {answers:?}"
+        );
+        for lost in answers.iter().filter(|a| !a["errors"].is_null()) {
+            assert!(
+                matches!(code_of(lost), "INVALID_TOKEN" | "UNAUTHENTICATED"),
+                "round {round}: {lost}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_sign_ins_spread_over_three_instances_lock_the_account_as_on_one() {
+    let Some(k) = instances(|c| c.limits.enabled = true).await else {
+        return;
+    };
+    let email = "ada@example.com";
+    k.at(0).create_verified_user(email, PASSWORD).await.unwrap();
+    let threshold = keyhold::config::LimitsConfig::default().login_failures_per_account as usize;
+    for n in 0..threshold {
+        let body = k
+            .call(
+                n,
+                None,
+                LOGIN,
+                json!({ "e": email, "p": "wrong password!" }),
+            )
+            .await;
+        assert_eq!(code_of(&body), "INVALID_CREDENTIALS", "attempt {n}: {body}");
+    }
+    for n in 0..3 {
+        let body = k
+            .call(n, None, LOGIN, json!({ "e": email, "p": PASSWORD }))
+            .await;
+        assert_eq!(
+            code_of(&body),
+            "RATE_LIMITED",
+            "instance {n} after {threshold} failures spread over three: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_message_is_sent_once_whichever_instance_queued_it() {
+    let Some(k) = instances(|_| {}).await else {
+        return;
+    };
+    let addresses: Vec<String> = (0..12).map(|i| format!("user{i}@example.com")).collect();
+    let registrations = addresses.iter().enumerate().map(|(i, email)| {
+        let document = json!({ "email": email, "password": PASSWORD }).to_string();
+        let k = &k;
+        async move {
+            k.call(
+                i,
+                None,
+                "mutation($d: String!) { register(input: { data: $d }) { status } }",
+                json!({ "d": document }),
+            )
+            .await
+        }
+    });
+    for answer in futures_util::future::join_all(registrations).await {
+        assert!(answer["errors"].is_null(), "{answer}");
+    }
+    for server in &k.servers {
+        server.mail_delivered().await.unwrap();
+    }
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    for message in k.mail() {
+        *sent.entry(message.to).or_default() += 1;
+    }
+    for email in &addresses {
+        assert_eq!(sent.get(email), Some(&1), "{email}: {sent:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_instance_with_another_key_file_is_refused_with_a_clear_message() {
+    let Some(url) = test_cluster::fresh_database().await else {
+        return;
+    };
+    let start = |key: std::path::PathBuf| {
+        let postgres = test_cluster::config_for(&url);
+        TestServer::builder()
+            .config(move |c| {
+                c.storage.backend = keyhold::config::StorageBackend::Postgres;
+                c.storage.postgres = postgres;
+                c.storage.hmac_key_file = Some(key);
+            })
+            .start()
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let first = start(keys.path().join("first.key")).await.unwrap();
+    let err = match start(keys.path().join("other.key")).await {
+        Ok(_) => panic!("an instance with another hmac.key started"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("other.key") && err.contains("same key file"),
+        "{err}"
+    );
+    let second = start(keys.path().join("first.key")).await;
+    assert!(second.is_ok(), "the same key starts");
+    drop(first);
+}
