@@ -130,12 +130,18 @@ impl Application {
             sweep_stats.clone(),
             stop.subscribe(),
         ));
-        let mut background = vec![tokio::spawn(crate::backup::run_backups(
-            config.clone(),
-            auth.store.clone(),
-            auth.clock.clone(),
-            stop.subscribe(),
-        ))];
+        let mut background = vec![
+            tokio::spawn(crate::backup::run_backups(
+                config.clone(),
+                auth.store.clone(),
+                auth.clock.clone(),
+                stop.subscribe(),
+            )),
+            tokio::spawn(crate::jobs::run_key_refresher(
+                auth.clone(),
+                stop.subscribe(),
+            )),
+        ];
         match crate::admin::bind(&config.admin_socket()) {
             Ok(admin) => background.push(tokio::spawn(crate::admin::serve(
                 admin,

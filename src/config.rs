@@ -385,6 +385,12 @@ pub struct TokensConfig {
     pub session_max_age: Duration,
     /// Device sessions one user may have; a sign-in past it ends the oldest.
     pub max_sessions_per_user: usize,
+    /// How often each instance reads the signing keys again, and how long a new key is
+    /// published in the JWKS before anything signs with it: a rotation on one instance is
+    /// served by every other, and known to relying parties that fetch the JWKS this often,
+    /// before the first token it signs.
+    #[serde(with = "duration")]
+    pub jwks_refresh: Duration,
 }
 
 impl Default for TokensConfig {
@@ -396,6 +402,7 @@ impl Default for TokensConfig {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             session_max_age: Duration::from_secs(90 * 24 * 3600),
             max_sessions_per_user: 50,
+            jwks_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -610,6 +617,7 @@ impl Config {
             positive("storage.postgres.connect_timeout", pg.connect_timeout)?;
         }
         positive("tokens.session_max_age", self.tokens.session_max_age)?;
+        positive("tokens.jwks_refresh", self.tokens.jwks_refresh)?;
         positive("two_factor.failure_window", self.two_factor.failure_window)?;
         if self.tokens.max_sessions_per_user < 1 {
             return Err(ConfigError::key(

@@ -113,6 +113,30 @@ pub async fn run_sweeper(
     }
 }
 
+/// One pass of the key refresher: the signing keys read again from the storage, so that a
+/// key rotated on another instance (or by `keyhold keys rotate` on a stopped one) is served
+/// here too before it signs.
+pub async fn refresh_keys_once(auth: &Auth) {
+    if let Err(e) = auth.tokens.refresh_keys(&*auth.store).await {
+        tracing::error!(error = %e, "cannot read the signing keys again; serving those known");
+    }
+}
+
+/// Reads the signing keys again twice every `tokens.jwks_refresh`, until shutdown: a new
+/// key signs only once it has been published that long, so every instance serves it by then.
+pub async fn run_key_refresher(auth: Arc<Auth>, mut stop: watch::Receiver<bool>) {
+    let every = (auth.config.tokens.jwks_refresh / 2).max(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        refresh_keys_once(&auth).await;
+    }
+}
+
 /// What the mail worker has done since start.
 #[derive(Debug, Default)]
 pub struct MailStats {

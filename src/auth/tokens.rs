@@ -36,6 +36,8 @@ pub struct Claims {
 
 struct SigningKey {
     kid: String,
+    /// When it was made: it signs only once it has been published for `jwks_refresh`.
+    created_at: i64,
     /// Held parsed: `jsonwebtoken::encode` would parse the PKCS#8 document (and derive the
     /// public key, as costly as a signature) again for every token.
     pair: Ed25519KeyPair,
@@ -49,8 +51,11 @@ struct SigningKey {
 
 /// Signs and verifies access tokens.
 pub struct Tokens {
-    /// The current key first (it signs), then retired ones, newest first.
+    /// Every stored key: the current ones, then the retired ones, each newest first. The
+    /// first published for `jwks_refresh` signs.
     keys: RwLock<Vec<SigningKey>>,
+    /// `tokens.jwks_refresh`, in seconds.
+    jwks_refresh: i64,
     /// Held by a rotation or a removal of keys from its read of the stored keys to its
     /// update of `keys`, so that two never interleave.
     changing: tokio::sync::Mutex<()>,
@@ -116,6 +121,7 @@ impl Tokens {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             access_ttl: i64::try_from(config.access_ttl.as_secs()).unwrap_or(i64::MAX),
+            jwks_refresh: i64::try_from(config.jwks_refresh.as_secs()).unwrap_or(i64::MAX),
             validation,
             verified: Mutex::new(HashMap::new()),
             secrets: secrets.clone(),
@@ -125,8 +131,7 @@ impl Tokens {
     /// A signed access token for this user and device session, and when it expires.
     pub fn issue(&self, user_id: Uuid, session_id: Uuid, now: i64) -> Result<(String, i64)> {
         let keys = self.keys.read();
-        let key = keys
-            .first()
+        let key = signer(&keys, self.jwks_refresh, now)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("no signing key")))?;
         let exp = now.saturating_add(self.access_ttl);
         let claims = Claims {
@@ -224,15 +229,16 @@ impl Tokens {
 }
 
 impl Tokens {
-    /// Makes a new key current. The one it replaces keeps verifying the tokens it signed
-    /// until they expire (`tokens.access_ttl`); then `drop_retired_keys` removes it. Returns
-    /// the new key's id.
+    /// Makes a new key, published at once and signing once it has been published for
+    /// `tokens.jwks_refresh` (every instance has read it by then). The one it replaces signs
+    /// until then, and verifies the tokens it signed until they expire (`tokens.access_ttl`);
+    /// then `drop_retired_keys` removes it. Returns the new key's id.
     pub async fn rotate(&self, store: &dyn Storage, now: i64) -> anyhow::Result<String> {
         let _changing = self.changing.lock().await;
         let fresh = new_signing_key(&self.secrets, now)?;
         for mut record in store.signing_keys().await? {
             if record.retired_at.is_none() {
-                record.retired_at = Some(now);
+                record.retired_at = Some(now.saturating_add(self.jwks_refresh));
                 store.add_signing_key(&record).await?;
             }
         }
@@ -264,7 +270,23 @@ impl Tokens {
         Ok(dropped)
     }
 
-    /// The ids of the keys in the JWKS, the current one first.
+    /// Reads the stored keys again: a key another instance made or removed is served, and
+    /// signs in its time, here too. The key refresher's pass (see `jobs`).
+    pub async fn refresh_keys(&self, store: &dyn Storage) -> anyhow::Result<()> {
+        let _changing = self.changing.lock().await;
+        let loaded = load_keys(store, &self.secrets).await?;
+        if !loaded.is_empty() {
+            *self.keys.write() = loaded;
+        }
+        Ok(())
+    }
+
+    /// The id of the key that signs at `now`.
+    pub fn signing_kid(&self, now: i64) -> Option<String> {
+        signer(&self.keys.read(), self.jwks_refresh, now).map(|k| k.kid.clone())
+    }
+
+    /// The ids of the keys in the JWKS, newest first.
     pub fn kids(&self) -> Vec<String> {
         self.keys.read().iter().map(|k| k.kid.clone()).collect()
     }
@@ -280,11 +302,26 @@ pub async fn check_sealed_keys(store: &dyn Storage, secrets: &Secrets) -> anyhow
     Ok(records.len())
 }
 
-/// The stored keys, the current one first, then the retired ones, newest first.
+/// The stored keys: the current ones, newest first, then the retired ones, newest first.
 async fn load_keys(store: &dyn Storage, secrets: &Secrets) -> anyhow::Result<Vec<SigningKey>> {
     let mut records = store.signing_keys().await?;
-    records.sort_by_key(|r| (r.retired_at.is_some(), std::cmp::Reverse(r.created_at)));
+    records.sort_by_key(|r| {
+        (
+            r.retired_at.is_some(),
+            std::cmp::Reverse(r.created_at),
+            r.kid.clone(),
+        )
+    });
     records.iter().map(|r| signing_key(r, secrets)).collect()
+}
+
+/// The key that signs at `now`, of `keys` (as `load_keys` orders them): the first that has
+/// been published for `jwks_refresh`, or, when none has (the first key of a new install, or
+/// rotations in quick succession), the oldest.
+fn signer(keys: &[SigningKey], jwks_refresh: i64, now: i64) -> Option<&SigningKey> {
+    keys.iter()
+        .find(|k| k.created_at.saturating_add(jwks_refresh) <= now)
+        .or_else(|| keys.last())
 }
 
 /// The label signing keys are sealed under.
@@ -318,6 +355,7 @@ fn signing_key(record: &SigningKeyRecord, secrets: &Secrets) -> anyhow::Result<S
     header.kid = Some(record.kid.clone());
     Ok(SigningKey {
         kid: record.kid.clone(),
+        created_at: record.created_at,
         header: URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?),
         pair,
         decoding: DecodingKey::from_ed_der(&public),
@@ -349,6 +387,50 @@ mod tests {
                 .await
                 .unwrap();
         (dir, tokens)
+    }
+
+    #[tokio::test]
+    async fn a_new_key_signs_once_published_for_jwks_refresh_and_another_instance_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let config = TokensConfig::default();
+        let refresh = i64::try_from(config.jwks_refresh.as_secs()).unwrap();
+        let here = Tokens::load_or_create(&store, &config, &secrets(&dir), 1_000)
+            .await
+            .unwrap();
+        let there = Tokens::load_or_create(&store, &config, &secrets(&dir), 1_000)
+            .await
+            .unwrap();
+        let first = here.signing_kid(1_000).unwrap();
+        assert_eq!(
+            here.kids(),
+            vec![first.clone()],
+            "one key, which signs at once"
+        );
+
+        let second = here.rotate(&store, 5_000).await.unwrap();
+        let third = here.rotate(&store, 5_010).await.unwrap();
+        assert_eq!(here.kids(), [third.clone(), second.clone(), first.clone()]);
+        assert_eq!(
+            there.kids(),
+            vec![first.clone()],
+            "the other has not read them yet"
+        );
+        there.refresh_keys(&store).await.unwrap();
+        assert_eq!(there.kids(), here.kids());
+        for tokens in [&here, &there] {
+            assert_eq!(
+                tokens.signing_kid(5_010).unwrap(),
+                first,
+                "none published long enough"
+            );
+            assert_eq!(tokens.signing_kid(5_000 + refresh).unwrap(), second);
+            assert_eq!(tokens.signing_kid(5_010 + refresh).unwrap(), third);
+        }
+        let (token, _) = here
+            .issue(Uuid::new_v4(), Uuid::new_v4(), 5_010 + refresh)
+            .unwrap();
+        assert!(there.verify(&token, 5_011 + refresh).is_ok());
     }
 
     #[tokio::test]

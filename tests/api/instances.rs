@@ -402,3 +402,80 @@ async fn an_instance_with_another_key_file_is_refused_with_a_clear_message() {
     assert!(second.is_ok(), "the same key starts");
     drop(first);
 }
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+async fn jwks_kids(server: &TestServer) -> Vec<String> {
+    let jwks: Value = server
+        .client()
+        .get(server.jwks_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_rotated_on_one_instance_is_served_by_all_before_any_signs_with_it() {
+    let Some(k) = instances(|_| {}).await else {
+        return;
+    };
+    let email = "ada@example.com";
+    k.at(0).create_verified_user(email, PASSWORD).await.unwrap();
+    let (token, _) = signed_in(&k, 1, email).await;
+    let old_kid = kid_of(&token);
+    for server in &k.servers {
+        assert_eq!(jwks_kids(server).await, vec![old_kid.clone()]);
+    }
+
+    // `keyhold keys rotate`, through instance 0's admin socket.
+    let answer = keyhold::admin::call(
+        &k.at(0).app().config().admin_socket(),
+        &json!({ "command": "rotate-keys" }),
+    )
+    .await
+    .unwrap()
+    .expect("the server answers");
+    let new_kid = answer["kid"].as_str().unwrap().to_string();
+    // Each instance's key refresher's pass, as it runs twice every tokens.jwks_refresh.
+    for server in &k.servers {
+        keyhold::jobs::refresh_keys_once(server.app().auth()).await;
+        assert_eq!(
+            jwks_kids(server).await,
+            vec![new_kid.clone(), old_kid.clone()],
+            "every instance publishes the new key"
+        );
+    }
+    for n in 0..3 {
+        let (token, _) = signed_in(&k, n, email).await;
+        assert_eq!(
+            kid_of(&token),
+            old_kid,
+            "instance {n}: not signing with it yet"
+        );
+    }
+    let refresh = k.at(0).app().config().tokens.jwks_refresh;
+    for server in &k.servers {
+        server.advance_clock(refresh);
+    }
+    for n in 0..3 {
+        let (token, _) = signed_in(&k, n, email).await;
+        assert_eq!(kid_of(&token), new_kid, "instance {n}: the new key signs");
+        for m in 0..3 {
+            let body = k
+                .call(m, Some(&token), "{ userProfile { email } }", Value::Null)
+                .await;
+            assert_eq!(body["data"]["userProfile"]["email"], email, "{body}");
+        }
+    }
+}

@@ -47,13 +47,24 @@ async fn a_rotated_key_verifies_its_tokens_until_they_expire_then_leaves_the_jwk
         vec![new_kid.clone(), old_kid.clone()]
     );
 
+    // Published at once, the new key signs only once it has been published for
+    // tokens.jwks_refresh (every instance and relying party has read it by then).
+    let refresh = app.app().config().tokens.jwks_refresh;
+    let second = std::time::Duration::from_secs(1);
+    app.clock.advance(refresh - second);
+    let last_of_old = app
+        .signed_in("ada@example.com", PASSWORD, Some("tablet"))
+        .await;
+    let old_token = last_of_old["token"].as_str().unwrap().to_string();
+    assert_eq!(kid_of(&old_token), old_kid, "the old key signs until then");
+    app.clock.advance(second);
     let after = app
         .signed_in("ada@example.com", PASSWORD, Some("laptop"))
         .await;
     assert_eq!(
         kid_of(after["token"].as_str().unwrap()),
         new_kid,
-        "the new key signs"
+        "then the new key signs"
     );
     let body = app.graphql_as(&old_token, PROFILE, Value::Null).await;
     assert_eq!(
@@ -61,9 +72,10 @@ async fn a_rotated_key_verifies_its_tokens_until_they_expire_then_leaves_the_jwk
         "{body}"
     );
 
-    // Just before the old token expires, the sweeper keeps the old key, and the token works.
+    // Just before the old key's last token expires, the sweeper keeps the old key, and the
+    // token works.
     let ttl = app.app().config().tokens.access_ttl;
-    app.clock.advance(ttl - std::time::Duration::from_secs(2));
+    app.clock.advance(ttl - std::time::Duration::from_secs(3));
     let auth = app.app().auth();
     let now = app.clock.unix_seconds();
     assert_eq!(
