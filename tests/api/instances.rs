@@ -479,3 +479,122 @@ async fn a_key_rotated_on_one_instance_is_served_by_all_before_any_signs_with_it
         }
     }
 }
+
+/// A TCP relay to the database that the test can cut (every connection closed, new ones
+/// refused, as when the database goes down) and restore.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn to(target: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay {
+            addr: listener.local_addr().unwrap(),
+            up: Default::default(),
+            connections: Default::default(),
+        };
+        relay.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (up, connections) = (relay.up.clone(), relay.connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                connections.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        relay
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn get_status(server: &TestServer, path: &str) -> u16 {
+    server
+        .client()
+        .get(format!("{}{path}", server.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_the_database_is_down_readiness_fails_requests_fail_fast_and_both_recover() {
+    let Some(url) = test_cluster::fresh_database().await else {
+        return;
+    };
+    let mut parsed = url::Url::parse(&url).unwrap();
+    let target = std::net::SocketAddr::new(
+        parsed.host_str().unwrap().parse().unwrap(),
+        parsed.port().unwrap(),
+    );
+    let relay = Relay::to(target).await;
+    parsed.set_port(Some(relay.addr.port())).unwrap();
+    let mut postgres = test_cluster::config_for(parsed.as_str());
+    postgres.connect_timeout = Duration::from_secs(2);
+    let server = TestServer::builder()
+        .config(move |c| {
+            c.storage.backend = keyhold::config::StorageBackend::Postgres;
+            c.storage.postgres = postgres;
+        })
+        .start()
+        .await
+        .unwrap();
+    let email = "ada@example.com";
+    server.create_verified_user(email, PASSWORD).await.unwrap();
+    let pair = server.sign_in(email, PASSWORD).await.unwrap();
+    let profile = "{ userProfile { email } }";
+    assert_eq!(get_status(&server, "/readyz").await, 200);
+
+    relay.cut();
+    // A bound on waiting, not a measurement: a request that hung would never answer.
+    let bound = Duration::from_secs(20);
+    let answers = tokio::time::timeout(bound, async {
+        let health = get_status(&server, "/healthz").await;
+        let ready = get_status(&server, "/readyz").await;
+        let body = server
+            .graphql(Some(&pair.access_token), profile, Value::Null)
+            .await
+            .unwrap();
+        (health, ready, body)
+    })
+    .await
+    .expect("every request answers while the database is down");
+    assert_eq!(answers.0, 200, "/healthz keeps answering");
+    assert_eq!(answers.1, 503, "/readyz fails");
+    assert_eq!(code_of(&answers.2), "INTERNAL", "{}", answers.2);
+
+    relay.restore();
+    let deadline = tokio::time::Instant::now() + bound;
+    while get_status(&server, "/readyz").await != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz recovers by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = server
+        .graphql(Some(&pair.access_token), profile, Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(body["data"]["userProfile"]["email"], email, "{body}");
+}

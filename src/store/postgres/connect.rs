@@ -53,6 +53,11 @@ fn settings(config: &PostgresConfig) -> Result<tokio_postgres::Config, OpenError
         pg.password(text.lines().next().unwrap_or_default());
     }
     pg.connect_timeout(config.connect_timeout);
+    // A database that vanished from the network (no reset, no answer) fails a request after
+    // this long instead of holding it until the kernel gives up, minutes later.
+    pg.tcp_user_timeout(config.connect_timeout);
+    pg.keepalives(true);
+    pg.keepalives_idle(Duration::from_secs(30));
     pg.application_name("keyhold");
     pg.ssl_mode(match config.sslmode {
         PostgresSslMode::Disable => tokio_postgres::config::SslMode::Disable,
