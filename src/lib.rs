@@ -23,6 +23,7 @@ pub mod limits;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
+pub mod migrate;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

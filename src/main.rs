@@ -67,6 +67,16 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Copy a stopped Keyhold's storage into an empty one of another backend (sled into
+    /// PostgreSQL, or back): accounts, sessions, signing keys, queued mail and the audit log.
+    Migrate {
+        /// The configuration of the storage to copy (its server stopped).
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        /// The configuration of the empty storage to copy into.
+        #[arg(long, value_name = "PATH")]
+        to: PathBuf,
+    },
     /// Print the GraphQL schema (SDL) the server serves.
     Schema,
     /// Check a configuration without starting: every key, the TLS files, the mail templates.
@@ -209,6 +219,7 @@ fn main() -> ExitCode {
             Command::Keys {
                 command: KeysCommand::Rotate { config },
             } => rotate_keys(config, logging).await,
+            Command::Migrate { from, to } => migrate(&from, &to, logging).await,
             Command::Schema => {
                 println!("{}", keyhold::graphql::sdl());
                 Ok(())
@@ -231,6 +242,36 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn migrate(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    logging: &Logging,
+) -> anyhow::Result<()> {
+    let from_config = load_config(Some(from), logging)?;
+    let to_config = load_config(Some(to), logging)?;
+    let source = keyhold::store::open(&from_config).await?;
+    let target = keyhold::store::open(&to_config).await?;
+    keyhold::migrate::same_key(&from_config, &*source, &to_config, &*target).await?;
+    let copied = keyhold::migrate::copy(&*source, &*target).await?;
+    println!(
+        "copied {} accounts, {} sessions, {} signing keys, {} queued messages and {} audit events from {} into {}",
+        copied.users,
+        copied.sessions,
+        copied.signing_keys,
+        copied.mail,
+        copied.audit,
+        source.backend(),
+        target.backend()
+    );
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        source.close()?;
+        target.close()?;
+        Ok(())
+    })
+    .await??;
+    Ok(())
 }
 
 /// The configuration the command names, with the log format it sets from here on.

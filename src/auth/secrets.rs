@@ -40,11 +40,18 @@ impl Secrets {
     /// exist.
     pub fn load_or_create_file(path: &Path) -> Result<Secrets, ConfigError> {
         let path = path.to_path_buf();
-        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::files::create_private_dir(dir).map_err(|e| ConfigError::file(dir, e))?;
+                // A folder of its own is made private; an existing one (`/etc/keyhold`, or
+                // the working directory) is the operator's and left as it is.
+                if !dir.exists() {
+                    crate::files::create_private_dir(dir).map_err(|e| ConfigError::file(dir, e))?;
+                }
                 let fresh = random_bytes::<32>();
                 let write = || -> std::io::Result<()> {
                     let tmp = path.with_extension("tmp");
@@ -178,6 +185,21 @@ pub fn random_token<const N: usize>() -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_key_file_named_by_the_operator_leaves_its_existing_folder_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let made = Secrets::load_or_create_file(&dir.path().join("hmac.key")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path()), 0o755, "the operator's folder");
+        assert_eq!(mode(&dir.path().join("hmac.key")), 0o600);
+        let nested = dir.path().join("keys/hmac.key");
+        Secrets::load_or_create_file(&nested).unwrap();
+        assert_eq!(mode(&dir.path().join("keys")), 0o700, "a folder it made");
+        let again = Secrets::load_or_create_file(&dir.path().join("hmac.key")).unwrap();
+        assert_eq!(made.fingerprint(), again.fingerprint());
+    }
 
     #[test]
     fn the_key_is_made_once_private_and_reused() {

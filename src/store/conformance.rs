@@ -718,6 +718,15 @@ pub async fn queued_mail_is_claimed_once(s: &dyn Storage) {
     gone.record.next_attempt_at = 0;
     s.reschedule_mail(&gone).await.unwrap();
     assert_eq!(s.mail_queue_len().await.unwrap(), 50);
+    // Everything queued, in id order, as it is: what a migration copies.
+    let queued = s.queued_mail().await.unwrap();
+    assert_eq!(queued.len(), 50);
+    assert!(queued.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(
+        queued
+            .iter()
+            .any(|m| m.id == first.id && m.record.attempts == 1)
+    );
 }
 
 /// Signing keys are added, replaced by kid, and removed.

@@ -27,4 +27,6 @@ pub trait MailQueueStore: Send + Sync {
     async fn remove_mail(&self, id: u64) -> Result<(), StoreError>;
     /// How many messages are queued.
     async fn mail_queue_len(&self) -> Result<usize, StoreError>;
+    /// Every queued message, in id order, claimed or not: what a migration copies.
+    async fn queued_mail(&self) -> Result<Vec<QueuedMail>, StoreError>;
 }

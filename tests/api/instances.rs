@@ -598,3 +598,136 @@ async fn while_the_database_is_down_readiness_fails_requests_fail_fast_and_both_
         .unwrap();
     assert_eq!(body["data"]["userProfile"]["email"], email, "{body}");
 }
+
+/// The configuration of a PostgreSQL store on `url` with the key file `key`.
+fn on_postgres(c: &mut keyhold::Config, url: &str, key: &std::path::Path) {
+    c.storage.backend = keyhold::config::StorageBackend::Postgres;
+    c.storage.postgres = test_cluster::config_for(url);
+    c.storage.hmac_key_file = Some(key.to_path_buf());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_copies_a_populated_sled_store_into_postgres_and_back() {
+    let Some(url) = test_cluster::fresh_database().await else {
+        return;
+    };
+    // A sled install in use: an account with e-mailed 2FA and one without, both signed in.
+    let sled = TestServer::start().await.unwrap();
+    sled.create_verified_user("ada@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let ada = sled.sign_in("ada@example.com", PASSWORD).await.unwrap();
+    sled.enable_2fa(&ada.access_token, PASSWORD).await.unwrap();
+    let ada = sled
+        .sign_in_with_2fa("ada@example.com", PASSWORD)
+        .await
+        .unwrap();
+    sled.create_verified_user("bo@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let bo = sled.sign_in("bo@example.com", PASSWORD).await.unwrap();
+    sled.mail_delivered().await.unwrap();
+    let sled_dir = sled.shutdown_keeping_storage().await.unwrap();
+
+    let mut from = keyhold::testing::test_config();
+    from.storage.path = sled_dir.path().join("data");
+    let keys = tempfile::tempdir().unwrap();
+    let pg_key = keys.path().join("hmac.key");
+    let mut to = keyhold::testing::test_config();
+    to.storage.path = keys.path().join("pg-data");
+    on_postgres(&mut to, &url, &pg_key);
+    let source = keyhold::store::open(&from).await.unwrap();
+    // A message still queued when the server stopped.
+    let pending = keyhold::domain::records::MailQueueRecord {
+        attempts: 2,
+        next_attempt_at: 5,
+        created_at: 1,
+        sealed: "sealed:queued".into(),
+    };
+    source
+        .enqueue(std::slice::from_ref(&pending))
+        .await
+        .unwrap();
+    let target = keyhold::store::open(&to).await.unwrap();
+    keyhold::migrate::same_key(&from, &*source, &to, &*target)
+        .await
+        .unwrap();
+    let sessions = source.stats().await.unwrap().device_sessions as usize;
+    assert!(sessions >= 2, "both accounts are signed in");
+    let copied = keyhold::migrate::copy(&*source, &*target).await.unwrap();
+    assert_eq!(
+        (
+            copied.users,
+            copied.sessions,
+            copied.signing_keys,
+            copied.mail
+        ),
+        (2, sessions, 1, 1),
+        "{copied:?}"
+    );
+    assert_eq!(
+        target.stats().await.unwrap().device_sessions as usize,
+        sessions
+    );
+    assert!(copied.audit > 0, "{copied:?}");
+    assert_eq!(
+        std::fs::read(&pg_key).unwrap(),
+        std::fs::read(from.hmac_key_path()).unwrap(),
+        "the target got the source's key"
+    );
+    let queued = target.queued_mail().await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].record, pending);
+    target.remove_mail(queued[0].id).await.unwrap();
+    let again = keyhold::migrate::copy(&*source, &*target).await;
+    assert!(again.is_err(), "a target that is not empty is refused");
+    drop((source, target));
+
+    // On PostgreSQL: the refresh tokens work, the passwords and 2FA sign in.
+    let url_for = url.clone();
+    let key_for = pg_key.clone();
+    let pg = TestServer::builder()
+        .config(move |c| on_postgres(c, &url_for, &key_for))
+        .start()
+        .await
+        .unwrap();
+    let ada = pg.refresh(&ada.refresh_token).await.unwrap();
+    let bo = pg.refresh(&bo.refresh_token).await.unwrap();
+    pg.sign_in_with_2fa("ada@example.com", PASSWORD)
+        .await
+        .unwrap();
+    pg.sign_in("bo@example.com", PASSWORD).await.unwrap();
+    pg.shutdown().await.unwrap();
+
+    // And back into a new sled store.
+    let back_dir = tempfile::tempdir().unwrap();
+    let mut back = keyhold::testing::test_config();
+    back.storage.path = back_dir.path().join("data");
+    back.storage.hmac_key_file = Some(back_dir.path().join("hmac.key"));
+    let source = keyhold::store::open(&to).await.unwrap();
+    let target = keyhold::store::open(&back).await.unwrap();
+    keyhold::migrate::same_key(&to, &*source, &back, &*target)
+        .await
+        .unwrap();
+    let sessions = source.stats().await.unwrap().device_sessions as usize;
+    let copied = keyhold::migrate::copy(&*source, &*target).await.unwrap();
+    assert_eq!((copied.users, copied.sessions), (2, sessions), "{copied:?}");
+    drop(source);
+    tokio::task::spawn_blocking(move || target.close().unwrap())
+        .await
+        .unwrap();
+    let path = back.storage.path.clone();
+    let key = back_dir.path().join("hmac.key");
+    let sled = TestServer::builder()
+        .config(move |c| {
+            c.storage.path = path;
+            c.storage.hmac_key_file = Some(key);
+        })
+        .start()
+        .await
+        .unwrap();
+    sled.refresh(&ada.refresh_token).await.unwrap();
+    sled.refresh(&bo.refresh_token).await.unwrap();
+    sled.sign_in("bo@example.com", PASSWORD).await.unwrap();
+    sled.shutdown().await.unwrap();
+}

@@ -822,3 +822,54 @@ async fn a_mail_counted_as_sent_is_off_the_queue_on_disk_before_a_sigkill() {
         "it would be sent again"
     );
 }
+
+#[tokio::test]
+async fn keyhold_migrate_copies_a_stopped_sled_install_into_postgres_where_user_commands_work() {
+    let Some(url) = keyhold::store::postgres::test_cluster::fresh_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sled.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("pg.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nbackend = \"postgres\"\npath = \"pg-data\"\nhmac_key_file = \"pg.key\"\n[storage.postgres]\nurl = \"{url}\"\nsslmode = \"disable\"\n"
+        ),
+    )
+    .unwrap();
+    keyhold_ok(
+        dir.path(),
+        &["user", "create", "dee@example.com", "--config", "sled.toml"],
+    )
+    .await;
+    let printed = keyhold_ok(
+        dir.path(),
+        &["migrate", "--from", "sled.toml", "--to", "pg.toml"],
+    )
+    .await;
+    assert!(
+        printed.contains("copied 1 accounts") && printed.contains("from sled into postgres"),
+        "{printed}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("pg.key")).unwrap(),
+        std::fs::read(dir.path().join("data/keys/hmac.key")).unwrap()
+    );
+    let listed = keyhold_ok(dir.path(), &["user", "list", "--config", "pg.toml"]).await;
+    assert!(listed.contains("dee@example.com"), "{listed}");
+    let again = keyhold(dir.path())
+        .args(["migrate", "--from", "sled.toml", "--to", "pg.toml"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

@@ -40,18 +40,7 @@ impl MailQueueStore for Store {
             .query(&claim, &[&now, &now.saturating_add(lease), &big(limit)])
             .await
             .map_err(db_error)?;
-        let mut claimed: Vec<QueuedMail> = rows
-            .iter()
-            .map(|row| QueuedMail {
-                id: row.get::<_, i64>(0).cast_unsigned(),
-                record: MailQueueRecord {
-                    attempts: u32::try_from(row.get::<_, i64>(1)).unwrap_or(u32::MAX),
-                    next_attempt_at: row.get(2),
-                    created_at: row.get(3),
-                    sealed: row.get(4),
-                },
-            })
-            .collect();
+        let mut claimed: Vec<QueuedMail> = rows.iter().map(queued).collect();
         claimed.sort_by_key(|m| m.id);
         Ok(claimed)
     }
@@ -81,6 +70,19 @@ impl MailQueueStore for Store {
         Ok(())
     }
 
+    async fn queued_mail(&self) -> Result<Vec<QueuedMail>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, attempts, next_attempt_at, created_at, sealed FROM mail_queue
+                 ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(rows.iter().map(queued).collect())
+    }
+
     async fn mail_queue_len(&self) -> Result<usize, StoreError> {
         let client = self.client().await?;
         let row = client
@@ -88,5 +90,18 @@ impl MailQueueStore for Store {
             .await
             .map_err(db_error)?;
         Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+}
+
+/// A row of `id, attempts, next_attempt_at, created_at, sealed`.
+fn queued(row: &tokio_postgres::Row) -> QueuedMail {
+    QueuedMail {
+        id: row.get::<_, i64>(0).cast_unsigned(),
+        record: MailQueueRecord {
+            attempts: u32::try_from(row.get::<_, i64>(1)).unwrap_or(u32::MAX),
+            next_attempt_at: row.get(2),
+            created_at: row.get(3),
+            sealed: row.get(4),
+        },
     }
 }

@@ -95,4 +95,20 @@ impl MailQueueStore for Store {
     async fn mail_queue_len(&self) -> Result<usize, StoreError> {
         Ok(self.mail_queue.len())
     }
+
+    async fn queued_mail(&self) -> Result<Vec<QueuedMail>, StoreError> {
+        self.mail_queue
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let id = <[u8; 8]>::try_from(key.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| super::corrupt(MAIL_QUEUE, "a key is not 8 bytes"))?;
+                Ok(QueuedMail {
+                    id,
+                    record: decode(MAIL_QUEUE, &value)?,
+                })
+            })
+            .collect()
+    }
 }
