@@ -62,6 +62,36 @@ impl Instances {
             .collect()
     }
 
+    /// Registers `email` at one instance and verifies it at another with the mailed code,
+    /// whichever instance's mail worker sent it.
+    async fn verified_user(&self, email: &str) {
+        let document = json!({ "email": email, "password": PASSWORD }).to_string();
+        let registered = self
+            .call(
+                0,
+                None,
+                "mutation($d: String!) { register(input: { data: $d }) { status } }",
+                json!({ "d": document }),
+            )
+            .await;
+        assert!(registered["errors"].is_null(), "{registered}");
+        let link = self
+            .wait_for(email, "Confirm your e-mail", &mut Vec::new())
+            .await;
+        let verified = self
+            .call(
+                1,
+                None,
+                "mutation($c: String!) { verifyEmail(code: $c) { verified } }",
+                json!({ "c": link.link_code().unwrap() }),
+            )
+            .await;
+        assert_eq!(
+            verified["data"]["verifyEmail"]["verified"], true,
+            "{verified}"
+        );
+    }
+
     /// A message to `to` whose subject has `subject`, sent by any instance, and not one of
     /// `known` (each instance's mailbox keeps its own order, so "the newest" is not defined
     /// across them); it is added to `known`.
@@ -281,7 +311,7 @@ async fn a_refresh_token_sent_to_three_instances_at_once_rotates_exactly_once() 
         return;
     };
     let email = "ada@example.com";
-    k.at(0).create_verified_user(email, PASSWORD).await.unwrap();
+    k.verified_user(email).await;
     for round in 0..20 {
         let (_, refresh) = signed_in(&k, round, email).await;
         let racers = (0..3).map(|n| {
@@ -314,7 +344,7 @@ async fn failed_sign_ins_spread_over_three_instances_lock_the_account_as_on_one(
         return;
     };
     let email = "ada@example.com";
-    k.at(0).create_verified_user(email, PASSWORD).await.unwrap();
+    k.verified_user(email).await;
     let threshold = keyhold::config::LimitsConfig::default().login_failures_per_account as usize;
     for n in 0..threshold {
         let body = k
@@ -431,7 +461,7 @@ async fn a_key_rotated_on_one_instance_is_served_by_all_before_any_signs_with_it
         return;
     };
     let email = "ada@example.com";
-    k.at(0).create_verified_user(email, PASSWORD).await.unwrap();
+    k.verified_user(email).await;
     let (token, _) = signed_in(&k, 1, email).await;
     let old_kid = kid_of(&token);
     for server in &k.servers {
@@ -730,4 +760,45 @@ async fn migrate_copies_a_populated_sled_store_into_postgres_and_back() {
     sled.refresh(&bo.refresh_token).await.unwrap();
     sled.sign_in("bo@example.com", PASSWORD).await.unwrap();
     sled.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn sslmode_require_and_verify_full_connect_over_tls_and_verify_full_checks_the_server() {
+    let Some(url) = test_cluster::fresh_database().await else {
+        return;
+    };
+    let Some(certificate) = test_cluster::certificate() else {
+        eprintln!("KEYHOLD_TEST_POSTGRES_URL names the server: its certificate is unknown here");
+        return;
+    };
+    let limits = keyhold::config::LimitsConfig::default();
+    let open = |sslmode, ca_file: Option<std::path::PathBuf>| {
+        let mut config = test_cluster::config_for(&url);
+        config.sslmode = sslmode;
+        config.ca_file = ca_file;
+        let limits = limits.clone();
+        async move { keyhold::store::postgres::open(&config, &limits).await }
+    };
+    use keyhold::config::PostgresSslMode::{Disable, Require, VerifyFull};
+    let plain = open(Disable, None).await.unwrap();
+    assert!(!plain.uses_tls().await.unwrap());
+    let encrypted = open(Require, None).await.unwrap();
+    assert!(encrypted.uses_tls().await.unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, certificate).unwrap();
+    let verified = open(VerifyFull, Some(ca)).await.unwrap();
+    assert!(verified.uses_tls().await.unwrap());
+
+    // The system's roots do not know the cluster's certificate: no connection.
+    let err = open(VerifyFull, None).await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot reach PostgreSQL") && err.contains("TLS"),
+        "{err}"
+    );
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let wrong = dir.path().join("other.pem");
+    std::fs::write(&wrong, other.cert.pem()).unwrap();
+    assert!(open(VerifyFull, Some(wrong)).await.is_err(), "another CA");
 }

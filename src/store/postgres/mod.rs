@@ -177,6 +177,20 @@ impl Store {
         self.pool.get().await.map_err(StoreError::unavailable)
     }
 
+    /// Whether this store's connections are encrypted: for tests of `sslmode`.
+    #[doc(hidden)]
+    pub async fn uses_tls(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.get(0))
+    }
+
     /// Queues `mail` inside a running transaction.
     pub(crate) async fn queue_in(
         tx: &deadpool_postgres::Transaction<'_>,

@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 struct Server {
     /// `postgres://USER@HOST:PORT` (and any password).
     base: String,
+    /// The certificate (PEM) of the cluster the tests started, which takes TLS for
+    /// `localhost` and `127.0.0.1`; unknown for a server of `KEYHOLD_TEST_POSTGRES_URL`.
+    certificate: Option<String>,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
@@ -106,6 +109,23 @@ fn start_cluster() -> Result<Server, String> {
         .arg(&data)
         .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
     run(initdb, "initdb")?;
+    // TLS for the tests of `sslmode`: a certificate for this machine's names.
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .map_err(|e| e.to_string())?;
+    let certificate = made.cert.pem();
+    let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert_file, &certificate).map_err(|e| e.to_string())?;
+    std::fs::write(&key_file, made.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+    }
+    if root {
+        let mut chown = Command::new("chown");
+        chown.arg("postgres:").arg(&cert_file).arg(&key_file);
+        run(chown, "chown of the cluster's certificate")?;
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
@@ -113,8 +133,11 @@ fn start_cluster() -> Result<Server, String> {
     // Durability is not what these tests are about: the cluster is thrown away.
     let options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off",
-        dir.display()
+         -c synchronous_commit=off -c full_page_writes=off -c ssl=on -c ssl_cert_file={} \
+         -c ssl_key_file={}",
+        dir.display(),
+        cert_file.display(),
+        key_file.display()
     );
     let mut start = as_server_user(&bin.join("pg_ctl"), root);
     start
@@ -142,6 +165,7 @@ fn start_cluster() -> Result<Server, String> {
         .map_err(|e| format!("the cluster's watchdog: {e}"))?;
     Ok(Server {
         base: format!("postgres://postgres@127.0.0.1:{port}"),
+        certificate: Some(certificate),
     })
 }
 
@@ -150,6 +174,7 @@ fn server() -> Result<&'static Server, &'static str> {
         .get_or_init(|| match std::env::var("KEYHOLD_TEST_POSTGRES_URL") {
             Ok(url) => Ok(Server {
                 base: url.trim_end_matches('/').to_string(),
+                certificate: None,
             }),
             Err(_) => start_cluster(),
         })
@@ -207,4 +232,9 @@ pub fn config_for(url: &str) -> crate::config::PostgresConfig {
         sslmode: crate::config::PostgresSslMode::Disable,
         ..crate::config::PostgresConfig::default()
     }
+}
+
+/// The certificate (PEM) the tests' cluster serves TLS with, when the tests started it.
+pub fn certificate() -> Option<&'static str> {
+    SERVER.get()?.as_ref().ok()?.certificate.as_deref()
 }
