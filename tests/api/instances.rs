@@ -92,6 +92,40 @@ impl Instances {
         );
     }
 
+    /// A sign-in with e-mailed 2FA asked for at instance `asked` and confirmed at
+    /// `confirmed`: the access and refresh tokens. `known` are the messages seen before.
+    async fn sign_in_with_2fa(
+        &self,
+        asked: usize,
+        confirmed: usize,
+        email: &str,
+        known: &mut Vec<String>,
+    ) -> (String, String) {
+        let pending = self
+            .call(asked, None, LOGIN, json!({ "e": email, "p": PASSWORD }))
+            .await;
+        let challenge = pending["data"]["login"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{pending}"))
+            .to_string();
+        let code = self.wait_for(email, "security code", known).await;
+        let body = self
+            .call(
+                confirmed,
+                None,
+                "mutation($c: String!, $s: String!, $e: EmailAddress!) { confirm2Fa(code: $c, sessionId: $s, email: $e) { token refreshToken } }",
+                json!({ "c": code.six_digit_code().unwrap(), "s": challenge, "e": email }),
+            )
+            .await;
+        let token = |name: &str| {
+            body["data"]["confirm2Fa"][name]
+                .as_str()
+                .unwrap_or_else(|| panic!("{body}"))
+                .to_string()
+        };
+        (token("token"), token("refreshToken"))
+    }
+
     /// A message to `to` whose subject has `subject`, sent by any instance, and not one of
     /// `known` (each instance's mailbox keeps its own order, so "the newest" is not defined
     /// across them); it is added to `known`.
@@ -131,30 +165,9 @@ async fn every_step_of_an_account_works_on_another_instance() {
         return;
     };
     let email = "ada@example.com";
+    // Registered at one instance, verified at another.
+    k.verified_user(email).await;
     let mut known = Vec::new();
-    let document = json!({ "email": email, "password": PASSWORD }).to_string();
-    let registered = k
-        .call(
-            0,
-            None,
-            "mutation($d: String!) { register(input: { data: $d }) { status } }",
-            json!({ "d": document }),
-        )
-        .await;
-    assert!(registered["errors"].is_null(), "{registered}");
-    let link = k.wait_for(email, "Confirm your e-mail", &mut known).await;
-    let verified = k
-        .call(
-            1,
-            None,
-            "mutation($c: String!) { verifyEmail(code: $c) { verified } }",
-            json!({ "c": link.link_code().unwrap() }),
-        )
-        .await;
-    assert_eq!(
-        verified["data"]["verifyEmail"]["verified"], true,
-        "{verified}"
-    );
 
     // Two-factor sign-in turned on at one instance, asked for by another, confirmed at a third.
     let first = k
@@ -173,26 +186,7 @@ async fn every_step_of_an_account_works_on_another_instance() {
         )
         .await;
     assert!(enabled["errors"].is_null(), "{enabled}");
-    let pending = k
-        .call(1, None, LOGIN, json!({ "e": email, "p": PASSWORD }))
-        .await;
-    let challenge = pending["data"]["login"]["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let code = k.wait_for(email, "security code", &mut known).await;
-    let confirmed = k
-        .call(
-            2,
-            None,
-            "mutation($c: String!, $s: String!, $e: EmailAddress!) { confirm2Fa(code: $c, sessionId: $s, email: $e) { token refreshToken } }",
-            json!({ "c": code.six_digit_code().unwrap(), "s": challenge, "e": email }),
-        )
-        .await;
-    let refresh = confirmed["data"]["confirm2Fa"]["refreshToken"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{confirmed}"))
-        .to_string();
+    let (_, refresh) = k.sign_in_with_2fa(1, 2, email, &mut known).await;
 
     let rotated = k.call(0, None, NEW_TOKEN, json!({ "t": refresh })).await;
     let access = rotated["data"]["newToken"]["token"]
@@ -221,25 +215,8 @@ async fn every_step_of_an_account_works_on_another_instance() {
     assert_ne!(code_of(&dead), "none", "{dead}");
 
     // A new sign-in, signed out at one instance: refused at the others at once.
-    let pending = k
-        .call(0, None, LOGIN, json!({ "e": email, "p": PASSWORD }))
-        .await;
-    let challenge = pending["data"]["login"]["sessionId"].as_str().unwrap();
-    let code = k.wait_for(email, "security code", &mut known).await;
-    let confirmed = k
-        .call(
-            1,
-            None,
-            "mutation($c: String!, $s: String!, $e: EmailAddress!) { confirm2Fa(code: $c, sessionId: $s, email: $e) { token refreshToken } }",
-            json!({ "c": code.six_digit_code().unwrap(), "s": challenge, "e": email }),
-        )
-        .await;
-    let access = confirmed["data"]["confirm2Fa"]["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{confirmed}"));
-    let refresh = confirmed["data"]["confirm2Fa"]["refreshToken"]
-        .as_str()
-        .unwrap();
+    let (access, refresh) = k.sign_in_with_2fa(0, 1, email, &mut known).await;
+    let (access, refresh) = (access.as_str(), refresh.as_str());
     let out = k
         .call(
             2,

@@ -17,9 +17,33 @@ fn versioned(row: &tokio_postgres::Row) -> Result<Versioned<ChallengeRecord>, St
     })
 }
 
-const INSERT: &str = "INSERT INTO challenges
-    (id, user_id, step_up_reason, last_sent_at, expires_at, revision, data)
-    VALUES ($1, $2, $3, $4, $5, 0, $6)";
+/// Stores a new challenge (a step-up code of `reason`, or a sign-in's with none).
+async fn insert(
+    tx: &deadpool_postgres::Transaction<'_>,
+    challenge: &ChallengeRecord,
+    reason: Option<&str>,
+) -> Result<(), super::Fail> {
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO challenges
+             (id, user_id, step_up_reason, last_sent_at, expires_at, revision, data)
+             VALUES ($1, $2, $3, $4, $5, 0, $6)",
+        )
+        .await?;
+    tx.execute(
+        &insert,
+        &[
+            &challenge.id,
+            &challenge.user_id,
+            &reason,
+            &challenge.last_sent_at,
+            &challenge.expires_at,
+            &json(challenge),
+        ],
+    )
+    .await?;
+    Ok(())
+}
 
 #[async_trait::async_trait]
 impl ChallengeStore for Store {
@@ -60,19 +84,7 @@ impl ChallengeStore for Store {
                 tx.execute("DELETE FROM challenges WHERE id = ANY($1)", &[&oldest])
                     .await?;
             }
-            let insert = tx.prepare_cached(INSERT).await?;
-            tx.execute(
-                &insert,
-                &[
-                    &challenge.id,
-                    &challenge.user_id,
-                    &None::<String>,
-                    &challenge.last_sent_at,
-                    &challenge.expires_at,
-                    &json(challenge),
-                ],
-            )
-            .await?;
+            insert(&tx, challenge, None).await?;
             Store::queue_in(&tx, mail).await?;
             over
         })
@@ -138,19 +150,7 @@ impl ChallengeStore for Store {
                 &[&challenge.user_id, &reason],
             )
             .await?;
-            let insert = tx.prepare_cached(INSERT).await?;
-            tx.execute(
-                &insert,
-                &[
-                    &challenge.id,
-                    &challenge.user_id,
-                    &reason,
-                    &challenge.last_sent_at,
-                    &challenge.expires_at,
-                    &json(challenge),
-                ],
-            )
-            .await?;
+            insert(&tx, challenge, Some(reason)).await?;
             Store::queue_in(&tx, mail).await?;
         })
     }
