@@ -779,3 +779,81 @@ async fn sslmode_require_and_verify_full_connect_over_tls_and_verify_full_checks
     std::fs::write(&wrong, other.cert.pem()).unwrap();
     assert!(open(VerifyFull, Some(wrong)).await.is_err(), "another CA");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mail_claimed_by_an_instance_that_died_is_sent_by_another_when_the_lease_ends() {
+    let Some(url) = test_cluster::fresh_database().await else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("hmac.key");
+    // An SMTP server that takes the connection and never answers: the instance sending
+    // through it holds its claim until it dies.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = blackhole.accept().await {
+            open.push(socket);
+        }
+    });
+    let (url_x, key_x) = (url.clone(), key.clone());
+    let dying = TestServer::builder()
+        .config(move |c| {
+            on_postgres(c, &url_x, &key_x);
+            c.mail.transport = keyhold::config::MailTransportKind::Smtp;
+            c.mail.smtp.host = Some("127.0.0.1".into());
+            c.mail.smtp.port = port;
+            c.mail.smtp.security = keyhold::config::SmtpSecurity::None;
+            c.mail.smtp.timeout = Duration::from_secs(3600);
+        })
+        .deliver_mail_as_configured()
+        .start()
+        .await
+        .unwrap();
+    let email = "ada@example.com";
+    let document = json!({ "email": email, "password": PASSWORD }).to_string();
+    let body = dying
+        .graphql(
+            None,
+            "mutation($d: String!) { register(input: { data: $d }) { status } }",
+            json!({ "d": document }),
+        )
+        .await
+        .unwrap();
+    assert!(body["errors"].is_null(), "{body}");
+    // Its worker has claimed the message: leased past the instance's now.
+    let store = dying.app().store().clone();
+    let now = dying.clock().unix_seconds();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued = store.queued_mail().await.unwrap();
+        assert_eq!(queued.len(), 1);
+        if queued[0].record.next_attempt_at > now {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(store);
+    drop(dying); // gone, its claim held
+
+    let (url_y, key_y) = (url.clone(), key.clone());
+    let other = TestServer::builder()
+        .config(move |c| on_postgres(c, &url_y, &key_y))
+        .start()
+        .await
+        .unwrap();
+    assert!(other.mailbox().to(email).is_empty());
+    assert_eq!(other.app().store().mail_queue_len().await.unwrap(), 1);
+    other.advance_clock(Duration::from_secs(61));
+    let sent = other.mailbox().wait_for(email).await.unwrap();
+    assert!(
+        sent.subject.contains("Confirm your e-mail"),
+        "{}",
+        sent.subject
+    );
+    other.mail_delivered().await.unwrap();
+    assert_eq!(other.mailbox().to(email).len(), 1, "sent once");
+    held.abort();
+}
