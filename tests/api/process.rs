@@ -873,3 +873,115 @@ async fn keyhold_migrate_copies_a_stopped_sled_install_into_postgres_where_user_
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_of_three_instances_killed_under_load_loses_no_acknowledged_write() {
+    let Some(url) = keyhold::store::postgres::test_cluster::fresh_database().await else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let key: [u8; 32] = rand_key();
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(root.path().join("hmac.key"))
+            .unwrap();
+        std::io::Write::write_all(&mut file, &key).unwrap();
+    }
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[limits]\nenabled = false\n[storage]\nbackend = \"postgres\"\npath = \"./data\"\nhmac_key_file = \"../hmac.key\"\nbackup_interval = \"0s\"\n[storage.postgres]\nurl = \"{url}\"\nsslmode = \"disable\"\n"
+    );
+    let mut instances = Vec::new();
+    for n in 0..3 {
+        let dir = root.path().join(format!("instance{n}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), &config).unwrap();
+        let (child, addr, mut stderr, _) = start_server(&dir, &[]).await;
+        // Its log is read to the end, so that a full pipe never stalls it.
+        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        let certificate = std::fs::read_to_string(dir.join("data/tls/cert.pem")).unwrap();
+        instances.push((child, https_client(&certificate, addr), addr));
+    }
+    let register = |n: usize, i: usize| {
+        let (client, addr) = (instances[n].1.clone(), instances[n].2);
+        async move {
+            let document =
+                json!({ "email": format!("user{i}@example.com"), "password": "correct horse battery staple" })
+                    .to_string();
+            let answer = client
+                .post(format!("https://localhost:{}/graphql", addr.port()))
+                .json(&json!({
+                    "query": "mutation($d: String!) { register(input: { data: $d }) { status } }",
+                    "variables": { "d": document },
+                }))
+                .send()
+                .await
+                .ok()?
+                .json::<Value>()
+                .await
+                .ok()?;
+            answer["errors"].is_null().then_some(i)
+        }
+    };
+    // Rounds of 12 sign-ups spread over the three at once; the third is killed mid-round.
+    let mut acknowledged = Vec::new();
+    let mut after_kill = Vec::new();
+    for round in 0..10 {
+        let batch = (0..12).map(|j| {
+            let i = round * 12 + j;
+            register(j % 3, i)
+        });
+        if round == 5 {
+            let kill = async {
+                tokio::task::yield_now().await;
+                signal(&instances[2].0, "-KILL");
+            };
+            let (answers, ()) = tokio::join!(futures_util::future::join_all(batch), kill);
+            acknowledged.extend(answers.into_iter().flatten());
+        } else {
+            let answers = futures_util::future::join_all(batch).await;
+            if round > 5 {
+                for (j, answer) in answers.iter().enumerate() {
+                    if j % 3 != 2 {
+                        after_kill.push(answer.is_some());
+                    }
+                }
+            }
+            acknowledged.extend(answers.into_iter().flatten());
+        }
+    }
+    assert!(
+        after_kill.iter().all(|ok| *ok),
+        "the other two keep serving: {after_kill:?}"
+    );
+    instances[2].0.wait().await.unwrap();
+
+    let mut check = keyhold::testing::test_config();
+    check.storage.backend = keyhold::config::StorageBackend::Postgres;
+    check.storage.postgres = keyhold::store::postgres::test_cluster::config_for(&url);
+    let store = keyhold::store::open(&check).await.unwrap();
+    for i in &acknowledged {
+        let email = format!("user{i}@example.com");
+        assert!(
+            store.user_by_email(&email).await.unwrap().is_some(),
+            "{email} was acknowledged and is kept"
+        );
+    }
+    assert!(
+        acknowledged.len() >= 80,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    for (child, ..) in &instances[..2] {
+        signal(child, "-TERM");
+    }
+}
+
+fn rand_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).unwrap();
+    key
+}
