@@ -1073,6 +1073,12 @@ mod tests {
         .unwrap();
         assert_eq!(config.storage.postgres.sslmode, PostgresSslMode::Require);
         assert_eq!(config.storage.postgres.pool_size, 16);
+        let err = Config::from_toml_str(
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://db/k\"\npassword = \"x\"\npassword_file = \"/p\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.postgres.password_file"), "{err}");
     }
 
     #[test]

@@ -195,3 +195,53 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_url() -> PostgresConfig {
+        PostgresConfig {
+            url: Some("postgres://keyhold@db.internal:5433/keyhold".into()),
+            ..PostgresConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_password_comes_from_its_file_or_the_setting_and_never_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pg-password");
+        std::fs::write(&file, "s3cret-from-file\nignored second line\n").unwrap();
+        let mut config = with_url();
+        config.password_file = Some(file);
+        let pg = settings(&config).unwrap();
+        assert_eq!(pg.get_password(), Some(b"s3cret-from-file".as_slice()));
+        assert_eq!(pg.get_user(), Some("keyhold"));
+        assert_eq!(pg.get_dbname(), Some("keyhold"));
+        assert!(!format!("{pg:?}").contains("s3cret"), "redacted: {pg:?}");
+
+        let mut config = with_url();
+        config.password = Some("s3cret-setting".to_string().into());
+        let pg = settings(&config).unwrap();
+        assert_eq!(pg.get_password(), Some(b"s3cret-setting".as_slice()));
+        assert_eq!(pg.get_connect_timeout(), Some(&config.connect_timeout));
+    }
+
+    #[test]
+    fn a_missing_password_file_or_a_bad_url_is_a_clear_error() {
+        let mut config = with_url();
+        config.password_file = Some("/nonexistent/pg-password".into());
+        let err = settings(&config).unwrap_err().to_string();
+        assert!(err.contains("storage.postgres.password_file"), "{err}");
+        let config = PostgresConfig {
+            url: Some("postgres://keyhold:hunter2@db:notaport/keyhold".into()),
+            ..PostgresConfig::default()
+        };
+        let err = settings(&config).unwrap_err().to_string();
+        assert!(err.contains("storage.postgres.url"), "{err}");
+        assert!(
+            !err.contains("hunter2"),
+            "no password in the message: {err}"
+        );
+    }
+}
