@@ -857,3 +857,49 @@ async fn mail_claimed_by_an_instance_that_died_is_sent_by_another_when_the_lease
     assert_eq!(other.mailbox().to(email).len(), 1, "sent once");
     held.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_held_locked_elsewhere_fails_the_request_after_the_timeout_instead_of_hanging() {
+    let Some(url) = test_cluster::fresh_database().await else {
+        return;
+    };
+    let mut postgres = test_cluster::config_for(&url);
+    postgres.connect_timeout = Duration::from_secs(1);
+    let server = TestServer::builder()
+        .config(move |c| {
+            c.storage.backend = keyhold::config::StorageBackend::Postgres;
+            c.storage.postgres = postgres;
+        })
+        .start()
+        .await
+        .unwrap();
+    let email = "ada@example.com";
+    server.create_verified_user(email, PASSWORD).await.unwrap();
+
+    // Another client holds the account's row locked and never commits.
+    let (mut other, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let stuck = other.transaction().await.unwrap();
+    stuck
+        .execute("SELECT 1 FROM users WHERE email = $1 FOR UPDATE", &[&email])
+        .await
+        .unwrap();
+
+    // A bound on waiting, not a measurement: a request that hung would never answer.
+    let body = tokio::time::timeout(
+        Duration::from_secs(20),
+        server.graphql(None, LOGIN, json!({ "e": email, "p": PASSWORD })),
+    )
+    .await
+    .expect("the sign-in answers while the row is locked")
+    .unwrap();
+    assert_eq!(code_of(&body), "INTERNAL", "{body}");
+    stuck.rollback().await.unwrap();
+    let body = server
+        .graphql(None, LOGIN, json!({ "e": email, "p": PASSWORD }))
+        .await
+        .unwrap();
+    assert!(body["data"]["login"]["token"].is_string(), "{body}");
+}

@@ -58,6 +58,18 @@ fn settings(config: &PostgresConfig) -> Result<tokio_postgres::Config, OpenError
     pg.tcp_user_timeout(config.connect_timeout);
     pg.keepalives(true);
     pg.keepalives_idle(Duration::from_secs(30));
+    // A row held locked by a stuck transaction elsewhere fails the request that waits for
+    // it after connect_timeout too, and no statement runs for more than a minute; options
+    // the URL gives are kept, after these, so that they win.
+    let limits = format!(
+        "-c lock_timeout={}ms -c statement_timeout=60s -c idle_in_transaction_session_timeout=60s",
+        config.connect_timeout.as_millis()
+    );
+    let options = match pg.get_options() {
+        Some(given) => format!("{limits} {given}"),
+        None => limits,
+    };
+    pg.options(options);
     pg.application_name("keyhold");
     pg.ssl_mode(match config.sslmode {
         PostgresSslMode::Disable => tokio_postgres::config::SslMode::Disable,
@@ -225,6 +237,12 @@ mod tests {
         let pg = settings(&config).unwrap();
         assert_eq!(pg.get_password(), Some(b"s3cret-setting".as_slice()));
         assert_eq!(pg.get_connect_timeout(), Some(&config.connect_timeout));
+        assert!(
+            pg.get_options()
+                .is_some_and(|o| o.contains("lock_timeout=5000ms")),
+            "{:?}",
+            pg.get_options()
+        );
     }
 
     #[test]
