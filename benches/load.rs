@@ -8,6 +8,7 @@
 //! cargo bench --bench load -- --storage DIR --url https://localhost:8443 --pid PID   # then load it
 //! cargo bench --bench load -- --keyhold /tmp/keyhold-a --only floor,newToken   # another build
 //! cargo bench --bench load -- --ab /tmp/keyhold-old --only floor,newToken,userProfile,login   # A/B in one run
+//! cargo bench --bench load -- --backend postgres --instances 2 --users 10000   # (B) rows on PostgreSQL
 //! ```
 //!
 //! It seeds users and one device session each straight into the store and closes it as a
@@ -99,6 +100,15 @@ struct Args {
     /// lines, with a 95 % interval: use `--seconds 30` or more for a narrow one).
     #[arg(long, conflicts_with = "url")]
     ab: Option<PathBuf>,
+    /// `postgres`: the other build ("(B)" rows) is this one on PostgreSQL, the seeded store
+    /// copied into a cluster the benchmark starts (`keyhold migrate`'s copy), run as
+    /// `--instances` instances behind a round-robin client; its CPU counts every instance's
+    /// and every PostgreSQL process's.
+    #[arg(long, conflicts_with_all = ["url", "ab"])]
+    backend: Option<String>,
+    /// Instances on PostgreSQL, with `--backend postgres`.
+    #[arg(long, default_value_t = 1, requires = "backend")]
+    instances: usize,
     /// Passed by `cargo bench` to every benchmark target.
     #[arg(long, hide = true)]
     bench: bool,
@@ -172,14 +182,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&ab_root);
         copy_folder(&config.storage.path, &ab_root.join("data"))?;
     }
+    // The copy into PostgreSQL, made while no server holds the sled store.
+    let postgres = match args.backend.as_deref() {
+        None => None,
+        Some("postgres") => Some(copy_to_postgres(&config, &root).await?),
+        Some(other) => bail!("--backend takes postgres, not {other}"),
+    };
     let server = match &args.url {
         Some(url) => Server::external(url, &root, args.pid)?,
         None => Server::start(&binary, &root, args.keyhold.is_none(), wanted("backup")).await?,
     };
-    let other = match &args.ab {
+    let mut other = match &args.ab {
         Some(other) => Some(Server::start(other, &ab_root, false, false).await?),
         None => None,
     };
+    if let Some((url, key)) = &postgres {
+        other = Some(on_postgres(&binary, &root, url, key, args.instances).await?);
+        println!(
+            "(B): this build on PostgreSQL, {} instance(s), round robin; its CPU counts every instance and PostgreSQL",
+            args.instances
+        );
+    }
     if let Some(ready) = server.ready_after {
         println!(
             "start-up to ready after a clean stop: {} ms",
@@ -363,6 +386,62 @@ async fn run(args: Args) -> anyhow::Result<()> {
         storm_logins,
     });
     Ok(())
+}
+
+/// The seeded store copied into a PostgreSQL cluster of this process's own (which lives as
+/// long as this process): its URL and key file.
+async fn copy_to_postgres(config: &Config, root: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let url = keyhold::store::postgres::test_cluster::fresh_database()
+        .await
+        .context("no PostgreSQL here (apt-get install postgresql)")?;
+    let key = root.join("pg-hmac.key");
+    let mut pg = config.clone();
+    pg.storage.backend = keyhold::config::StorageBackend::Postgres;
+    pg.storage.postgres = keyhold::store::postgres::test_cluster::config_for(&url);
+    pg.storage.hmac_key_file = Some(key.clone());
+    let copied = {
+        let source = keyhold::store::open(config).await?;
+        let target = keyhold::store::open(&pg).await?;
+        keyhold::migrate::same_key(config, &*source, &pg, &*target).await?;
+        let copied = keyhold::migrate::copy(&*source, &*target).await?;
+        tokio::task::spawn_blocking(move || {
+            let _ = source.close();
+            let _ = target.close();
+        })
+        .await?;
+        copied
+    };
+    println!(
+        "copied {} users and {} sessions into PostgreSQL",
+        copied.users, copied.sessions
+    );
+    Ok((url, key))
+}
+
+/// `instances` of `binary` serving the PostgreSQL store at `url` with the key file `key`: the
+/// first, with the others as its peers.
+async fn on_postgres(
+    binary: &Path,
+    root: &Path,
+    url: &str,
+    key: &Path,
+    instances: usize,
+) -> anyhow::Result<Server> {
+    let mut servers = Vec::new();
+    for n in 0..instances.max(1) {
+        let dir = root.join(format!("pg{n}"));
+        std::fs::create_dir_all(&dir)?;
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 1024\n[storage]\nbackend = \"postgres\"\npath = \"{}\"\nhmac_key_file = \"{}\"\nbackup_interval = \"0s\"\n[storage.postgres]\nurl = \"{url}\"\nsslmode = \"disable\"\npool_size = 16\n[limits]\nenabled = false\n",
+            dir.join("data").display(),
+            key.display()
+        );
+        servers.push(Server::start_with(binary, &dir, toml).await?);
+    }
+    let mut first = servers.remove(0);
+    first.peers = servers;
+    first.with_postgres = true;
+    Ok(first)
 }
 
 /// The server's configuration: defaults (argon2 included), but no rate limits, since every
@@ -611,6 +690,10 @@ struct Server {
     pid: Option<u32>,
     child: Option<tokio::process::Child>,
     ready_after: Option<Duration>,
+    /// Further instances behind the same round-robin client, on the same database.
+    peers: Vec<Server>,
+    /// Count the CPU of every PostgreSQL process with this server's.
+    with_postgres: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -626,8 +709,13 @@ impl Server {
         own_build: bool,
         backup: bool,
     ) -> anyhow::Result<Server> {
+        Server::start_with(binary, root, config_toml(root, own_build, backup)).await
+    }
+
+    /// Starts `binary` in `root` with the configuration `toml`.
+    async fn start_with(binary: &Path, root: &Path, toml: String) -> anyhow::Result<Server> {
         let config_file = root.join("bench-config.toml");
-        std::fs::write(&config_file, config_toml(root, own_build, backup))?;
+        std::fs::write(&config_file, toml)?;
         let started = Instant::now();
         let mut child = tokio::process::Command::new(binary)
             .arg("serve")
@@ -679,6 +767,8 @@ impl Server {
             pid: child.id(),
             child: Some(child),
             ready_after: Some(ready_after),
+            peers: Vec::new(),
+            with_postgres: false,
         })
     }
 
@@ -697,12 +787,52 @@ impl Server {
             pid,
             child: None,
             ready_after: None,
+            peers: Vec::new(),
+            with_postgres: false,
         })
     }
 
-    /// User plus system CPU time of the server so far.
+    /// User plus system CPU time of the server so far, with its peers' and, on PostgreSQL,
+    /// every PostgreSQL process's.
     fn cpu(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
+        let mut total = process_cpu(self.pid?)?;
+        for peer in &self.peers {
+            total += peer.cpu()?;
+        }
+        if self.with_postgres {
+            total += postgres_cpu();
+        }
+        Some(total)
+    }
+
+    fn rss(&self) -> Option<Rss> {
+        self.own_rss()
+    }
+}
+
+/// The CPU time of every process named `postgres` (the cluster's postmaster and backends).
+fn postgres_cpu() -> Duration {
+    let mut total = Duration::ZERO;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            total += process_cpu(pid).unwrap_or_default();
+        }
+    }
+    total
+}
+
+/// User plus system CPU time of process `pid` so far.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the command name, which is in parentheses: state is field 3, utime 14.
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -711,8 +841,10 @@ impl Server {
         // USER_HZ is 100 on Linux.
         Some(Duration::from_millis(ticks * 10))
     }
+}
 
-    fn rss(&self) -> Option<Rss> {
+impl Server {
+    fn own_rss(&self) -> Option<Rss> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
         let kib = |key: &str| -> Option<u64> {
             let line = status.lines().find(|l| l.starts_with(key))?;
@@ -865,10 +997,13 @@ async fn connect_http2(server: &Server, n: usize) -> anyhow::Result<Vec<Client>>
 /// Opens `n` connections (one request each, so the TLS handshakes are not measured).
 async fn connect(server: &Server, n: usize) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::new();
-    for _ in 0..n {
+    // Round robin over the server and its peers.
+    let all: Vec<&Server> = std::iter::once(server).chain(&server.peers).collect();
+    for k in 0..n {
+        let to = all[k % all.len()];
         let client = Client {
-            http: http_client(&server.certificate, server.addr)?,
-            url: server.url.clone(),
+            http: http_client(&to.certificate, to.addr)?,
+            url: to.url.clone(),
         };
         client.call(None, "{ __typename }", Value::Null).await?;
         clients.push(client);
