@@ -12,6 +12,27 @@ use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
 
+/// `c` on the PostgreSQL store `postgres`, with the key file `key` (the default's when none).
+fn on_postgres(
+    c: &mut keyhold::Config,
+    postgres: keyhold::config::PostgresConfig,
+    key: Option<std::path::PathBuf>,
+) {
+    c.storage.backend = keyhold::config::StorageBackend::Postgres;
+    c.storage.postgres = postgres;
+    if key.is_some() {
+        c.storage.hmac_key_file = key;
+    }
+}
+
+/// A test server on the PostgreSQL store `postgres` with the key file `key`.
+fn on_database(
+    postgres: keyhold::config::PostgresConfig,
+    key: Option<std::path::PathBuf>,
+) -> keyhold::testing::Builder {
+    TestServer::builder().config(move |c| on_postgres(c, postgres, key))
+}
+
 /// Three instances on a fresh database, or `None` without PostgreSQL.
 async fn instances(change: impl Fn(&mut keyhold::Config) + Copy) -> Option<Instances> {
     let url = test_cluster::fresh_database().await?;
@@ -19,15 +40,8 @@ async fn instances(change: impl Fn(&mut keyhold::Config) + Copy) -> Option<Insta
     let key_file = keys.path().join("hmac.key");
     let mut servers = Vec::new();
     for _ in 0..3 {
-        let postgres = test_cluster::config_for(&url);
-        let key_file = key_file.clone();
-        let server = TestServer::builder()
-            .config(move |c| {
-                c.storage.backend = keyhold::config::StorageBackend::Postgres;
-                c.storage.postgres = postgres;
-                c.storage.hmac_key_file = Some(key_file);
-                change(c);
-            })
+        let server = on_database(test_cluster::config_for(&url), Some(key_file.clone()))
+            .config(change)
             .start()
             .await
             .unwrap();
@@ -385,16 +399,8 @@ async fn an_instance_with_another_key_file_is_refused_with_a_clear_message() {
     let Some(url) = test_cluster::fresh_database().await else {
         return;
     };
-    let start = |key: std::path::PathBuf| {
-        let postgres = test_cluster::config_for(&url);
-        TestServer::builder()
-            .config(move |c| {
-                c.storage.backend = keyhold::config::StorageBackend::Postgres;
-                c.storage.postgres = postgres;
-                c.storage.hmac_key_file = Some(key);
-            })
-            .start()
-    };
+    let start =
+        |key: std::path::PathBuf| on_database(test_cluster::config_for(&url), Some(key)).start();
     let keys = tempfile::tempdir().unwrap();
     let first = start(keys.path().join("first.key")).await.unwrap();
     let err = match start(keys.path().join("other.key")).await {
@@ -558,14 +564,7 @@ async fn while_the_database_is_down_readiness_fails_requests_fail_fast_and_both_
     parsed.set_port(Some(relay.addr.port())).unwrap();
     let mut postgres = test_cluster::config_for(parsed.as_str());
     postgres.connect_timeout = Duration::from_secs(2);
-    let server = TestServer::builder()
-        .config(move |c| {
-            c.storage.backend = keyhold::config::StorageBackend::Postgres;
-            c.storage.postgres = postgres;
-        })
-        .start()
-        .await
-        .unwrap();
+    let server = on_database(postgres, None).start().await.unwrap();
     let email = "ada@example.com";
     server.create_verified_user(email, PASSWORD).await.unwrap();
     let pair = server.sign_in(email, PASSWORD).await.unwrap();
@@ -606,13 +605,6 @@ async fn while_the_database_is_down_readiness_fails_requests_fail_fast_and_both_
     assert_eq!(body["data"]["userProfile"]["email"], email, "{body}");
 }
 
-/// The configuration of a PostgreSQL store on `url` with the key file `key`.
-fn on_postgres(c: &mut keyhold::Config, url: &str, key: &std::path::Path) {
-    c.storage.backend = keyhold::config::StorageBackend::Postgres;
-    c.storage.postgres = test_cluster::config_for(url);
-    c.storage.hmac_key_file = Some(key.to_path_buf());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrate_copies_a_populated_sled_store_into_postgres_and_back() {
     let Some(url) = test_cluster::fresh_database().await else {
@@ -642,7 +634,11 @@ async fn migrate_copies_a_populated_sled_store_into_postgres_and_back() {
     let pg_key = keys.path().join("hmac.key");
     let mut to = keyhold::testing::test_config();
     to.storage.path = keys.path().join("pg-data");
-    on_postgres(&mut to, &url, &pg_key);
+    on_postgres(
+        &mut to,
+        test_cluster::config_for(&url),
+        Some(pg_key.clone()),
+    );
     let source = keyhold::store::open(&from).await.unwrap();
     // A message still queued when the server stopped.
     let pending = keyhold::domain::records::MailQueueRecord {
@@ -691,10 +687,7 @@ async fn migrate_copies_a_populated_sled_store_into_postgres_and_back() {
     drop((source, target));
 
     // On PostgreSQL: the refresh tokens work, the passwords and 2FA sign in.
-    let url_for = url.clone();
-    let key_for = pg_key.clone();
-    let pg = TestServer::builder()
-        .config(move |c| on_postgres(c, &url_for, &key_for))
+    let pg = on_database(test_cluster::config_for(&url), Some(pg_key.clone()))
         .start()
         .await
         .unwrap();
@@ -797,10 +790,8 @@ async fn mail_claimed_by_an_instance_that_died_is_sent_by_another_when_the_lease
             open.push(socket);
         }
     });
-    let (url_x, key_x) = (url.clone(), key.clone());
-    let dying = TestServer::builder()
+    let dying = on_database(test_cluster::config_for(&url), Some(key.clone()))
         .config(move |c| {
-            on_postgres(c, &url_x, &key_x);
             c.mail.transport = keyhold::config::MailTransportKind::Smtp;
             c.mail.smtp.host = Some("127.0.0.1".into());
             c.mail.smtp.port = port;
@@ -838,9 +829,7 @@ async fn mail_claimed_by_an_instance_that_died_is_sent_by_another_when_the_lease
     drop(store);
     drop(dying); // gone, its claim held
 
-    let (url_y, key_y) = (url.clone(), key.clone());
-    let other = TestServer::builder()
-        .config(move |c| on_postgres(c, &url_y, &key_y))
+    let other = on_database(test_cluster::config_for(&url), Some(key.clone()))
         .start()
         .await
         .unwrap();
@@ -865,14 +854,7 @@ async fn a_row_held_locked_elsewhere_fails_the_request_after_the_timeout_instead
     };
     let mut postgres = test_cluster::config_for(&url);
     postgres.connect_timeout = Duration::from_secs(1);
-    let server = TestServer::builder()
-        .config(move |c| {
-            c.storage.backend = keyhold::config::StorageBackend::Postgres;
-            c.storage.postgres = postgres;
-        })
-        .start()
-        .await
-        .unwrap();
+    let server = on_database(postgres, None).start().await.unwrap();
     let email = "ada@example.com";
     server.create_verified_user(email, PASSWORD).await.unwrap();
 
