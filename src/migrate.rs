@@ -7,8 +7,6 @@
 //! (a verification, reset or second-factor code lives minutes; it is asked for again) and
 //! the abuse limits' counts.
 
-use std::path::Path;
-
 use anyhow::{Context, bail};
 
 use crate::auth::Secrets;
@@ -90,31 +88,12 @@ pub async fn same_key(
             target.display(),
             source.display()
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_key(&target, &bytes)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::auth::secrets::write_key_file(&target, &bytes)?;
+        }
         Err(e) => return Err(e).with_context(|| format!("{}", target.display())),
     }
     crate::auth::check_key(from, &secrets, from_config).await?;
     crate::auth::check_key(to, &secrets, to_config).await?;
     Ok(secrets)
-}
-
-fn write_key(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // As `Secrets::load_or_create_file` does: only a folder it makes is made private.
-    if let Some(dir) = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty() && !dir.exists())
-    {
-        crate::files::create_private_dir(dir)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("{}", path.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
 }

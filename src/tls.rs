@@ -1,8 +1,6 @@
 //! The server's certificate: the configured PEM files, or a self-signed one for `localhost`
 //! made on first start and kept under `storage.path/tls`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -108,19 +106,8 @@ impl TlsMaterial {
 }
 
 fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), ConfigError> {
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| ConfigError::file(path, format!("cannot write: {e}")))
+    crate::files::write_durably(path, contents, mode)
+        .map_err(|e| ConfigError::file(path, format!("cannot write: {e}")))
 }
 
 #[cfg(test)]

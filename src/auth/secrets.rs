@@ -1,8 +1,6 @@
 //! Randomness and keyed hashes: codes and tokens are stored only as HMAC-SHA256 under a key
 //! that lives in a file beside the database, never inside it.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -39,38 +37,16 @@ impl Secrets {
     /// Reads the key file `path`, making it (32 random bytes, mode 0600) when it does not
     /// exist.
     pub fn load_or_create_file(path: &Path) -> Result<Secrets, ConfigError> {
-        let path = path.to_path_buf();
-        let dir = path
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let bytes = match std::fs::read(&path) {
+        let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // A folder of its own is made private; an existing one (`/etc/keyhold`, or
-                // the working directory) is the operator's and left as it is.
-                if !dir.exists() {
-                    crate::files::create_private_dir(dir).map_err(|e| ConfigError::file(dir, e))?;
-                }
                 let fresh = random_bytes::<32>();
-                let write = || -> std::io::Result<()> {
-                    let tmp = path.with_extension("tmp");
-                    let mut file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&tmp)?;
-                    file.write_all(&fresh)?;
-                    file.sync_all()?;
-                    std::fs::rename(&tmp, &path)
-                };
-                write().map_err(|e| ConfigError::file(&path, format!("cannot write: {e}")))?;
+                write_key_file(path, &fresh)?;
                 fresh.to_vec()
             }
-            Err(e) => return Err(ConfigError::file(&path, format!("cannot read: {e}"))),
+            Err(e) => return Err(ConfigError::file(path, format!("cannot read: {e}"))),
         };
-        Secrets::from_key(&path, &bytes)
+        Secrets::from_key(path, &bytes)
     }
 
     /// The secrets of the key file `path` holding `bytes`.
@@ -179,6 +155,21 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// An opaque token of `N` random bytes, base64url without padding.
 pub fn random_token<const N: usize>() -> String {
     URL_SAFE_NO_PAD.encode(random_bytes::<N>())
+}
+
+/// Writes the key `bytes` as the key file `path` (mode 0600). A folder of its own is made
+/// private; an existing one (`/etc/keyhold`, or the working directory) is the operator's and
+/// left as it is.
+pub(crate) fn write_key_file(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        crate::files::create_private_dir(dir).map_err(|e| ConfigError::file(dir, e))?;
+    }
+    crate::files::write_durably(path, bytes, 0o600)
+        .map_err(|e| ConfigError::file(path, format!("cannot write: {e}")))
 }
 
 #[cfg(test)]
