@@ -35,7 +35,7 @@ use crate::store::{
 pub use connect::{OpenError, open};
 
 /// How many times a transaction that lost a serialization race runs again.
-const MAX_TRIES: u32 = 10;
+pub(crate) const MAX_TRIES: u32 = 10;
 
 /// The PostgreSQL storage: a pool of connections.
 #[derive(Clone)]
@@ -96,7 +96,7 @@ pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
 }
 
 /// Whether running the transaction again may succeed.
-fn retryable(fail: &Fail) -> bool {
+pub(crate) fn retryable(fail: &Fail) -> bool {
     matches!(fail, Fail::Db(e) if e.code().is_some_and(|c| {
         *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
     }))
@@ -131,22 +131,14 @@ macro_rules! transaction {
             match outcome {
                 Ok(value) => break Ok(value),
                 Err(fail)
-                    if tries < $crate::store::postgres::max_tries()
-                        && $crate::store::postgres::may_retry(&fail) => {}
+                    if tries < $crate::store::postgres::MAX_TRIES
+                        && $crate::store::postgres::retryable(&fail) => {}
                 Err(fail) => break Err($crate::store::StoreError::from(fail)),
             }
         }
     }};
 }
 pub(crate) use transaction;
-
-pub(crate) fn max_tries() -> u32 {
-    MAX_TRIES
-}
-
-pub(crate) fn may_retry(fail: &Fail) -> bool {
-    retryable(fail)
-}
 
 /// The JSON record in column `idx` of `row`.
 pub(crate) fn record<T: DeserializeOwned>(
