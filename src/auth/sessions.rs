@@ -332,12 +332,11 @@ impl Auth {
         let next = generation.checked_add(1).ok_or(Error::InvalidToken)?;
         // The account's state is checked before anything rotates: a disabled account's
         // token is refused as it is, not spent.
-        let owner = self
+        let user = self
             .store
-            .session_owner(session_id)
+            .session_user(session_id)
             .await?
             .ok_or(Error::InvalidToken)?;
-        let user = self.store.user(owner).await?.ok_or(Error::InvalidToken)?;
         if user.state == AccountState::Disabled {
             return Err(Error::AccountDisabled);
         }
@@ -390,6 +389,35 @@ impl Auth {
     /// Who holds `bearer`: the token must verify and its device session must still exist,
     /// so a logout takes effect at once.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
+        let (caller, now) = self.claimed(bearer)?;
+        let owner = self
+            .store
+            .session_owner(caller.session_id)
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        if owner != caller.user_id {
+            return Err(Error::InvalidToken);
+        }
+        self.touch(caller.session_id, now);
+        Ok(caller)
+    }
+
+    /// The account of whoever holds `bearer`, checked as [`Auth::authenticate`] checks it,
+    /// read with its session in one step.
+    pub async fn signed_in_user(&self, bearer: Option<&str>) -> Result<UserRecord> {
+        let (caller, now) = self.claimed(bearer)?;
+        let user = self
+            .store
+            .session_user(caller.session_id)
+            .await?
+            .filter(|user| user.id == caller.user_id)
+            .ok_or(Error::InvalidToken)?;
+        self.touch(caller.session_id, now);
+        Ok(user)
+    }
+
+    /// Who `bearer` says it is, if it verifies: not yet checked against the store.
+    fn claimed(&self, bearer: Option<&str>) -> Result<(Caller, i64)> {
         let token = bearer.ok_or(Error::Unauthenticated)?;
         let now = self.now();
         let claims = self.tokens.verify(token, now).inspect_err(|_| {
@@ -397,19 +425,13 @@ impl Auth {
         })?;
         let session_id = Uuid::parse_str(&claims.sid).map_err(|_| Error::InvalidToken)?;
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
-        let owner = self
-            .store
-            .session_owner(session_id)
-            .await?
-            .ok_or(Error::InvalidToken)?;
-        if owner != user_id {
-            return Err(Error::InvalidToken);
-        }
-        self.touch(session_id, now);
-        Ok(Caller {
-            user_id,
-            session_id,
-        })
+        Ok((
+            Caller {
+                user_id,
+                session_id,
+            },
+            now,
+        ))
     }
 
     /// Ends the caller's own session, another of its devices, or all of them. Returns the

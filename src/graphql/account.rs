@@ -16,8 +16,7 @@ pub struct AccountQuery;
 impl AccountQuery {
     /// The signed-in user's profile.
     async fn user_profile(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserProfile>> {
-        let caller = caller(ctx).await?;
-        let user = auth(ctx).profile(&caller).await.gql()?;
+        let user = auth(ctx).signed_in_user(meta(ctx).bearer()).await.gql()?;
         Ok(Some(UserProfile::from(&user)))
     }
 }

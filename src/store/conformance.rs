@@ -415,6 +415,22 @@ pub async fn sessions_replace_their_device_and_keep_to_the_cap(s: &dyn Storage) 
     assert!(matches!(missing, Changed::Missing));
 }
 
+/// A session leads to its account, and an ended one, or one of a deleted account, to none.
+pub async fn a_session_leads_to_its_account(s: &dyn Storage) {
+    let ada = stored_account(s, "ada").await;
+    let bob = stored_account(s, "bob").await;
+    let hers = signed_in(s, &ada, "laptop", 1_000).await;
+    let his = signed_in(s, &bob, "laptop", 1_000).await;
+    let owner = async |id| s.session_user(id).await.unwrap().map(|u| (u.id, u.email));
+    assert_eq!(owner(hers.id).await, Some((ada.id, ada.email.clone())));
+    assert_eq!(owner(his.id).await, Some((bob.id, bob.email.clone())));
+    assert_eq!(owner(Uuid::new_v4()).await, None);
+    s.end_sessions(&[hers.id]).await.unwrap();
+    assert_eq!(owner(hers.id).await, None);
+    s.delete_user(bob.id).await.unwrap();
+    assert_eq!(owner(his.id).await, None);
+}
+
 /// A refresh token rotates once; the one it replaced, presented again, ends the session.
 pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn Storage) {
     let ada = stored_account(s, "ada").await;
@@ -428,9 +444,40 @@ pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn St
     };
     assert_eq!((now.refresh_generation, now.refresh_hash), (1, [2; 32]));
     assert_eq!(now.refresh_expires_at, 5_000);
+    assert_eq!(
+        now.last_seen_at, 1_100,
+        "a rotation is a use of the session"
+    );
+    let stored = s.session(session.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.refresh_generation, stored.refresh_hash),
+        (1, [2; 32]),
+        "what a rotation answers is what it stored"
+    );
+    assert_eq!(
+        (stored.refresh_expires_at, stored.last_seen_at),
+        (5_000, 1_100)
+    );
+    // A clock behind the session's last use leaves it as it was.
+    let RotateOutcome::Rotated(later) = s
+        .rotate_refresh(session.id, 1, &[2; 32], &[5; 32], 5_000, 86_400, 1_050)
+        .await
+        .unwrap()
+    else {
+        panic!("the current token did not rotate");
+    };
+    assert_eq!(later.last_seen_at, 1_100);
+    let RotateOutcome::Rotated(now) = s
+        .rotate_refresh(session.id, 2, &[5; 32], &[2; 32], 5_000, 86_400, 1_100)
+        .await
+        .unwrap()
+    else {
+        panic!("the current token did not rotate");
+    };
+    assert_eq!(now.refresh_generation, 3);
     // A wrong hash for the current generation is not the token.
     let wrong = s
-        .rotate_refresh(session.id, 1, &[9; 32], &[3; 32], 5_000, 86_400, 1_100)
+        .rotate_refresh(session.id, 3, &[9; 32], &[3; 32], 5_000, 86_400, 1_100)
         .await
         .unwrap();
     assert!(matches!(wrong, RotateOutcome::Unknown));
@@ -444,7 +491,7 @@ pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn St
     );
     assert!(s.session(session.id).await.unwrap().is_none());
     let after = s
-        .rotate_refresh(session.id, 1, &[2; 32], &[4; 32], 5_000, 86_400, 1_300)
+        .rotate_refresh(session.id, 3, &[2; 32], &[4; 32], 5_000, 86_400, 1_300)
         .await
         .unwrap();
     assert!(
@@ -468,6 +515,13 @@ pub async fn refresh_tokens_expire_and_sessions_age_out(s: &dyn Storage) {
         .await
         .unwrap();
     assert!(matches!(expired, RotateOutcome::Expired));
+    // A maximum age past any date caps nothing, and overflows nothing.
+    let other = signed_in(s, &ada, "phone", 1_000).await;
+    let uncapped = s
+        .rotate_refresh(other.id, 0, &[1; 32], &[2; 32], 9_999, i64::MAX, 1_100)
+        .await
+        .unwrap();
+    assert!(matches!(uncapped, RotateOutcome::Rotated(ref x) if x.refresh_expires_at == 9_999));
 }
 
 /// One refresh token presented many times at once rotates exactly once.
@@ -959,6 +1013,7 @@ macro_rules! storage_conformance_tests {
             ending_sessions_with_a_change_or_a_deletion,
             a_disable_racing_a_sign_in_leaves_no_session,
             sessions_replace_their_device_and_keep_to_the_cap,
+            a_session_leads_to_its_account,
             a_rotated_refresh_token_presented_again_ends_its_session,
             refresh_tokens_expire_and_sessions_age_out,
             a_refresh_token_presented_at_once_rotates_exactly_once,

@@ -2,11 +2,10 @@
 //! holds the session's row locked from its read to its commit, so that of two instances
 //! given the same refresh token at once, exactly one rotates and the other sees a reuse.
 
-use aws_lc_rs::constant_time::verify_slices_are_equal;
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use crate::domain::records::{SessionRecord, SigningKeyRecord};
+use crate::domain::records::{SessionRecord, SigningKeyRecord, UserRecord};
 use crate::store::{Changed, RotateOutcome, SessionStore, SigningKeyStore, StoreError, UserChange};
 
 use super::accounts::lock_user;
@@ -60,6 +59,19 @@ impl SessionStore for Store {
             .map_err(db_error)?;
         let row = client.query_opt(&select, &[&id]).await.map_err(db_error)?;
         Ok(row.map(|row| row.get(0)))
+    }
+
+    async fn session_user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT users.data FROM sessions JOIN users ON users.id = sessions.user_id
+                 WHERE sessions.id = $1",
+            )
+            .await
+            .map_err(db_error)?;
+        let row = client.query_opt(&select, &[&id]).await.map_err(db_error)?;
+        row.map(|row| record(&row, 0, "users")).transpose()
     }
 
     async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError> {
@@ -146,40 +158,85 @@ impl SessionStore for Store {
         session_max_age: i64,
         now: i64,
     ) -> Result<RotateOutcome, StoreError> {
-        transaction!(self, |tx| {
-            let select = tx
-                .prepare_cached("SELECT data FROM sessions WHERE id = $1 FOR UPDATE")
-                .await?;
-            let Some(row) = tx.query_opt(&select, &[&session_id]).await? else {
-                return Ok(RotateOutcome::Unknown);
-            };
-            let mut session: SessionRecord = record(&row, 0, "sessions")?;
-            if session.refresh_expires_at <= now {
-                return Ok(RotateOutcome::Expired);
-            }
-            if generation < session.refresh_generation {
-                // An old token came back: whoever holds the pair may be a thief.
-                end_sessions_in(&tx, &[session.id]).await?;
-                RotateOutcome::Reused {
-                    session_id: session.id,
-                    user_id: session.user_id,
-                }
-            } else if generation > session.refresh_generation
-                || verify_slices_are_equal(presented, &session.refresh_hash).is_err()
+        // No token of a generation past i64 was ever handed out.
+        let Ok(generation) = i64::try_from(generation) else {
+            return Ok(RotateOutcome::Unknown);
+        };
+        let client = self.client().await?;
+        // The common case is one statement: the row's own lock decides between two
+        // instances given the same token, since the second re-reads the row once the first
+        // commits and no longer matches. However often it is refreshed, a session ends
+        // `session_max_age` after sign-in (added without overflowing a bigint).
+        let rotate = client
+            .prepare_cached(
+                "UPDATE sessions SET
+                   refresh_expires_at =
+                     LEAST($4::bigint, created_at + LEAST($5::bigint, 9223372036854775807 - created_at)),
+                   data = data || jsonb_build_object(
+                     'refresh_hash', $3::jsonb,
+                     'refresh_generation', $2::bigint + 1,
+                     'refresh_expires_at',
+                     LEAST($4::bigint, created_at + LEAST($5::bigint, 9223372036854775807 - created_at)),
+                     'last_seen_at', GREATEST((data->>'last_seen_at')::bigint, $6::bigint))
+                 WHERE id = $1 AND refresh_expires_at > $6::bigint
+                   AND COALESCE((data->>'refresh_generation')::bigint, 0) = $2::bigint
+                   AND data->'refresh_hash' = $7::jsonb
+                 RETURNING data",
+            )
+            .await
+            .map_err(db_error)?;
+        let rotated = client
+            .query_opt(
+                &rotate,
+                &[
+                    &session_id,
+                    &generation,
+                    &json(new),
+                    &new_expires_at,
+                    &session_max_age.max(0),
+                    &now,
+                    &json(presented),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        if let Some(row) = rotated {
+            return Ok(RotateOutcome::Rotated(record(&row, 0, "sessions")?));
+        }
+        // Not rotated. An older generation coming back is a reuse: whoever holds the pair
+        // may be a thief, and the session ends.
+        let reused = client
+            .prepare_cached(
+                "DELETE FROM sessions WHERE id = $1 AND refresh_expires_at > $3::bigint
+                   AND COALESCE((data->>'refresh_generation')::bigint, 0) > $2::bigint
+                 RETURNING user_id",
+            )
+            .await
+            .map_err(db_error)?;
+        if let Some(row) = client
+            .query_opt(&reused, &[&session_id, &generation, &now])
+            .await
+            .map_err(db_error)?
+        {
+            return Ok(RotateOutcome::Reused {
+                session_id,
+                user_id: row.get(0),
+            });
+        }
+        let expiry = client
+            .prepare_cached("SELECT refresh_expires_at FROM sessions WHERE id = $1")
+            .await
+            .map_err(db_error)?;
+        Ok(
+            match client
+                .query_opt(&expiry, &[&session_id])
+                .await
+                .map_err(db_error)?
             {
-                return Ok(RotateOutcome::Unknown);
-            } else {
-                session.refresh_hash = *new;
-                session.refresh_generation = generation + 1;
-                // However often it is refreshed, a session ends `session_max_age` after
-                // sign-in.
-                session.refresh_expires_at =
-                    new_expires_at.min(session.created_at.saturating_add(session_max_age));
-                session.last_seen_at = session.last_seen_at.max(now);
-                rewrite(&tx, &session).await?;
-                RotateOutcome::Rotated(session)
-            }
-        })
+                Some(row) if row.get::<_, i64>(0) <= now => RotateOutcome::Expired,
+                _ => RotateOutcome::Unknown,
+            },
+        )
     }
 
     async fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError> {
