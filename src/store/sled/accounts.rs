@@ -41,10 +41,7 @@ fn add_account(
 #[async_trait::async_trait]
 impl UserStore for Store {
     async fn user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
-        self.users
-            .get(id.as_bytes())?
-            .map(|bytes| decode(USERS, &bytes))
-            .transpose()
+        self.read_user(id)
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -282,6 +279,13 @@ impl UserStore for Store {
 }
 
 impl Store {
+    pub(super) fn read_user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
+        self.users
+            .get(id.as_bytes())?
+            .map(|bytes| decode(USERS, &bytes))
+            .transpose()
+    }
+
     /// [`UserStore::insert_user`], not yet durable: for seeding many accounts at once, which
     /// flushes once at its end ([`Store::flush_blocking`]).
     #[doc(hidden)]

@@ -8,7 +8,7 @@ use super::keys::{
     ExpiryKind, META, META_SESSION_COUNT, REFRESH_TOKENS, SESSIONS, SESSIONS_BY_USER, SIGNING_KEYS,
     USERS, session_by_user_key,
 };
-use super::records::{RefreshRecord, SessionRecord, SigningKeyRecord, decode, encode};
+use super::records::{RefreshRecord, SessionRecord, SigningKeyRecord, UserRecord, decode, encode};
 use super::{Store, StoreError, tx_result, uuid_from};
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use serde::Deserialize;
@@ -23,15 +23,14 @@ impl SessionStore for Store {
     }
 
     async fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError> {
-        /// The one field of a [`SessionRecord`] that `session_owner` reads.
-        #[derive(Deserialize)]
-        struct Owner {
-            user_id: Uuid,
+        self.owner_of(id)
+    }
+
+    async fn session_user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
+        match self.owner_of(id)? {
+            Some(owner) => self.read_user(owner),
+            None => Ok(None),
         }
-        self.sessions
-            .get(id.as_bytes())?
-            .map(|bytes| decode::<Owner>(SESSIONS, &bytes).map(|o| o.user_id))
-            .transpose()
     }
 
     async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError> {
@@ -193,6 +192,19 @@ impl Store {
                 ended,
             })
         })
+    }
+
+    /// The user whose session `id` is, read without decoding the rest of the record.
+    fn owner_of(&self, id: Uuid) -> Result<Option<Uuid>, StoreError> {
+        /// The one field of a [`SessionRecord`] that `owner_of` reads.
+        #[derive(Deserialize)]
+        struct Owner {
+            user_id: Uuid,
+        }
+        self.sessions
+            .get(id.as_bytes())?
+            .map(|bytes| decode::<Owner>(SESSIONS, &bytes).map(|o| o.user_id))
+            .transpose()
     }
 
     fn read_session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
