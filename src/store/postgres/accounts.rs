@@ -156,7 +156,7 @@ async fn put_email_code(
 #[async_trait::async_trait]
 impl UserStore for Store {
     async fn user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let select = client
             .prepare_cached("SELECT data FROM users WHERE id = $1")
             .await
@@ -166,7 +166,7 @@ impl UserStore for Store {
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let select = client
             .prepare_cached("SELECT data FROM users WHERE email = $1")
             .await
@@ -179,7 +179,7 @@ impl UserStore for Store {
     }
 
     async fn username_taken(&self, username: &str) -> Result<bool, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let row = client
             .query_opt(
                 "SELECT 1 FROM users WHERE username_key = $1",

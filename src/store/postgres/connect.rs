@@ -146,6 +146,7 @@ pub async fn open(
         .map_err(|e| OpenError::Connect(e.to_string()))?;
     let store = Store {
         pool,
+        readers: Arc::new(super::Readers::for_pool(config.pool_size)),
         limits: Arc::new(crate::limits::Limits::new(limits)),
     };
     super::migrate::migrate(&store).await?;

@@ -41,6 +41,8 @@ pub(crate) const MAX_TRIES: u32 = 10;
 #[derive(Clone)]
 pub struct Store {
     pool: deadpool_postgres::Pool,
+    /// A few of the pool's connections, shared by single-statement reads.
+    readers: Arc<Readers>,
     /// The rules of the abuse limits; their counts are rows (see `limits`).
     limits: Arc<crate::limits::Limits>,
 }
@@ -163,10 +165,63 @@ pub(crate) fn big(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Connections that single-statement reads share. tokio-postgres pipelines the queries of
+/// concurrent requests on one connection, so that PostgreSQL answers many of them each time
+/// it wakes, instead of a process of its own waking for each one. A plain read never waits
+/// for a row lock, so no read holds up the others behind it; writes and transactions take a
+/// connection of their own from the pool.
+pub(crate) struct Readers {
+    slots: Box<[parking_lot::Mutex<Option<Arc<deadpool_postgres::Object>>>]>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Readers {
+    /// Shared connections for a pool of `pool_size`: one for every eight, at least one and
+    /// at most four, and none for a pool too small to give them up.
+    pub(crate) fn for_pool(pool_size: usize) -> Readers {
+        let shared = if pool_size < 4 {
+            0
+        } else {
+            (pool_size / 8).clamp(1, 4)
+        };
+        Readers {
+            slots: (0..shared).map(|_| parking_lot::Mutex::new(None)).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
 impl Store {
     /// A connection from the pool: `Unavailable` when none comes within the connect timeout.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(StoreError::unavailable)
+    }
+
+    /// A connection for one statement that only reads: a shared one, in turn, replaced from
+    /// the pool once it has closed (the database restarted or went away).
+    pub(crate) async fn reader(&self) -> Result<Arc<deadpool_postgres::Object>, StoreError> {
+        let slots = &self.readers.slots;
+        if slots.is_empty() {
+            return Ok(Arc::new(self.client().await?));
+        }
+        let turn = self
+            .readers
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let slot = &slots[turn % slots.len()];
+        let open = |held: &Option<Arc<deadpool_postgres::Object>>| {
+            held.as_ref().filter(|c| !c.is_closed()).cloned()
+        };
+        if let Some(shared) = open(&slot.lock()) {
+            return Ok(shared);
+        }
+        let fresh = Arc::new(self.client().await?);
+        let mut held = slot.lock();
+        // Another request may have filled the slot meanwhile: ours goes back to the pool.
+        Ok(open(&held).unwrap_or_else(|| {
+            *held = Some(fresh.clone());
+            fresh
+        }))
     }
 
     /// Whether this store's connections are encrypted: for tests of `sslmode`.

@@ -42,7 +42,7 @@ async fn end_sessions_in(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>
 #[async_trait::async_trait]
 impl SessionStore for Store {
     async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let select = client
             .prepare_cached("SELECT data FROM sessions WHERE id = $1")
             .await
@@ -52,7 +52,7 @@ impl SessionStore for Store {
     }
 
     async fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let select = client
             .prepare_cached("SELECT user_id FROM sessions WHERE id = $1")
             .await
@@ -62,7 +62,7 @@ impl SessionStore for Store {
     }
 
     async fn session_user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let select = client
             .prepare_cached(
                 "SELECT users.data FROM sessions JOIN users ON users.id = sessions.user_id
@@ -75,7 +75,7 @@ impl SessionStore for Store {
     }
 
     async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let select = client
             .prepare_cached("SELECT data FROM sessions WHERE user_id = $1 ORDER BY device_id")
             .await
