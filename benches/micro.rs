@@ -172,7 +172,7 @@ fn refresh_rotation(c: &mut Criterion) {
                     now(),
                 ))
                 .unwrap();
-            assert!(matches!(outcome, RotateOutcome::Rotated(_)));
+            assert!(matches!(outcome, RotateOutcome::Rotated { .. }));
             (generation, current) = (generation + 1, next);
         })
     });

@@ -411,7 +411,10 @@ mod tests {
             .rotate_refresh(s.id, 0, &[7; 32], &[8; 32], 500, i64::MAX, 50)
             .await
             .unwrap();
-        assert!(matches!(rotated, RotateOutcome::Rotated(_)), "{rotated:?}");
+        assert!(
+            matches!(rotated, RotateOutcome::Rotated { .. }),
+            "{rotated:?}"
+        );
         let report = sweep_once(&store, 200).await.unwrap();
         assert_eq!(report.sessions, 0);
         assert!(store.session(s.id).await.unwrap().is_some());

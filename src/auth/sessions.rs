@@ -330,19 +330,11 @@ impl Auth {
             },
         };
         let next = generation.checked_add(1).ok_or(Error::InvalidToken)?;
-        // The account's state is checked before anything rotates: a disabled account's
-        // token is refused as it is, not spent.
-        let user = self
-            .store
-            .session_user(session_id)
-            .await?
-            .ok_or(Error::InvalidToken)?;
-        if user.state == AccountState::Disabled {
-            return Err(Error::AccountDisabled);
-        }
         let (fresh, new) = issue_refresh_token(&self.secrets, session_id, next);
         let expires_at = now + seconds(self.config.tokens.refresh_ttl);
-        let session = match self
+        // The account's state is checked in the same step: a disabled account's token is
+        // refused as it is, not spent.
+        let (session, user) = match self
             .store
             .rotate_refresh(
                 session_id,
@@ -355,7 +347,8 @@ impl Auth {
             )
             .await?
         {
-            RotateOutcome::Rotated(session) => session,
+            RotateOutcome::Rotated { session, user } => (session, *user),
+            RotateOutcome::Disabled => return Err(Error::AccountDisabled),
             refused => return Err(self.refused(refused).await),
         };
         // The client drops the old token once it has the new one: the rotation must be durable.

@@ -366,6 +366,58 @@ pub async fn a_disable_racing_a_sign_in_leaves_no_session(s: &dyn Storage) {
     }
 }
 
+/// A disable racing refreshes of the account's sessions: no rotation outlives it, and
+/// none succeeds once it is done.
+pub async fn a_disable_racing_refreshes_leaves_no_session(s: &dyn Storage) {
+    for round in 0..ROUNDS {
+        let user = stored_account(s, &format!("refresher{round}")).await;
+        let sessions = [
+            signed_in(s, &user, "laptop", 1_000).await,
+            signed_in(s, &user, "phone", 1_000).await,
+        ];
+        concurrently(3, |side| {
+            let (user, sessions) = (&user, &sessions);
+            async move {
+                if let Some(session) = sessions.get(side) {
+                    // Each side refreshes its own chain until it is refused.
+                    let mut hash = [1u8; 32];
+                    for generation in 0..20u64 {
+                        let next = [generation as u8 + 2; 32];
+                        match s
+                            .rotate_refresh(
+                                session.id, generation, &hash, &next, 5_000, 86_400, 1_100,
+                            )
+                            .await
+                            .unwrap()
+                        {
+                            RotateOutcome::Rotated { .. } => hash = next,
+                            _ => break,
+                        }
+                    }
+                } else {
+                    s.change_user(
+                        user.id,
+                        AccountChange::ending(Ends::Everything { keep: None }),
+                        |u| {
+                            u.state = AccountState::Disabled;
+                            Ok::<_, ()>(())
+                        },
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        });
+        assert!(
+            s.sessions_of(user.id).await.unwrap().is_empty(),
+            "round {round}: a refreshed session outlived the disable"
+        );
+        for session in &sessions {
+            assert!(s.session_user(session.id).await.unwrap().is_none());
+        }
+    }
+}
+
 /// A device's new session replaces its old one; past the cap the oldest end; ended sessions
 /// are gone with their owner.
 pub async fn sessions_replace_their_device_and_keep_to_the_cap(s: &dyn Storage) {
@@ -439,7 +491,7 @@ pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn St
         .rotate_refresh(session.id, 0, &[1; 32], &[2; 32], 5_000, 86_400, 1_100)
         .await
         .unwrap();
-    let RotateOutcome::Rotated(now) = rotated else {
+    let RotateOutcome::Rotated { session: now, .. } = rotated else {
         panic!("{rotated:?}");
     };
     assert_eq!((now.refresh_generation, now.refresh_hash), (1, [2; 32]));
@@ -459,7 +511,7 @@ pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn St
         (5_000, 1_100)
     );
     // A clock behind the session's last use leaves it as it was.
-    let RotateOutcome::Rotated(later) = s
+    let RotateOutcome::Rotated { session: later, .. } = s
         .rotate_refresh(session.id, 1, &[2; 32], &[5; 32], 5_000, 86_400, 1_050)
         .await
         .unwrap()
@@ -467,7 +519,7 @@ pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn St
         panic!("the current token did not rotate");
     };
     assert_eq!(later.last_seen_at, 1_100);
-    let RotateOutcome::Rotated(now) = s
+    let RotateOutcome::Rotated { session: now, .. } = s
         .rotate_refresh(session.id, 2, &[5; 32], &[2; 32], 5_000, 86_400, 1_100)
         .await
         .unwrap()
@@ -500,6 +552,51 @@ pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn St
     );
 }
 
+/// A rotation answers the session's account with it; a disabled account's token, current
+/// or old, rotates nothing and ends nothing.
+pub async fn a_disabled_accounts_refresh_token_is_refused_as_it_is(s: &dyn Storage) {
+    let ada = stored_account(s, "ada").await;
+    let session = signed_in(s, &ada, "laptop", 1_000).await;
+    let rotated = s
+        .rotate_refresh(session.id, 0, &[1; 32], &[2; 32], 5_000, 86_400, 1_100)
+        .await
+        .unwrap();
+    assert!(
+        matches!(rotated, RotateOutcome::Rotated { ref user, .. } if user.id == ada.id && user.email == ada.email),
+        "{rotated:?}"
+    );
+    s.change_user(ada.id, AccountChange::ending(Ends::Nothing), |u| {
+        u.state = AccountState::Disabled;
+        Ok::<_, ()>(())
+    })
+    .await
+    .unwrap();
+    for (generation, hash) in [(1, [2; 32]), (0, [1; 32])] {
+        let refused = s
+            .rotate_refresh(
+                session.id, generation, &hash, &[3; 32], 5_000, 86_400, 1_200,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(refused, RotateOutcome::Disabled), "{refused:?}");
+    }
+    let kept = s
+        .session(session.id)
+        .await
+        .unwrap()
+        .expect("the session is kept");
+    assert_eq!((kept.refresh_generation, kept.refresh_hash), (1, [2; 32]));
+    // Its account gone, a session's token is unknown.
+    let bob = stored_account(s, "bob").await;
+    let his = signed_in(s, &bob, "laptop", 1_000).await;
+    s.delete_user(bob.id).await.unwrap();
+    let unknown = s
+        .rotate_refresh(his.id, 0, &[1; 32], &[2; 32], 5_000, 86_400, 1_100)
+        .await
+        .unwrap();
+    assert!(matches!(unknown, RotateOutcome::Unknown), "{unknown:?}");
+}
+
 /// A refresh token past its expiry does not rotate, and no rotation outlives the session's
 /// maximum age.
 pub async fn refresh_tokens_expire_and_sessions_age_out(s: &dyn Storage) {
@@ -509,7 +606,9 @@ pub async fn refresh_tokens_expire_and_sessions_age_out(s: &dyn Storage) {
         .rotate_refresh(session.id, 0, &[1; 32], &[2; 32], 9_999, 500, 1_100)
         .await
         .unwrap();
-    assert!(matches!(capped, RotateOutcome::Rotated(ref x) if x.refresh_expires_at == 1_500));
+    assert!(
+        matches!(capped, RotateOutcome::Rotated { session: ref x, .. } if x.refresh_expires_at == 1_500)
+    );
     let expired = s
         .rotate_refresh(session.id, 1, &[2; 32], &[3; 32], 9_999, 500, 1_500)
         .await
@@ -521,7 +620,9 @@ pub async fn refresh_tokens_expire_and_sessions_age_out(s: &dyn Storage) {
         .rotate_refresh(other.id, 0, &[1; 32], &[2; 32], 9_999, i64::MAX, 1_100)
         .await
         .unwrap();
-    assert!(matches!(uncapped, RotateOutcome::Rotated(ref x) if x.refresh_expires_at == 9_999));
+    assert!(
+        matches!(uncapped, RotateOutcome::Rotated { session: ref x, .. } if x.refresh_expires_at == 9_999)
+    );
 }
 
 /// One refresh token presented many times at once rotates exactly once.
@@ -544,13 +645,15 @@ pub async fn a_refresh_token_presented_at_once_rotates_exactly_once(s: &dyn Stor
         });
         let rotated = outcomes
             .iter()
-            .filter(|o| matches!(o, RotateOutcome::Rotated(_)))
+            .filter(|o| matches!(o, RotateOutcome::Rotated { .. }))
             .count();
         assert_eq!(rotated, 1, "round {round}: {outcomes:?}");
         assert!(
             outcomes.iter().all(|o| matches!(
                 o,
-                RotateOutcome::Rotated(_) | RotateOutcome::Reused { .. } | RotateOutcome::Unknown
+                RotateOutcome::Rotated { .. }
+                    | RotateOutcome::Reused { .. }
+                    | RotateOutcome::Unknown
             )),
             "round {round}: {outcomes:?}"
         );
@@ -908,7 +1011,7 @@ pub async fn a_refreshed_session_outlives_its_first_expiry(s: &dyn Storage) {
         .rotate_refresh(session.id, 0, &[1; 32], &[2; 32], 9_000, 86_400, 4_000)
         .await
         .unwrap();
-    assert!(matches!(rotated, RotateOutcome::Rotated(_)));
+    assert!(matches!(rotated, RotateOutcome::Rotated { .. }));
     s.sweep_expired(5_000, 100).await.unwrap();
     assert!(s.session(session.id).await.unwrap().is_some());
     s.sweep_expired(9_000, 100).await.unwrap();
@@ -1012,8 +1115,10 @@ macro_rules! storage_conformance_tests {
             concurrent_changes_to_an_account_lose_no_update,
             ending_sessions_with_a_change_or_a_deletion,
             a_disable_racing_a_sign_in_leaves_no_session,
+            a_disable_racing_refreshes_leaves_no_session,
             sessions_replace_their_device_and_keep_to_the_cap,
             a_session_leads_to_its_account,
+            a_disabled_accounts_refresh_token_is_refused_as_it_is,
             a_rotated_refresh_token_presented_again_ends_its_session,
             refresh_tokens_expire_and_sessions_age_out,
             a_refresh_token_presented_at_once_rotates_exactly_once,

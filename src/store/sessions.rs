@@ -7,8 +7,15 @@ use uuid::Uuid;
 /// What presenting a refresh token did.
 #[derive(Debug)]
 pub enum RotateOutcome {
-    /// The token was current: it is now rotated, and the session holds the new one.
-    Rotated(SessionRecord),
+    /// The token was current: it is now rotated, and the session holds the new one. `user`
+    /// is the session's account, as it was read in the same step.
+    Rotated {
+        session: SessionRecord,
+        user: Box<UserRecord>,
+    },
+    /// The session's account is disabled: its token is refused as it is, not spent, and
+    /// nothing changes.
+    Disabled,
     /// The token had already been rotated: its session has been ended.
     Reused {
         session_id: Uuid,
@@ -60,8 +67,10 @@ pub trait SessionStore: UserStore + Send + Sync {
     /// Rotates the refresh token of generation `generation` of session `session_id`, whose
     /// keyed hash is `presented`, to the token with keyed hash `new` (generation + 1). An
     /// older generation ends the session. The new token expires at `new_expires_at`, but
-    /// never later than `session_max_age` seconds after the session's sign-in. One write:
-    /// the session record, compared and swapped.
+    /// never later than `session_max_age` seconds after the session's sign-in. The session's
+    /// account is read in the same step: a disabled one rotates and ends nothing
+    /// (`Disabled`), and a missing one makes the token `Unknown`. One write: the session
+    /// record, compared and swapped.
     #[allow(clippy::too_many_arguments)]
     async fn rotate_refresh(
         &self,

@@ -166,22 +166,26 @@ impl SessionStore for Store {
         // The common case is one statement: the row's own lock decides between two
         // instances given the same token, since the second re-reads the row once the first
         // commits and no longer matches. However often it is refreshed, a session ends
-        // `session_max_age` after sign-in (added without overflowing a bigint).
+        // `session_max_age` after sign-in (added without overflowing a bigint). The account
+        // is read in the same statement; a disabled one rotates nothing.
         let rotate = client
             .prepare_cached(
                 "UPDATE sessions SET
                    refresh_expires_at =
                      LEAST($4::bigint, created_at + LEAST($5::bigint, 9223372036854775807 - created_at)),
-                   data = data || jsonb_build_object(
+                   data = sessions.data || jsonb_build_object(
                      'refresh_hash', $3::jsonb,
                      'refresh_generation', $2::bigint + 1,
                      'refresh_expires_at',
                      LEAST($4::bigint, created_at + LEAST($5::bigint, 9223372036854775807 - created_at)),
-                     'last_seen_at', GREATEST((data->>'last_seen_at')::bigint, $6::bigint))
-                 WHERE id = $1 AND refresh_expires_at > $6::bigint
-                   AND COALESCE((data->>'refresh_generation')::bigint, 0) = $2::bigint
-                   AND data->'refresh_hash' = $7::jsonb
-                 RETURNING data",
+                     'last_seen_at', GREATEST((sessions.data->>'last_seen_at')::bigint, $6::bigint))
+                 FROM users
+                 WHERE sessions.id = $1 AND users.id = sessions.user_id
+                   AND users.data->>'state' IS DISTINCT FROM 'disabled'
+                   AND sessions.refresh_expires_at > $6::bigint
+                   AND COALESCE((sessions.data->>'refresh_generation')::bigint, 0) = $2::bigint
+                   AND sessions.data->'refresh_hash' = $7::jsonb
+                 RETURNING sessions.data, users.data",
             )
             .await
             .map_err(db_error)?;
@@ -201,15 +205,22 @@ impl SessionStore for Store {
             .await
             .map_err(db_error)?;
         if let Some(row) = rotated {
-            return Ok(RotateOutcome::Rotated(record(&row, 0, "sessions")?));
+            return Ok(RotateOutcome::Rotated {
+                session: record(&row, 0, "sessions")?,
+                user: Box::new(record(&row, 1, "users")?),
+            });
         }
         // Not rotated. An older generation coming back is a reuse: whoever holds the pair
-        // may be a thief, and the session ends.
+        // may be a thief, and the session ends (unless its account is disabled, whose
+        // tokens are refused as they are).
         let reused = client
             .prepare_cached(
-                "DELETE FROM sessions WHERE id = $1 AND refresh_expires_at > $3::bigint
-                   AND COALESCE((data->>'refresh_generation')::bigint, 0) > $2::bigint
-                 RETURNING user_id",
+                "DELETE FROM sessions USING users
+                 WHERE sessions.id = $1 AND users.id = sessions.user_id
+                   AND users.data->>'state' IS DISTINCT FROM 'disabled'
+                   AND sessions.refresh_expires_at > $3::bigint
+                   AND COALESCE((sessions.data->>'refresh_generation')::bigint, 0) > $2::bigint
+                 RETURNING sessions.user_id",
             )
             .await
             .map_err(db_error)?;
@@ -223,20 +234,23 @@ impl SessionStore for Store {
                 user_id: row.get(0),
             });
         }
-        let expiry = client
-            .prepare_cached("SELECT refresh_expires_at FROM sessions WHERE id = $1")
+        let why = client
+            .prepare_cached(
+                "SELECT sessions.refresh_expires_at, users.data->>'state' = 'disabled'
+                 FROM sessions JOIN users ON users.id = sessions.user_id
+                 WHERE sessions.id = $1",
+            )
             .await
             .map_err(db_error)?;
-        Ok(
-            match client
-                .query_opt(&expiry, &[&session_id])
-                .await
-                .map_err(db_error)?
-            {
-                Some(row) if row.get::<_, i64>(0) <= now => RotateOutcome::Expired,
-                _ => RotateOutcome::Unknown,
-            },
-        )
+        let row = client
+            .query_opt(&why, &[&session_id])
+            .await
+            .map_err(db_error)?;
+        Ok(match row {
+            Some(row) if row.get::<_, Option<bool>>(1) == Some(true) => RotateOutcome::Disabled,
+            Some(row) if row.get::<_, i64>(0) <= now => RotateOutcome::Expired,
+            _ => RotateOutcome::Unknown,
+        })
     }
 
     async fn end_sessions(&self, ids: &[Uuid]) -> Result<(), StoreError> {

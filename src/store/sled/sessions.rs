@@ -8,7 +8,9 @@ use super::keys::{
     ExpiryKind, META, META_SESSION_COUNT, REFRESH_TOKENS, SESSIONS, SESSIONS_BY_USER, SIGNING_KEYS,
     USERS, session_by_user_key,
 };
-use super::records::{RefreshRecord, SessionRecord, SigningKeyRecord, UserRecord, decode, encode};
+use super::records::{
+    AccountState, RefreshRecord, SessionRecord, SigningKeyRecord, UserRecord, decode, encode,
+};
 use super::{Store, StoreError, tx_result, uuid_from};
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use serde::Deserialize;
@@ -72,6 +74,12 @@ impl SessionStore for Store {
                     return Ok(RotateOutcome::Unknown);
                 };
                 let mut session: SessionRecord = decode(SESSIONS, &current)?;
+                let Some(user) = self.read_user(session.user_id)? else {
+                    return Ok(RotateOutcome::Unknown);
+                };
+                if user.state == AccountState::Disabled {
+                    return Ok(RotateOutcome::Disabled);
+                }
                 if session.refresh_expires_at <= now {
                     return Ok(RotateOutcome::Expired);
                 }
@@ -99,7 +107,10 @@ impl SessionStore for Store {
                     self.sessions
                         .compare_and_swap(key, Some(current), Some(encode(&session)))?;
                 if swapped.is_ok() {
-                    return Ok(RotateOutcome::Rotated(session));
+                    return Ok(RotateOutcome::Rotated {
+                        session,
+                        user: Box::new(user),
+                    });
                 }
                 // Changed meanwhile (another rotation, a logout): decide again on what is there.
             }
