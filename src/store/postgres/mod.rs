@@ -176,13 +176,16 @@ pub(crate) struct Readers {
 }
 
 impl Readers {
-    /// Shared connections for a pool of `pool_size`: one for every eight, at least one and
-    /// at most four, and none for a pool too small to give them up.
+    /// Shared connections for a pool of `pool_size`: one for every sixteen, at least one and
+    /// at most four, and none for a pool too small to give them up. Fewer is better while one
+    /// keeps up: the more requests share a connection, the more of them PostgreSQL answers
+    /// each time it wakes (BENCHMARKS.md, "On PostgreSQL": one shared connection served
+    /// `userProfile` at about 85 µs of CPU a request where two took about 110).
     pub(crate) fn for_pool(pool_size: usize) -> Readers {
         let shared = if pool_size < 4 {
             0
         } else {
-            (pool_size / 8).clamp(1, 4)
+            (pool_size / 16).clamp(1, 4)
         };
         Readers {
             slots: (0..shared).map(|_| parking_lot::Mutex::new(None)).collect(),
