@@ -86,6 +86,15 @@ async fn signed_in(s: &dyn Storage, user: &UserRecord, device: &str, at: i64) ->
     session
 }
 
+/// Disables the account, ending `ends`.
+async fn disable(s: &dyn Storage, id: Uuid, ends: Ends) -> Result<Changed<(), ()>, StoreError> {
+    s.change_user(id, AccountChange::ending(ends), |u| {
+        u.state = AccountState::Disabled;
+        Ok::<_, ()>(())
+    })
+    .await
+}
+
 fn mail(at: i64) -> MailQueueRecord {
     MailQueueRecord {
         attempts: 0,
@@ -341,16 +350,9 @@ pub async fn a_disable_racing_a_sign_in_leaves_no_session(s: &dyn Storage) {
                     .await
                     .map(|_| ())
                 } else {
-                    s.change_user(
-                        user.id,
-                        AccountChange::ending(Ends::Everything { keep: None }),
-                        |u| {
-                            u.state = AccountState::Disabled;
-                            Ok::<_, ()>(())
-                        },
-                    )
-                    .await
-                    .map(|_| ())
+                    disable(s, user.id, Ends::Everything { keep: None })
+                        .await
+                        .map(|_| ())
                 }
             }
         })
@@ -395,16 +397,9 @@ pub async fn a_disable_racing_refreshes_leaves_no_session(s: &dyn Storage) {
                         }
                     }
                 } else {
-                    s.change_user(
-                        user.id,
-                        AccountChange::ending(Ends::Everything { keep: None }),
-                        |u| {
-                            u.state = AccountState::Disabled;
-                            Ok::<_, ()>(())
-                        },
-                    )
-                    .await
-                    .unwrap();
+                    disable(s, user.id, Ends::Everything { keep: None })
+                        .await
+                        .unwrap();
                 }
             }
         });
@@ -565,12 +560,7 @@ pub async fn a_disabled_accounts_refresh_token_is_refused_as_it_is(s: &dyn Stora
         matches!(rotated, RotateOutcome::Rotated { ref user, .. } if user.id == ada.id && user.email == ada.email),
         "{rotated:?}"
     );
-    s.change_user(ada.id, AccountChange::ending(Ends::Nothing), |u| {
-        u.state = AccountState::Disabled;
-        Ok::<_, ()>(())
-    })
-    .await
-    .unwrap();
+    disable(s, ada.id, Ends::Nothing).await.unwrap();
     for (generation, hash) in [(1, [2; 32]), (0, [1; 32])] {
         let refused = s
             .rotate_refresh(
