@@ -109,6 +109,11 @@ struct Args {
     /// Instances on PostgreSQL, with `--backend postgres`.
     #[arg(long, default_value_t = 1, requires = "backend")]
     instances: usize,
+    /// The per-address connection cap to give a build that is not this one (`--keyhold`,
+    /// `--ab`); this build always gets 1024. Another build keeps its default (64) unless this
+    /// is given: a `--keyhold` build as the A side then needs it for 16 clients.
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
     /// Passed by `cargo bench` to every benchmark target.
     #[arg(long, hide = true)]
     bench: bool,
@@ -150,11 +155,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .keyhold
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keyhold")));
+    // This build, or another one with the cap the arguments give it.
+    let own = |own_build| Build {
+        own: own_build,
+        per_ip: if own_build {
+            Some(1024)
+        } else {
+            args.max_connections_per_ip
+        },
+    };
     // Start-up after a crash: a copy of the store as the seeding left it before its clean
     // close, so the server reads the whole log again.
     let mut ready_after_crash = None;
     if let Some(image) = &seeded.crash_image {
-        let server = Server::start(&binary, image, args.keyhold.is_none(), false).await?;
+        let server = Server::start(&binary, image, own(args.keyhold.is_none()), false).await?;
         ready_after_crash = server.ready_after;
         server.kill().await;
         std::fs::remove_dir_all(image)?;
@@ -190,10 +204,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let server = match &args.url {
         Some(url) => Server::external(url, &root, args.pid)?,
-        None => Server::start(&binary, &root, args.keyhold.is_none(), wanted("backup")).await?,
+        None => {
+            Server::start(
+                &binary,
+                &root,
+                own(args.keyhold.is_none()),
+                wanted("backup"),
+            )
+            .await?
+        }
     };
     let mut other = match &args.ab {
-        Some(other) => Some(Server::start(other, &ab_root, false, false).await?),
+        Some(other) => Some(Server::start(other, &ab_root, own(false), false).await?),
         None => None,
     };
     if let Some((url, key)) = &postgres {
@@ -457,13 +479,20 @@ fn bench_config(root: &Path) -> Config {
 /// build lifts the per-address connection cap; another build (`--keyhold`, `--ab`) gets only
 /// the keys that every build since the first knows, and the backup key (a key made for this
 /// run) only when the `backup` scenario runs.
-fn config_toml(root: &Path, own_build: bool, backup: bool) -> String {
-    let per_ip = if own_build {
-        "max_connections_per_ip = 1024\n"
-    } else {
-        ""
-    };
-    let recipient = if backup || own_build {
+/// Which build a server runs: this one (which knows every setting), or another.
+#[derive(Clone, Copy)]
+struct Build {
+    own: bool,
+    /// `server.max_connections_per_ip`, when it is set.
+    per_ip: Option<usize>,
+}
+
+fn config_toml(root: &Path, build: Build, backup: bool) -> String {
+    let per_ip = build
+        .per_ip
+        .map(|n| format!("max_connections_per_ip = {n}\n"))
+        .unwrap_or_default();
+    let recipient = if backup || build.own {
         let key = age::x25519::Identity::generate().to_public();
         format!("backup_recipient = \"{key}\"\n")
     } else {
@@ -706,10 +735,10 @@ impl Server {
     async fn start(
         binary: &Path,
         root: &Path,
-        own_build: bool,
+        build: Build,
         backup: bool,
     ) -> anyhow::Result<Server> {
-        Server::start_with(binary, root, config_toml(root, own_build, backup)).await
+        Server::start_with(binary, root, config_toml(root, build, backup)).await
     }
 
     /// Starts `binary` in `root` with the configuration `toml`.
