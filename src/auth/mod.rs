@@ -11,6 +11,7 @@ pub mod password_change;
 pub mod passwords;
 pub mod secrets;
 pub mod sessions;
+pub mod step_up;
 pub mod tokens;
 pub mod two_factor;
 pub mod two_factor_settings;
