@@ -874,6 +874,95 @@ async fn keyhold_migrate_copies_a_stopped_sled_install_into_postgres_where_user_
     );
 }
 
+/// The JWKS that the server at `addr` serves.
+async fn jwks(dir: &Path, addr: SocketAddr) -> Value {
+    let certificate = std::fs::read_to_string(dir.join("data/tls/cert.pem")).unwrap();
+    https_client(&certificate, addr)
+        .get(format!(
+            "https://localhost:{}/.well-known/jwks.json",
+            addr.port()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_rotate_audit_and_check_config_work_on_postgres_from_another_machine_while_an_instance_runs()
+ {
+    let Some(url) = keyhold::store::postgres::test_cluster::fresh_database().await else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let key_file = root.path().join("hmac.key");
+    std::fs::write(&key_file, rand_key()).unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[passwords]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[storage]\nbackend = \"postgres\"\npath = \"./data\"\nhmac_key_file = \"{}\"\nbackup_interval = \"0s\"\n[storage.postgres]\nurl = \"{url}\"\nsslmode = \"disable\"\n",
+        key_file.display()
+    );
+    // An instance, and an operator's folder of its own (no admin socket there): every
+    // command goes to the database.
+    let (serving, operator) = (root.path().join("instance"), root.path().join("operator"));
+    for dir in [&serving, &operator] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("config.toml"), &config).unwrap();
+    }
+    let (mut child, addr, _stderr, _log) = start_server(&serving, &[]).await;
+    let certificate = std::fs::read_to_string(serving.join("data/tls/cert.pem")).unwrap();
+    let register = "mutation($data: String!) { register(input: { data: $data }) { userId } }";
+    let data = json!({ "email": "ops@example.com", "password": "correct horse battery staple" });
+    call(
+        &https_client(&certificate, addr),
+        addr,
+        None,
+        register,
+        json!({ "data": data.to_string() }),
+    )
+    .await;
+    assert!(!operator.join("data/admin.sock").exists());
+
+    let checked = keyhold_ok(&operator, &["check-config", "--config", "config.toml"]).await;
+    assert!(checked.contains("configuration OK"), "{checked}");
+    let audited = keyhold_ok(
+        &operator,
+        &[
+            "audit",
+            "--config",
+            "config.toml",
+            "--user",
+            "ops@example.com",
+            "--since",
+            "1h",
+        ],
+    )
+    .await;
+    assert!(
+        audited.contains("registered") && audited.contains("ops@example.com"),
+        "the instance's event is read from the database: {audited}"
+    );
+    let before = jwks(&serving, addr).await["keys"].as_array().unwrap().len();
+    let rotated = keyhold_ok(&operator, &["keys", "rotate", "--config", "config.toml"]).await;
+    assert!(rotated.contains("is current"), "{rotated}");
+    // An instance that starts now reads the keys from the database: the new one is served
+    // beside the old.
+    let later = root.path().join("later");
+    std::fs::create_dir(&later).unwrap();
+    std::fs::write(later.join("config.toml"), &config).unwrap();
+    let (mut second, second_addr, _stderr2, _log2) = start_server(&later, &[]).await;
+    let served = jwks(&later, second_addr).await["keys"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(served, before + 1, "the rotated key is in the database");
+    for process in [&mut child, &mut second] {
+        signal(process, "-TERM");
+        process.wait().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_of_three_instances_killed_under_load_loses_no_acknowledged_write() {
     let Some(url) = keyhold::store::postgres::test_cluster::fresh_database().await else {
