@@ -696,18 +696,7 @@ async fn keys_rotate_works_on_a_stopped_server_and_the_next_start_serves_every_l
         assert!(printed.contains("is current"));
     }
     let (mut child, addr, _stderr, _log) = start_server(dir.path(), &[]).await;
-    let certificate = std::fs::read_to_string(dir.path().join("data/tls/cert.pem")).unwrap();
-    let jwks: Value = https_client(&certificate, addr)
-        .get(format!(
-            "https://localhost:{}/.well-known/jwks.json",
-            addr.port()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = jwks(dir.path(), addr).await;
     // The first key (made by the first rotate's load) and two rotations: all within their
     // tokens' lifetime, so all are served.
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 3, "{jwks}");
