@@ -36,19 +36,14 @@ pub enum LegacyRefresh {
 
 /// Signed-in devices and their refresh tokens.
 #[async_trait::async_trait]
-pub trait SessionStore: UserStore + Send + Sync {
+pub trait SessionStore: Send + Sync {
     async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
     /// The user whose session `id` is, if it exists: what every authenticated request asks,
     /// read without decoding the rest of the record.
     async fn session_owner(&self, id: Uuid) -> Result<Option<Uuid>, StoreError>;
     /// The account whose session `id` is, if both exist: what a request that needs the
-    /// caller's account asks. A backend that can read both in one step overrides this.
-    async fn session_user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
-        match self.session_owner(id).await? {
-            Some(owner) => self.user(owner).await,
-            None => Ok(None),
-        }
-    }
+    /// caller's account asks, in one step.
+    async fn session_user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError>;
     async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRecord>, StoreError>;
     /// Starts a device session for its user, replacing the one the same device had, in one
     /// transaction with `sign_in`'s change to the account (its sign-in times, maybe a new
