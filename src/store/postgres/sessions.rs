@@ -1,6 +1,6 @@
 //! Device sessions, their refresh tokens, and the keys that sign access tokens. A rotation
-//! holds the session's row locked from its read to its commit, so that of two instances
-//! given the same refresh token at once, exactly one rotates and the other sees a reuse.
+//! is one conditional `UPDATE`: of two instances given the same refresh token at once, the
+//! second waits for the first's row lock, no longer matches, and sees a reuse.
 
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
