@@ -86,6 +86,14 @@ async fn signed_in(s: &dyn Storage, user: &UserRecord, device: &str, at: i64) ->
     session
 }
 
+/// The session a rotation left, which must have rotated.
+fn rotated_session(outcome: RotateOutcome) -> SessionRecord {
+    match outcome {
+        RotateOutcome::Rotated { session, .. } => session,
+        other => panic!("the current token did not rotate: {other:?}"),
+    }
+}
+
 /// Disables the account, ending `ends`.
 async fn disable(s: &dyn Storage, id: Uuid, ends: Ends) -> Result<Changed<(), ()>, StoreError> {
     s.change_user(id, AccountChange::ending(ends), |u| {
@@ -486,9 +494,7 @@ pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn St
         .rotate_refresh(session.id, 0, &[1; 32], &[2; 32], 5_000, 86_400, 1_100)
         .await
         .unwrap();
-    let RotateOutcome::Rotated { session: now, .. } = rotated else {
-        panic!("{rotated:?}");
-    };
+    let now = rotated_session(rotated);
     assert_eq!((now.refresh_generation, now.refresh_hash), (1, [2; 32]));
     assert_eq!(now.refresh_expires_at, 5_000);
     assert_eq!(
@@ -506,21 +512,17 @@ pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn St
         (5_000, 1_100)
     );
     // A clock behind the session's last use leaves it as it was.
-    let RotateOutcome::Rotated { session: later, .. } = s
-        .rotate_refresh(session.id, 1, &[2; 32], &[5; 32], 5_000, 86_400, 1_050)
-        .await
-        .unwrap()
-    else {
-        panic!("the current token did not rotate");
-    };
+    let later = rotated_session(
+        s.rotate_refresh(session.id, 1, &[2; 32], &[5; 32], 5_000, 86_400, 1_050)
+            .await
+            .unwrap(),
+    );
     assert_eq!(later.last_seen_at, 1_100);
-    let RotateOutcome::Rotated { session: now, .. } = s
-        .rotate_refresh(session.id, 2, &[5; 32], &[2; 32], 5_000, 86_400, 1_100)
-        .await
-        .unwrap()
-    else {
-        panic!("the current token did not rotate");
-    };
+    let now = rotated_session(
+        s.rotate_refresh(session.id, 2, &[5; 32], &[2; 32], 5_000, 86_400, 1_100)
+            .await
+            .unwrap(),
+    );
     assert_eq!(now.refresh_generation, 3);
     // A wrong hash for the current generation is not the token.
     let wrong = s
