@@ -486,6 +486,40 @@ pub async fn a_session_leads_to_its_account(s: &dyn Storage) {
     assert_eq!(owner(his.id).await, None);
 }
 
+/// Lookups made at once, as every authenticated request makes one, each find their own
+/// session's account and owner; an unknown or ended session among them finds none.
+pub async fn lookups_at_once_each_find_their_own_session(s: &dyn Storage) {
+    let mut known = Vec::new();
+    for name in ["ada", "bob", "cy", "dee", "eve", "fay"] {
+        let user = stored_account(s, name).await;
+        let session = signed_in(s, &user, "laptop", 1_000).await;
+        known.push((session.id, Some(user.id)));
+    }
+    let ended = signed_in(s, &stored_account(s, "gus").await, "laptop", 1_000).await;
+    s.end_sessions(&[ended.id]).await.unwrap();
+    known.push((ended.id, None));
+    known.push((Uuid::new_v4(), None));
+    for _ in 0..ROUNDS {
+        let found = concurrently(16, |i| {
+            let known = &known;
+            async move {
+                let mut found = Vec::new();
+                for turn in 0..known.len() {
+                    let (id, _) = known[(i + turn) % known.len()];
+                    let account = s.session_user(id).await.unwrap().map(|u| u.id);
+                    let owner = s.session_owner(id).await.unwrap();
+                    found.push((id, account, owner));
+                }
+                found
+            }
+        });
+        for (id, account, owner) in found.into_iter().flatten() {
+            let want = known.iter().find(|(k, _)| *k == id).unwrap().1;
+            assert_eq!((account, owner), (want, want), "session {id}");
+        }
+    }
+}
+
 /// A refresh token rotates once; the one it replaced, presented again, ends the session.
 pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn Storage) {
     let ada = stored_account(s, "ada").await;
@@ -1110,6 +1144,7 @@ macro_rules! storage_conformance_tests {
             a_disable_racing_refreshes_leaves_no_session,
             sessions_replace_their_device_and_keep_to_the_cap,
             a_session_leads_to_its_account,
+            lookups_at_once_each_find_their_own_session,
             a_disabled_accounts_refresh_token_is_refused_as_it_is,
             a_rotated_refresh_token_presented_again_ends_its_session,
             refresh_tokens_expire_and_sessions_age_out,
