@@ -41,6 +41,7 @@ pub struct Config {
     pub passwords: PasswordsConfig,
     pub tokens: TokensConfig,
     pub two_factor: TwoFactorConfig,
+    pub webauthn: WebauthnConfig,
     pub registration: RegistrationConfig,
     pub graphql: GraphqlConfig,
     pub limits: LimitsConfig,
@@ -443,6 +444,37 @@ impl Default for TwoFactorConfig {
     }
 }
 
+/// Passkeys (WebAuthn). The relying party is the site the passkeys belong to: its ID is a
+/// domain, and every page that calls the passkey operations must be served from an origin on
+/// that domain, or the browser refuses (and so does Keyhold).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebauthnConfig {
+    /// The relying party ID, a domain such as `example.com`. Unset: the host of
+    /// `server.public_url`.
+    pub rp_id: Option<String>,
+    /// The name an authenticator shows beside the passkey.
+    pub rp_name: String,
+    /// The origins (`https://app.example.com`) of the pages that call the passkey operations.
+    /// Empty: the origin of `server.public_url`.
+    pub origins: Vec<String>,
+    /// How long a passkey ceremony (a registration or a sign-in) may take between its start
+    /// and its finish.
+    #[serde(with = "duration")]
+    pub ceremony_ttl: Duration,
+}
+
+impl Default for WebauthnConfig {
+    fn default() -> Self {
+        WebauthnConfig {
+            rp_id: None,
+            rp_name: "Keyhold".to_string(),
+            origins: Vec::new(),
+            ceremony_ttl: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrationConfig {
@@ -733,6 +765,8 @@ impl Config {
             _ => {}
         }
         self.validate_mail()?;
+        self.relying_party()?;
+        positive("webauthn.ceremony_ttl", self.webauthn.ceremony_ttl)?;
         let p = &self.passwords;
         if !(1..=256).contains(&p.min_length) {
             return Err(ConfigError::key(
@@ -898,6 +932,75 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The WebAuthn relying party these settings describe: refused when an origin is not on
+    /// the RP ID's domain (a browser would refuse every ceremony from it).
+    pub fn relying_party(&self) -> Result<webauthn_rs::Webauthn, ConfigError> {
+        let w = &self.webauthn;
+        let rp_id = match &w.rp_id {
+            Some(id) => id.trim().to_ascii_lowercase(),
+            None => self
+                .server
+                .public_url
+                .host_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+        };
+        if rp_id.is_empty() || rp_id.contains(['/', ':']) {
+            return Err(ConfigError::key(
+                "webauthn.rp_id",
+                format!("{rp_id:?} is not a domain such as \"example.com\""),
+            ));
+        }
+        let origins = if w.origins.is_empty() {
+            vec![self.server.public_url.origin().ascii_serialization()]
+        } else {
+            w.origins.clone()
+        };
+        let mut parsed = Vec::with_capacity(origins.len());
+        for origin in &origins {
+            let url = url::Url::parse(origin).ok().filter(|u| {
+                matches!(u.scheme(), "https" | "http") && u.path() == "/" && u.query().is_none()
+            });
+            let Some(url) = url.filter(|_| !origin.ends_with('/')) else {
+                return Err(ConfigError::key(
+                    "webauthn.origins",
+                    format!("{origin:?} is not an origin such as \"https://app.example.com\""),
+                ));
+            };
+            let host = url.host_str().unwrap_or_default();
+            if host != rp_id && !host.ends_with(&format!(".{rp_id}")) {
+                return Err(ConfigError::key(
+                    "webauthn.origins",
+                    format!(
+                        "{origin:?} is not on the relying party's domain {rp_id:?} \
+                         (webauthn.rp_id): browsers refuse passkeys there"
+                    ),
+                ));
+            }
+            // Browsers allow WebAuthn over plain HTTP only on localhost.
+            if url.scheme() == "http" && host != "localhost" {
+                return Err(ConfigError::key(
+                    "webauthn.origins",
+                    format!("{origin:?}: passkeys need https:// (http:// only on localhost)"),
+                ));
+            }
+            parsed.push(url);
+        }
+        let invalid = |e: webauthn_rs::prelude::WebauthnError| {
+            ConfigError::key("webauthn.rp_id", format!("refused by WebAuthn: {e}"))
+        };
+        let mut builder = webauthn_rs::WebauthnBuilder::new(&rp_id, &parsed[0])
+            .map_err(invalid)?
+            .rp_name(&w.rp_name)
+            .timeout(w.ceremony_ttl);
+        for origin in &parsed[1..] {
+            builder = builder.append_allowed_origin(origin);
+        }
+        builder.build().map_err(invalid)
+    }
+}
+
 fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
         return Err(ConfigError::key(key, "must be longer than 0s"));
@@ -1012,6 +1115,44 @@ mod tests {
     fn the_shipped_config_toml_states_the_defaults() {
         let shipped = Config::from_toml_str(include_str!("../config.toml")).unwrap();
         assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn passkey_origins_must_be_on_the_relying_partys_domain() {
+        // Defaults: the RP ID and the origin come from server.public_url.
+        assert!(Config::default().validate().is_ok());
+        let ok = Config::from_toml_str(
+            "[webauthn]\nrp_id = \"example.com\"\norigins = [\"https://example.com\", \"https://app.example.com:8443\"]",
+        )
+        .unwrap();
+        assert!(ok.validate().is_ok());
+        for (toml, named) in [
+            (
+                "[webauthn]\nrp_id = \"example.com\"\norigins = [\"https://example.org\"]",
+                "webauthn.origins",
+            ),
+            (
+                "[webauthn]\nrp_id = \"example.com\"\norigins = [\"https://badexample.com\"]",
+                "webauthn.origins",
+            ),
+            (
+                "[webauthn]\nrp_id = \"example.com\"\norigins = [\"http://app.example.com\"]",
+                "webauthn.origins",
+            ),
+            (
+                "[webauthn]\nrp_id = \"example.com\"\norigins = [\"https://app.example.com/login\"]",
+                "webauthn.origins",
+            ),
+            ("[webauthn]\nrp_id = \"example.com\"", "webauthn.origins"),
+            (
+                "[webauthn]\nrp_id = \"https://example.com\"",
+                "webauthn.rp_id",
+            ),
+            ("[webauthn]\nceremony_ttl = \"0s\"", "webauthn.ceremony_ttl"),
+        ] {
+            let refused = Config::from_toml_str(toml).expect_err(toml).to_string();
+            assert!(refused.contains(named), "{toml}: {refused}");
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum Event {
     AccountDisabled,
     AccountEnabled,
     AccountDeleted,
+    PasskeyAdded,
+    PasskeyRemoved,
 }
 
 impl Event {
@@ -53,6 +55,8 @@ impl Event {
             Event::AccountDisabled => "account_disabled",
             Event::AccountEnabled => "account_enabled",
             Event::AccountDeleted => "account_deleted",
+            Event::PasskeyAdded => "passkey_added",
+            Event::PasskeyRemoved => "passkey_removed",
         }
     }
 }

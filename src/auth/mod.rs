@@ -7,6 +7,7 @@ pub mod challenge;
 pub mod factors;
 pub use crate::limits;
 pub mod operators;
+pub mod passkeys;
 pub mod password_change;
 pub mod passwords;
 pub mod secrets;
@@ -34,6 +35,7 @@ use crate::domain::records::{MailQueueRecord, QueuedMail};
 use crate::mail::{Mailer, OutgoingMail, Template};
 use crate::store::{Changed, Storage};
 
+pub use passkeys::PasskeyChallenge;
 pub use password_change::ChangeOutcome;
 pub use passwords::PasswordHasher;
 pub use secrets::Secrets;
@@ -59,6 +61,8 @@ pub struct Auth {
     pub mail_backlog: crate::mail::MailBacklog,
     /// What `GET /metrics` reports.
     pub metrics: crate::metrics::Metrics,
+    /// The WebAuthn relying party (`webauthn.*`), for passkeys.
+    pub webauthn: webauthn_rs::Webauthn,
     /// When each session was last used, kept in memory so that a request does not write.
     last_seen: Mutex<HashMap<Uuid, i64>>,
 }
@@ -105,7 +109,9 @@ impl Auth {
         let tokens =
             Tokens::load_or_create(&*store, &config.tokens, &secrets, clock.unix_seconds()).await?;
         let mail_backlog = crate::mail::MailBacklog::new(store.mail_queue_len().await?);
+        let webauthn = config.relying_party()?;
         Ok(Auth {
+            webauthn,
             mail_backlog,
             config,
             store,

@@ -71,6 +71,52 @@ pub struct UserRecord {
     /// its mail, at `email` until the code mailed to this one is used.
     #[serde(default)]
     pub pending_email: Option<PendingEmailRecord>,
+    /// The account's passkeys (WebAuthn credentials), in the order they were added.
+    #[serde(default)]
+    pub passkeys: Vec<PasskeyRecord>,
+    /// A passkey registration started and not yet finished: the ceremony's state, kept here
+    /// (not by the client) so that it is used once and expires, on whichever instance.
+    #[serde(default)]
+    pub pending_passkey: Option<PendingPasskeyRecord>,
+}
+
+/// One passkey of an account.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct PasskeyRecord {
+    /// The name its owner gave it ("laptop").
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    #[serde(default)]
+    pub last_used_at: Option<i64>,
+    /// What webauthn-rs keeps of the credential: its ID, public key, signature counter and
+    /// backup state. A public key: nothing in it signs anybody in.
+    pub credential: webauthn_rs::prelude::Passkey,
+}
+
+impl PasskeyRecord {
+    /// The credential ID as the browser and the API write it (base64url, no padding).
+    pub fn id(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.credential.cred_id().as_slice())
+    }
+
+    /// Whether the authenticator said, at its last use, that the passkey is backed up
+    /// (synced to the owner's other devices).
+    pub fn backed_up(&self) -> bool {
+        webauthn_rs::prelude::Credential::from(self.credential.clone()).backup_state
+    }
+}
+
+/// A passkey registration between its two calls.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct PendingPasskeyRecord {
+    /// What `finishPasskeyRegistration` must name.
+    pub challenge_id: Uuid,
+    pub expires_at: i64,
+    /// webauthn-rs's state of the ceremony: the challenge it sent, and what it asked for.
+    pub state: webauthn_rs::prelude::PasskeyRegistration,
 }
 
 /// An address change waiting for the code mailed to the new address.
@@ -102,6 +148,8 @@ impl UserRecord {
             pending_totp: None,
             stamp: 0,
             pending_email: None,
+            passkeys: Vec::new(),
+            pending_passkey: None,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod context;
 pub mod error;
 pub mod guard;
 mod metrics;
+pub mod passkeys;
 pub mod password;
 pub mod scalars;
 pub mod session;
@@ -24,7 +25,11 @@ pub use context::RequestMeta;
 /// The query root: each area's queries, merged.
 #[derive(MergedObject, Default)]
 #[graphql(name = "RootQueryType")]
-pub struct RootQuery(account::AccountQuery, session::SessionQuery);
+pub struct RootQuery(
+    account::AccountQuery,
+    session::SessionQuery,
+    passkeys::PasskeyQuery,
+);
 
 /// The mutation root: each area's mutations, merged.
 #[derive(MergedObject, Default)]
@@ -34,6 +39,7 @@ pub struct RootMutation(
     session::SessionMutation,
     two_factor::TwoFactorMutation,
     password::PasswordMutation,
+    passkeys::PasskeyMutation,
 );
 
 pub type KeyholdSchema = Schema<RootQuery, RootMutation, EmptySubscription>;

@@ -30,10 +30,12 @@ pub enum Template {
     EmailChangeRequested,
     /// `reset_link`: an address change asked for an address that already has an account.
     AddressInUse,
+    /// `how` ("added" or "removed"), `name`, `when`, `reset_link`: a passkey of the account.
+    PasskeyChanged,
 }
 
 impl Template {
-    pub const ALL: [Template; 10] = [
+    pub const ALL: [Template; 11] = [
         Template::VerifyEmail,
         Template::AccountExists,
         Template::TwoFactorCode,
@@ -44,6 +46,7 @@ impl Template {
         Template::SecondFactorLocked,
         Template::EmailChangeRequested,
         Template::AddressInUse,
+        Template::PasskeyChanged,
     ];
 
     /// The file stem: `NAME.txt` and `NAME.html` in `mail.templates_dir` replace the built-ins.
@@ -59,6 +62,7 @@ impl Template {
             Template::SecondFactorLocked => "second_factor_locked",
             Template::EmailChangeRequested => "email_change_requested",
             Template::AddressInUse => "address_in_use",
+            Template::PasskeyChanged => "passkey_changed",
         }
     }
 
@@ -103,6 +107,10 @@ impl Template {
             Template::AddressInUse => (
                 include_str!("templates/address_in_use.txt"),
                 include_str!("templates/address_in_use.html"),
+            ),
+            Template::PasskeyChanged => (
+                include_str!("templates/passkey_changed.txt"),
+                include_str!("templates/passkey_changed.html"),
             ),
         }
     }
@@ -199,6 +207,7 @@ mod tests {
             new_email => "new@example.com",
             failures => 10,
             until => "2026-11-25T10:50:00Z",
+            name => "laptop",
         };
         for template in Template::ALL {
             let (subject, text, html) = templates.render(template, ctx.clone()).unwrap();

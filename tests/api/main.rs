@@ -20,6 +20,7 @@ mod logs;
 mod mail;
 mod mail_queue;
 mod operations;
+mod passkeys;
 mod passwords;
 mod process;
 mod properties;
