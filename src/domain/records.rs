@@ -109,6 +109,28 @@ impl PasskeyRecord {
     }
 }
 
+/// `ceremonies`: a passkey sign-in between its start and its finish, taken (and so ended) by
+/// the first finish that names it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CeremonyRecord {
+    pub id: Uuid,
+    pub expires_at: i64,
+    /// The account it was started for (by address); `None`: any passkey's account.
+    pub user_id: Option<Uuid>,
+    pub state: CeremonyState,
+}
+
+/// webauthn-rs's state of a passkey sign-in.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum CeremonyState {
+    /// For the passkeys of one account.
+    Account(webauthn_rs::prelude::PasskeyAuthentication),
+    /// Usernameless: the passkey names its account.
+    Discoverable(webauthn_rs::prelude::DiscoverableAuthentication),
+    /// For an address with no account (or no passkey): no answer finishes it.
+    Nobody,
+}
+
 /// A passkey registration between its two calls.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct PendingPasskeyRecord {

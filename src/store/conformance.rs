@@ -520,6 +520,33 @@ pub async fn lookups_at_once_each_find_their_own_session(s: &dyn Storage) {
     }
 }
 
+/// A passkey sign-in ceremony that expires at `expires_at`, for nobody.
+fn ceremony(expires_at: i64) -> CeremonyRecord {
+    CeremonyRecord {
+        id: Uuid::new_v4(),
+        expires_at,
+        user_id: Some(Uuid::new_v4()),
+        state: CeremonyState::Nobody,
+    }
+}
+
+/// A ceremony is taken once: of finishes racing for it, exactly one gets it, as it was stored.
+pub async fn a_ceremony_is_taken_once(s: &dyn Storage) {
+    assert!(s.take_ceremony(Uuid::new_v4()).await.unwrap().is_none());
+    for _ in 0..ROUNDS {
+        let stored = ceremony(5_000);
+        s.put_ceremony(&stored).await.unwrap();
+        let taken = concurrently(6, |_| s.take_ceremony(stored.id));
+        let winners: Vec<CeremonyRecord> = taken.into_iter().filter_map(Result::unwrap).collect();
+        assert_eq!(winners.len(), 1);
+        assert_eq!(
+            (winners[0].id, winners[0].expires_at, winners[0].user_id),
+            (stored.id, stored.expires_at, stored.user_id)
+        );
+        assert!(s.take_ceremony(stored.id).await.unwrap().is_none());
+    }
+}
+
 /// A refresh token rotates once; the one it replaced, presented again, ends the session.
 pub async fn a_rotated_refresh_token_presented_again_ends_its_session(s: &dyn Storage) {
     let ada = stored_account(s, "ada").await;
@@ -993,6 +1020,10 @@ pub async fn the_sweep_removes_what_expired_and_nothing_else(s: &dyn Storage) {
     )
     .await
     .unwrap();
+    let due = ceremony(2_500);
+    let later = ceremony(9_000);
+    s.put_ceremony(&due).await.unwrap();
+    s.put_ceremony(&later).await.unwrap();
 
     let early = s.sweep_expired(1_000, 100).await.unwrap();
     assert_eq!(early.removed(), 0);
@@ -1010,11 +1041,14 @@ pub async fn the_sweep_removes_what_expired_and_nothing_else(s: &dyn Storage) {
             total.email_codes,
             total.reset_codes,
             total.sessions,
-            total.challenges
+            total.challenges,
+            total.ceremonies
         ),
-        (1, 1, 1, 1),
+        (1, 1, 1, 1, 1),
         "{total:?}"
     );
+    assert!(s.take_ceremony(due.id).await.unwrap().is_none());
+    assert!(s.take_ceremony(later.id).await.unwrap().is_some());
     assert!(s.session(old.id).await.unwrap().is_none());
     assert!(s.session(young.id).await.unwrap().is_some());
     assert!(s.challenge(challenge.id).await.unwrap().is_none());
@@ -1145,6 +1179,7 @@ macro_rules! storage_conformance_tests {
             sessions_replace_their_device_and_keep_to_the_cap,
             a_session_leads_to_its_account,
             lookups_at_once_each_find_their_own_session,
+            a_ceremony_is_taken_once,
             a_disabled_accounts_refresh_token_is_refused_as_it_is,
             a_rotated_refresh_token_presented_again_ends_its_session,
             refresh_tokens_expire_and_sessions_age_out,

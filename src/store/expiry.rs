@@ -8,13 +8,19 @@ pub struct SweepReport {
     pub refresh_tokens: u64,
     pub sessions: u64,
     pub challenges: u64,
+    pub ceremonies: u64,
     /// Index entries looked at (including ones whose record was gone or not yet due).
     pub entries: u64,
 }
 
 impl SweepReport {
     pub fn removed(&self) -> u64 {
-        self.email_codes + self.reset_codes + self.refresh_tokens + self.sessions + self.challenges
+        self.email_codes
+            + self.reset_codes
+            + self.refresh_tokens
+            + self.sessions
+            + self.challenges
+            + self.ceremonies
     }
 
     pub fn add(&mut self, other: &SweepReport) {
@@ -23,6 +29,7 @@ impl SweepReport {
         self.refresh_tokens += other.refresh_tokens;
         self.sessions += other.sessions;
         self.challenges += other.challenges;
+        self.ceremonies += other.ceremonies;
         self.entries += other.entries;
     }
 }

@@ -6,6 +6,7 @@
 mod account_tx;
 mod accounts;
 mod audit;
+mod ceremonies;
 mod challenges;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
@@ -21,6 +22,7 @@ pub mod sled;
 pub use account_tx::{AccountChange, Changed, Ends, UserChange};
 pub use accounts::{CreateOutcome, UserStore, VerifyOutcome};
 pub use audit::{AuditRecord, AuditStore};
+pub use ceremonies::CeremonyStore;
 pub use challenges::{ChallengeStore, FactorFailuresRecord, Revision, Versioned};
 pub use expiry::SweepReport;
 pub use limits::LimitStore;
@@ -130,6 +132,7 @@ pub trait Storage:
     UserStore
     + SessionStore
     + ChallengeStore
+    + CeremonyStore
     + PasswordStore
     + SigningKeyStore
     + MailQueueStore

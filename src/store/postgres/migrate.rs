@@ -7,10 +7,13 @@ use tokio_postgres::error::SqlState;
 use super::{OpenError, Store};
 
 /// Every version of the schema, in order.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../../migrations/0001_initial.sql")),
+    (2, include_str!("../../../migrations/0002_ceremonies.sql")),
+];
 
-/// The newest schema this Keyhold knows.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The newest schema this Keyhold knows: the last of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Applies the versions the database lacks.
 pub(super) async fn migrate(store: &Store) -> Result<(), OpenError> {
@@ -88,4 +91,60 @@ async fn migrate_once(client: &mut deadpool_postgres::Object) -> Result<(), Atte
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_one_by_one_and_the_newest_is_the_schema_version() {
+        for (i, (version, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version, i64::try_from(i).unwrap() + 1);
+        }
+        assert_eq!(SCHEMA_VERSION, i64::try_from(MIGRATIONS.len()).unwrap());
+        assert_eq!(SCHEMA_VERSION, 2);
+    }
+
+    #[tokio::test]
+    async fn a_database_of_version_one_is_brought_to_the_newest_at_start_up() {
+        use crate::store::CeremonyStore;
+        let Some(url) = crate::store::postgres::test_cluster::fresh_database().await else {
+            return;
+        };
+        let config = crate::store::postgres::test_cluster::config_for(&url);
+        let limits = crate::config::LimitsConfig::default();
+        let store = crate::store::postgres::open(&config, &limits)
+            .await
+            .unwrap();
+        // As an install of the first release left it.
+        store
+            .client()
+            .await
+            .unwrap()
+            .batch_execute("DROP TABLE ceremonies; DELETE FROM keyhold_schema WHERE version > 1;")
+            .await
+            .unwrap();
+        drop(store);
+        let store = crate::store::postgres::open(&config, &limits)
+            .await
+            .unwrap();
+        let version: i64 = store
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT max(version) FROM keyhold_schema", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, SCHEMA_VERSION);
+        let ceremony = crate::domain::records::CeremonyRecord {
+            id: uuid::Uuid::new_v4(),
+            expires_at: 10,
+            user_id: None,
+            state: crate::domain::records::CeremonyState::Nobody,
+        };
+        store.put_ceremony(&ceremony).await.unwrap();
+        assert!(store.take_ceremony(ceremony.id).await.unwrap().is_some());
+    }
 }

@@ -10,6 +10,7 @@
 //! (`40001`, `40P01`) are retried.
 
 mod accounts;
+mod ceremonies;
 mod challenges;
 mod connect;
 mod limits;
@@ -383,6 +384,7 @@ impl ExpiryStore for Store {
             ("reset_codes", "hash", "expires_at"),
             ("sessions", "id", "refresh_expires_at"),
             ("challenges", "id", "expires_at"),
+            ("ceremonies", "id", "expires_at"),
         ] {
             if left == 0 {
                 break;
@@ -402,7 +404,8 @@ impl ExpiryStore for Store {
                 "email_codes" => report.email_codes += removed,
                 "reset_codes" => report.reset_codes += removed,
                 "sessions" => report.sessions += removed,
-                _ => report.challenges += removed,
+                "challenges" => report.challenges += removed,
+                _ => report.ceremonies += removed,
             }
             report.entries += removed;
         }

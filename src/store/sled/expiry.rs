@@ -130,6 +130,12 @@ impl Store {
                     }
                 }
             }
+            ExpiryKind::Ceremony => {
+                // A ceremony is not changed once stored: its index entry is its expiry.
+                if self.ceremonies.remove(id)?.is_some() {
+                    report.ceremonies += 1;
+                }
+            }
         }
         Ok(())
     }

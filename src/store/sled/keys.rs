@@ -76,6 +76,8 @@ pub const STEP_UPS_BY_USER: &str = "step_ups_by_user";
 pub const CHALLENGES_BY_USER: &str = "challenges_by_user";
 pub const RESET_CODES: &str = "reset_codes";
 pub const RESET_BY_USER: &str = "reset_by_user";
+/// Passkey sign-in ceremonies: id (16 bytes) -> `CeremonyRecord`.
+pub const CEREMONIES: &str = "ceremonies";
 
 pub const EXPIRY: &str = "expiry";
 pub const MAIL_QUEUE: &str = "mail_queue";
@@ -90,6 +92,7 @@ pub enum ExpiryKind {
     RefreshToken = 3,
     Session = 4,
     Challenge = 5,
+    Ceremony = 6,
 }
 
 impl ExpiryKind {
@@ -100,6 +103,7 @@ impl ExpiryKind {
             3 => ExpiryKind::RefreshToken,
             4 => ExpiryKind::Session,
             5 => ExpiryKind::Challenge,
+            6 => ExpiryKind::Ceremony,
             _ => return None,
         })
     }

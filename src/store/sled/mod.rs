@@ -6,6 +6,7 @@ mod account_tx;
 mod accounts;
 mod audit;
 pub mod backup;
+mod ceremonies;
 mod challenges;
 mod expiry;
 pub mod keys;
