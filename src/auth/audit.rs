@@ -32,6 +32,8 @@ pub enum Event {
     AccountDeleted,
     PasskeyAdded,
     PasskeyRemoved,
+    /// A passkey answer whose signature counter went back: a cloned authenticator.
+    PasskeyCloned,
 }
 
 impl Event {
@@ -57,6 +59,7 @@ impl Event {
             Event::AccountDeleted => "account_deleted",
             Event::PasskeyAdded => "passkey_added",
             Event::PasskeyRemoved => "passkey_removed",
+            Event::PasskeyCloned => "passkey_cloned",
         }
     }
 }

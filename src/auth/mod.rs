@@ -7,6 +7,7 @@ pub mod challenge;
 pub mod factors;
 pub use crate::limits;
 pub mod operators;
+pub mod passkey_login;
 pub mod passkeys;
 pub mod password_change;
 pub mod passwords;

@@ -104,7 +104,7 @@ pub fn named_by_refresh_token(secrets: &Secrets, token: &str) -> Option<(Uuid, u
     Some((session_id, generation))
 }
 
-fn device_text(field: &str, value: Option<String>) -> Result<Option<String>> {
+pub(crate) fn device_text(field: &str, value: Option<String>) -> Result<Option<String>> {
     match value {
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),

@@ -2,8 +2,11 @@
 
 use async_graphql::{Context, Object, SimpleObject};
 
-use super::context::{auth, caller};
+use super::context::{auth, caller, meta};
 use super::error::ResultExt;
+use super::scalars::EmailAddress;
+use super::types::{DeviceInfo, LoginResult};
+use crate::auth::DeviceInput;
 use crate::auth::iso;
 use crate::domain::records::PasskeyRecord;
 
@@ -100,6 +103,47 @@ impl PasskeyMutation {
             .await
             .gql()?;
         Ok(Some(Passkey::from(&passkey)))
+    }
+
+    /// extension: start signing in with a passkey. With `email`, the request names that
+    /// account's passkeys (an unknown address gets an answer of the same shape); without it,
+    /// the request is usernameless and the passkey names its account.
+    async fn start_passkey_login(
+        &self,
+        ctx: &Context<'_>,
+        email: Option<EmailAddress>,
+    ) -> async_graphql::Result<Option<PasskeyChallenge>> {
+        let challenge = auth(ctx)
+            .start_passkey_login(email.as_ref().map(|e| e.normalized()), &meta(ctx).origin())
+            .await
+            .gql()?;
+        Ok(Some(challenge.into()))
+    }
+
+    /// extension: finish a passkey sign-in with the browser's answer (the JSON of the
+    /// `PublicKeyCredential`): a device session and the token pair, as `login` gives them.
+    async fn finish_passkey_login(
+        &self,
+        ctx: &Context<'_>,
+        challenge_id: String,
+        credential: String,
+        device_info: Option<DeviceInfo>,
+    ) -> async_graphql::Result<Option<LoginResult>> {
+        let auth = auth(ctx);
+        let device = device_info.unwrap_or_default();
+        let signed_in = auth
+            .finish_passkey_login(
+                &challenge_id,
+                &credential,
+                DeviceInput {
+                    device_id: device.device_id,
+                    name: device.name,
+                },
+                &meta(ctx).origin(),
+            )
+            .await
+            .gql()?;
+        Ok(Some(LoginResult::signed_in(auth, signed_in)))
     }
 
     /// extension: remove a passkey of the signed-in account, with the same proof as adding

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_authenticator_rs::{AuthenticatorBackend, WebauthnAuthenticator};
@@ -268,4 +269,277 @@ async fn an_answer_from_another_origin_or_for_another_site_is_refused_and_change
     let body = finish(&app, &token, &id, &credential).await;
     assert!(body["errors"].is_null(), "{body}");
     assert_eq!(passkeys(&app, &token).await.len(), 1);
+}
+
+const START_LOGIN: &str =
+    "mutation($email: EmailAddress) { startPasskeyLogin(email: $email) { challengeId options } }";
+const FINISH_LOGIN: &str = "mutation($id: String!, $credential: String!, $device: DeviceInfo) { finishPasskeyLogin(challengeId: $id, credential: $credential, deviceInfo: $device) { status token refreshToken deviceId userProfile { email } } }";
+
+/// A verified, signed-in user with one passkey on `key`: the access token, the account's id
+/// and the passkey's credential ID.
+async fn with_passkey(
+    app: &TestApp,
+    email: &str,
+    key: &mut SoftPasskey,
+) -> (String, String, String) {
+    app.verified_user(email, PASSWORD).await;
+    let login = app.signed_in(email, PASSWORD, None).await;
+    let token = login["token"].as_str().unwrap().to_string();
+    let user_id = login["userUid"].as_str().unwrap().to_string();
+    let (id, options) = start(app, &token).await;
+    let body = finish(app, &token, &id, &answer(key, origin(), options)).await;
+    let passkey = body["data"]["finishPasskeyRegistration"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_string();
+    (token, user_id, passkey)
+}
+
+/// `startPasskeyLogin`: the challenge ID and the request options (the `publicKey` JSON).
+async fn start_login(app: &TestApp, email: Option<&str>) -> (String, Value) {
+    let body = app.graphql(START_LOGIN, json!({ "email": email })).await;
+    let started = &body["data"]["startPasskeyLogin"];
+    assert!(started.is_object(), "{body}");
+    let options = serde_json::from_str(started["options"].as_str().unwrap()).unwrap();
+    (
+        started["challengeId"].as_str().unwrap().to_string(),
+        options,
+    )
+}
+
+/// The authenticator's answer to request `options`, from a page at `at`. A usernameless
+/// request lists no credentials; this authenticator keeps none, so the test names
+/// `passkey` for it, and returns the account's handle as a discoverable passkey would.
+fn assert_with(
+    key: &mut SoftPasskey,
+    at: &str,
+    mut options: Value,
+    passkey: &str,
+    user_handle: Option<&str>,
+) -> String {
+    if options["allowCredentials"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        options["allowCredentials"] = json!([{ "type": "public-key", "id": passkey }]);
+    }
+    let options = serde_json::from_value(options).unwrap();
+    let at = Url::parse(at).unwrap();
+    let credential = AuthenticatorBackend::perform_auth(key, at, options, 60_000).unwrap();
+    let mut credential = serde_json::to_value(&credential).unwrap();
+    if let Some(handle) = user_handle {
+        let uuid = uuid::Uuid::parse_str(handle).unwrap();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        credential["response"]["userHandle"] = json!(b64.encode(uuid.as_bytes()));
+    }
+    credential.to_string()
+}
+
+async fn finish_login(app: &TestApp, id: &str, credential: &str) -> Value {
+    app.graphql(
+        FINISH_LOGIN,
+        json!({ "id": id, "credential": credential, "device": { "deviceId": "phone", "name": "Phone" } }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_passkey_signs_in_by_address_and_usernameless() {
+    let app = TestApp::spawn().await;
+    let mut key = SoftPasskey::new(true);
+    let (_, user_id, passkey) = with_passkey(&app, "tara@example.com", &mut key).await;
+
+    let (id, options) = start_login(&app, Some("tara@example.com")).await;
+    assert_eq!(options["allowCredentials"][0]["id"], passkey, "{options}");
+    assert_eq!(options["userVerification"], "required");
+    let credential = assert_with(&mut key, "https://localhost:8443", options, &passkey, None);
+    let body = finish_login(&app, &id, &credential).await;
+    let signed_in = &body["data"]["finishPasskeyLogin"];
+    assert_eq!(signed_in["status"], 200, "{body}");
+    assert_eq!(signed_in["deviceId"], "phone");
+    assert_eq!(signed_in["userProfile"]["email"], "tara@example.com");
+    let token = signed_in["token"].as_str().unwrap();
+    let listed = passkeys(&app, token).await;
+    assert!(listed[0]["lastUsedAt"].is_string(), "{listed:?}");
+
+    // The same answer again: its ceremony is gone.
+    let replayed = finish_login(&app, &id, &credential).await;
+    assert_eq!(error_code(&replayed), "INVALID_CODE", "{replayed}");
+
+    let (id, options) = start_login(&app, None).await;
+    assert!(
+        options["allowCredentials"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{options}"
+    );
+    let credential = assert_with(
+        &mut key,
+        "https://localhost:8443",
+        options,
+        &passkey,
+        Some(&user_id),
+    );
+    let body = finish_login(&app, &id, &credential).await;
+    assert_eq!(body["data"]["finishPasskeyLogin"]["status"], 200, "{body}");
+    // Its refresh token works as any other.
+    let refresh = body["data"]["finishPasskeyLogin"]["refreshToken"]
+        .as_str()
+        .unwrap();
+    let body = app
+        .graphql(crate::helpers::NEW_TOKEN, json!({ "refresh": refresh }))
+        .await;
+    assert_eq!(body["data"]["newToken"]["status"], 200, "{body}");
+}
+
+#[tokio::test]
+async fn an_unknown_address_gets_the_same_shape_of_request_and_no_sign_in() {
+    let app = TestApp::spawn().await;
+    let mut key = SoftPasskey::new(true);
+    let (_, _, passkey) = with_passkey(&app, "uma@example.com", &mut key).await;
+    let (_, known) = start_login(&app, Some("uma@example.com")).await;
+    let (id, unknown) = start_login(&app, Some("nobody@example.com")).await;
+    let (_, again) = start_login(&app, Some("nobody@example.com")).await;
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&known), keys(&unknown), "{known} / {unknown}");
+    assert!(!unknown["allowCredentials"].as_array().unwrap().is_empty());
+    assert_eq!(
+        unknown["allowCredentials"], again["allowCredentials"],
+        "the same made-up passkeys each time"
+    );
+    // Even a real passkey (uma's, for the address of nobody) finishes nothing.
+    let mut unknown = unknown;
+    unknown["allowCredentials"] = json!([]);
+    let credential = assert_with(&mut key, "https://localhost:8443", unknown, &passkey, None);
+    let body = finish_login(&app, &id, &credential).await;
+    assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+}
+
+#[tokio::test]
+async fn passkey_answers_from_elsewhere_for_another_account_or_removed_are_refused_and_counted() {
+    let app = TestApp::spawn_with(|c| c.two_factor.max_failures_per_account = 3).await;
+    let mut key = SoftPasskey::new(true);
+    let (token, user_id, passkey) = with_passkey(&app, "vic@example.com", &mut key).await;
+    let mut theirs = SoftPasskey::new(true);
+    let (_, other_id, other_passkey) = with_passkey(&app, "wes@example.com", &mut theirs).await;
+
+    // From another origin.
+    let (id, options) = start_login(&app, Some("vic@example.com")).await;
+    let credential = assert_with(&mut key, "https://evil.example", options, &passkey, None);
+    assert_eq!(
+        error_code(&finish_login(&app, &id, &credential).await),
+        "INVALID_CODE"
+    );
+    // Asked for vic's passkeys, answered with wes's, claiming either account.
+    for handle in [None, Some(user_id.as_str()), Some(other_id.as_str())] {
+        let (id, mut options) = start_login(&app, Some("vic@example.com")).await;
+        options["allowCredentials"] = json!([]);
+        let credential = assert_with(
+            &mut theirs,
+            "https://localhost:8443",
+            options,
+            &other_passkey,
+            handle,
+        );
+        let body = finish_login(&app, &id, &credential).await;
+        assert_eq!(error_code(&body), "INVALID_CODE", "{handle:?}: {body}");
+    }
+    // Three failures spent vic's budget: even the right passkey now waits.
+    let (id, options) = start_login(&app, Some("vic@example.com")).await;
+    let credential = assert_with(&mut key, "https://localhost:8443", options, &passkey, None);
+    assert_eq!(
+        error_code(&finish_login(&app, &id, &credential).await),
+        "TOO_MANY_ATTEMPTS"
+    );
+
+    // wes removes his passkey; it signs nobody in any more.
+    let wes = app.signed_in("wes@example.com", PASSWORD, None).await;
+    let wes_token = wes["token"].as_str().unwrap();
+    let removed = app
+        .graphql_as(
+            wes_token,
+            REMOVE,
+            json!({ "id": other_passkey, "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(removed["data"]["removePasskey"], true, "{removed}");
+    let (id, options) = start_login(&app, None).await;
+    let credential = assert_with(
+        &mut theirs,
+        "https://localhost:8443",
+        options,
+        &other_passkey,
+        Some(&other_id),
+    );
+    assert_eq!(
+        error_code(&finish_login(&app, &id, &credential).await),
+        "INVALID_CODE"
+    );
+    let _ = token;
+}
+
+#[tokio::test]
+async fn a_passkey_whose_counter_goes_back_is_refused_and_audited_as_cloned() {
+    let app = TestApp::spawn().await;
+    let mut key = SoftPasskey::new(true);
+    let (_, _, passkey) = with_passkey(&app, "xia@example.com", &mut key).await;
+    // Two sign-ins started together; the later answer (a higher counter) finishes first.
+    let (first, options_1) = start_login(&app, Some("xia@example.com")).await;
+    let (second, options_2) = start_login(&app, Some("xia@example.com")).await;
+    let earlier = assert_with(
+        &mut key,
+        "https://localhost:8443",
+        options_1,
+        &passkey,
+        None,
+    );
+    let later = assert_with(
+        &mut key,
+        "https://localhost:8443",
+        options_2,
+        &passkey,
+        None,
+    );
+    let body = finish_login(&app, &second, &later).await;
+    assert_eq!(body["data"]["finishPasskeyLogin"]["status"], 200, "{body}");
+    let body = finish_login(&app, &first, &earlier).await;
+    assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+    let audit = app
+        .app()
+        .store()
+        .audit_since(0, Some("xia@example.com"), 100)
+        .await
+        .unwrap();
+    assert!(
+        audit.iter().any(|r| r.event == "passkey_cloned"),
+        "{:?}",
+        audit.iter().map(|r| &r.event).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn passkey_sign_ins_share_the_per_ip_sign_in_limit() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.enabled = true;
+        c.limits.login_per_ip_per_minute = 2;
+    })
+    .await;
+    // One password sign-in attempt and one passkey sign-in use the budget of two.
+    app.login("yan@example.com", PASSWORD, None).await;
+    let body = app
+        .graphql(START_LOGIN, json!({ "email": "yan@example.com" }))
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    for email in [json!("yan@example.com"), json!(null)] {
+        let body = app.graphql(START_LOGIN, json!({ "email": email })).await;
+        assert_eq!(error_code(&body), "RATE_LIMITED", "{body}");
+    }
+    assert_eq!(
+        error_code(&app.login("yan@example.com", PASSWORD, None).await),
+        "RATE_LIMITED"
+    );
 }
