@@ -31,6 +31,11 @@ pub(crate) enum Matched {
     Totp(u64),
     /// The keyed hash of the recovery code.
     Recovery([u8; 32]),
+    /// A passkey's answer, verified at `at`: spending it moves the passkey's counter on.
+    Passkey {
+        result: Box<webauthn_rs::prelude::AuthenticationResult>,
+        at: i64,
+    },
 }
 
 /// The label TOTP secrets are sealed under.
@@ -121,9 +126,14 @@ impl Auth {
     /// used, or a recovery code already gone, is refused, so one code never counts twice
     /// however the requests race.
     pub(crate) fn spend(user: &mut UserRecord, matched: &Matched) -> Result<()> {
-        if let Matched::Mailed = matched {
+        match matched {
             // The challenge holding it was removed by compare-and-swap already.
-            return Ok(());
+            Matched::Mailed => return Ok(()),
+            Matched::Passkey { result, at } => {
+                return super::passkey_login::spend_passkey(user, result, *at)
+                    .map_err(|_| Error::InvalidCode);
+            }
+            Matched::Totp(_) | Matched::Recovery(_) => {}
         }
         let tf = user.two_factor.as_mut().ok_or(Error::InvalidCode)?;
         match matched {
@@ -141,7 +151,7 @@ impl Auth {
                     .ok_or(Error::InvalidCode)?;
                 tf.recovery_codes.remove(index);
             }
-            Matched::Mailed => {}
+            Matched::Mailed | Matched::Passkey { .. } => {}
         }
         Ok(())
     }

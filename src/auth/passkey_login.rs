@@ -17,6 +17,11 @@ use crate::domain::Email;
 use crate::domain::records::{AccountState, CeremonyRecord, CeremonyState, UserRecord};
 use crate::error::{Error, Result};
 use crate::limits::Limit;
+use crate::store::Versioned;
+
+use super::challenge::ChallengeState;
+use super::factors::Matched;
+use crate::domain::records::ChallengeRecord;
 
 /// What the fake credential IDs of an address without passkeys are derived under.
 const FAKE_CREDENTIALS: &str = "passkey-fake-credentials";
@@ -199,29 +204,18 @@ impl Auth {
         };
         self.check_may_sign_in(&user, who.clone()).await?;
         let stamp = user.stamp;
-        let used = result.cred_id().clone();
         let went_back = std::sync::atomic::AtomicBool::new(false);
         let signed_in = self
             .open_session(user.id, device_id.clone(), name, origin, |u| {
                 if u.stamp != stamp || u.state == AccountState::Disabled {
                     return Err(Error::InvalidCode);
                 }
-                // Removed meanwhile: it signs nobody in.
-                let passkey = u
-                    .passkeys
-                    .iter_mut()
-                    .find(|p| p.credential.cred_id() == &used)
-                    .ok_or(Error::InvalidCode)?;
-                // Checked again on the account as it is now: two sign-ins started together
-                // were each checked against the counter as it was at their start.
-                let stored = webauthn_rs::prelude::Credential::from(passkey.credential.clone());
-                if result.counter() > 0 && result.counter() <= stored.counter {
-                    went_back.store(true, std::sync::atomic::Ordering::Relaxed);
-                    return Err(Error::InvalidCode);
-                }
-                passkey.credential.update_credential(&result);
-                passkey.last_used_at = Some(now);
-                Ok(())
+                spend_passkey(u, &result, now).map_err(|spent| {
+                    if spent == Spent::WentBack {
+                        went_back.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Error::InvalidCode
+                })
             })
             .await;
         if went_back.load(std::sync::atomic::Ordering::Relaxed) {
@@ -232,6 +226,81 @@ impl Auth {
             Err(e) => self.audit(Event::SignInFailed, who, e.code()).await,
         }
         signed_in
+    }
+
+    /// With a passkey on `user`, a passkey request that completes the pending sign-in
+    /// `challenge_id` in place of its code: kept as a ceremony of the same ID, and as long.
+    pub(crate) async fn start_passkey_factor(
+        &self,
+        user: &UserRecord,
+        challenge_id: Uuid,
+        expires_at: i64,
+    ) -> Result<Option<String>> {
+        if user.passkeys.is_empty() {
+            return Ok(None);
+        }
+        let passkeys: Vec<_> = user.passkeys.iter().map(|p| p.credential.clone()).collect();
+        let (options, state) = self
+            .webauthn
+            .start_passkey_authentication(&passkeys)
+            .map_err(|e| Error::internal(anyhow::anyhow!("passkey factor: {e}")))?;
+        self.store
+            .put_ceremony(&CeremonyRecord {
+                id: challenge_id,
+                expires_at,
+                user_id: Some(user.id),
+                state: CeremonyState::Account(state),
+            })
+            .await?;
+        Ok(Some(
+            serde_json::to_string(&options.public_key).map_err(Error::internal)?,
+        ))
+    }
+
+    /// A passkey's answer to a pending sign-in: verified against the ceremony of the same ID
+    /// (taken once), within the second-factor budget, and the challenge ended by
+    /// compare-and-swap, so that neither a code nor another answer finishes it too.
+    pub(crate) async fn attempt_passkey(
+        &self,
+        current: &Versioned<ChallengeRecord>,
+        user: &UserRecord,
+        credential: &PublicKeyCredential,
+        who: Subject<'_>,
+    ) -> Result<Matched> {
+        let now = self.now();
+        let c = &current.record;
+        if c.state(now, self.config.two_factor.max_attempts) == ChallengeState::Expired {
+            self.store.swap_challenge(current, None, &[]).await?;
+            return Err(Error::CodeExpired);
+        }
+        self.factor_budget(user, now).await?;
+        let Some(ceremony) = self.store.take_ceremony(c.id).await? else {
+            return Err(Error::InvalidCode);
+        };
+        let CeremonyState::Account(state) = ceremony.state else {
+            return Err(Error::InvalidCode);
+        };
+        if ceremony.user_id != Some(user.id) {
+            return Err(Error::InvalidCode);
+        }
+        let result = match self
+            .webauthn
+            .finish_passkey_authentication(credential, &state)
+        {
+            Ok(result) => result,
+            Err(e) => {
+                let cloned = matches!(e, WebauthnError::CredentialPossibleCompromise);
+                return Err(self.passkey_refused(user, who, cloned, now).await);
+            }
+        };
+        if !self.store.swap_challenge(current, None, &[]).await? {
+            // A code finished (or changed) the challenge meanwhile.
+            return Err(Error::InvalidCode);
+        }
+        Ok(Matched::Passkey {
+            result: Box::new(result),
+            at: now,
+        })
     }
 
     /// A passkey answer that did not verify: counted against the account's second-factor
@@ -267,4 +336,35 @@ impl Auth {
         self.audit(Event::SignInFailed, who, refused.code()).await;
         Err(refused)
     }
+}
+
+/// Why a verified passkey answer could not be spent.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Spent {
+    /// The passkey was removed meanwhile.
+    Gone,
+    /// Its signature counter is not past the stored one: a clone, or an older answer.
+    WentBack,
+}
+
+/// Moves the passkey that gave `result` on: its counter and backup state, and when it was
+/// last used. Checked on the account as it is when written, since two sign-ins started
+/// together were each verified against the counter as it was at their start.
+pub(crate) fn spend_passkey(
+    user: &mut UserRecord,
+    result: &webauthn_rs::prelude::AuthenticationResult,
+    now: i64,
+) -> std::result::Result<(), Spent> {
+    let passkey = user
+        .passkeys
+        .iter_mut()
+        .find(|p| p.credential.cred_id() == result.cred_id())
+        .ok_or(Spent::Gone)?;
+    let stored = webauthn_rs::prelude::Credential::from(passkey.credential.clone());
+    if result.counter() > 0 && result.counter() <= stored.counter {
+        return Err(Spent::WentBack);
+    }
+    passkey.credential.update_credential(result);
+    passkey.last_used_at = Some(now);
+    Ok(())
 }

@@ -78,6 +78,8 @@ impl Auth {
             user,
             method,
             expires_at: challenge.expires_at,
+            // A password change is confirmed with a code only.
+            passkey_options: None,
         })))
     }
 

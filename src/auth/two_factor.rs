@@ -19,6 +19,14 @@ use crate::domain::records::{ChallengePurpose, ChallengeRecord, SecondFactor, Us
 use crate::error::{Error, Result};
 use crate::store::Versioned;
 
+/// What completes a pending sign-in.
+enum Factor<'a> {
+    /// A mailed, TOTP or recovery code.
+    Code(&'a str),
+    /// A passkey's answer.
+    Passkey(&'a webauthn_rs::prelude::PublicKeyCredential),
+}
+
 /// A sign-in waiting for its second factor.
 #[derive(Debug)]
 pub struct PendingSignIn {
@@ -26,6 +34,9 @@ pub struct PendingSignIn {
     pub user: UserRecord,
     pub method: SecondFactor,
     pub expires_at: i64,
+    /// With a passkey on the account: the request options (the `publicKey` JSON) that let one
+    /// of them complete the sign-in instead of the code.
+    pub passkey_options: Option<String>,
 }
 
 /// The result of `login`.
@@ -73,11 +84,15 @@ impl Auth {
             tracing::debug!(user = %user.id, ended, "the oldest pending sign-ins gave way to a new one");
         }
         self.mail_queued();
+        let passkey_options = self
+            .start_passkey_factor(&user, challenge.id, challenge.expires_at)
+            .await?;
         Ok(PendingSignIn {
             challenge_id: challenge.id,
             user,
             method,
             expires_at: challenge.expires_at,
+            passkey_options,
         })
     }
 
@@ -109,6 +124,32 @@ impl Auth {
         challenge_id: &str,
         email: &Email,
     ) -> Result<SignedIn> {
+        self.confirm_sign_in(challenge_id, email, Factor::Code(code))
+            .await
+    }
+
+    /// Finishes a sign-in with one of the account's passkeys in place of the code: the
+    /// browser's answer to the `passkeyOptions` of `login`'s 202.
+    pub async fn confirm_2fa_with_passkey(
+        &self,
+        credential: &str,
+        challenge_id: &str,
+        email: &Email,
+    ) -> Result<SignedIn> {
+        let credential: webauthn_rs::prelude::PublicKeyCredential =
+            serde_json::from_str(credential).map_err(|_| {
+                Error::bad_input("credential", "not the JSON of a PublicKeyCredential")
+            })?;
+        self.confirm_sign_in(challenge_id, email, Factor::Passkey(&credential))
+            .await
+    }
+
+    async fn confirm_sign_in(
+        &self,
+        challenge_id: &str,
+        email: &Email,
+        factor: Factor<'_>,
+    ) -> Result<SignedIn> {
         let (current, user) = self.sign_in_challenge(challenge_id, email).await?;
         // Disabled while the challenge waited: no code signs it in.
         if user.state == crate::domain::records::AccountState::Disabled {
@@ -126,7 +167,14 @@ impl Auth {
             ip,
             device: None,
         };
-        let matched = match self.attempt(&current, &user, code).await {
+        let attempt = match factor {
+            Factor::Code(code) => self.attempt(&current, &user, code).await,
+            Factor::Passkey(credential) => {
+                self.attempt_passkey(&current, &user, credential, who.clone())
+                    .await
+            }
+        };
+        let matched = match attempt {
             Ok(matched) => matched,
             Err(e) => {
                 self.audit(Event::TwoFactorRefused, who, e.code()).await;

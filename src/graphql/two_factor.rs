@@ -35,6 +35,25 @@ impl TwoFactorMutation {
         Ok(Some(LoginResult::signed_in(auth, signed_in)))
     }
 
+    /// extension: complete a sign-in that is waiting for its second factor with one of the
+    /// account's passkeys: the browser's answer (the JSON of its `PublicKeyCredential`) to
+    /// the `passkeyOptions` of the 202 answer.
+    #[graphql(name = "confirm2FaWithPasskey")]
+    async fn confirm_2fa_with_passkey(
+        &self,
+        ctx: &Context<'_>,
+        session_id: String,
+        email: EmailAddress,
+        credential: String,
+    ) -> async_graphql::Result<Option<LoginResult>> {
+        let auth = auth(ctx);
+        let signed_in = auth
+            .confirm_2fa_with_passkey(&credential, &session_id, email.normalized())
+            .await
+            .gql()?;
+        Ok(Some(LoginResult::signed_in(auth, signed_in)))
+    }
+
     /// Send the pending sign-in's code again.
     #[graphql(name = "resend2Fa")]
     async fn resend_2fa(

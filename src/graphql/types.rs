@@ -191,6 +191,10 @@ pub struct LoginResult {
     pub user: Option<Box<UserRecord>>,
     /// extension: the method of the pending second factor.
     pub two_factor_method: Option<TwoFactorMethod>,
+    /// extension: with a passkey on the account, the request options (the `publicKey` JSON
+    /// for `navigator.credentials.get`) with which `confirm2FaWithPasskey` completes the
+    /// pending sign-in instead of the code.
+    pub passkey_options: Option<String>,
 }
 
 /// The times of a [`LoginResult`], in Unix seconds.
@@ -251,6 +255,7 @@ impl LoginResult {
             },
             user: Some(Box::new(s.user)),
             two_factor_method: None,
+            passkey_options: None,
         }
     }
 }
@@ -267,6 +272,7 @@ impl LoginResult {
             prompt_two_factor_auth: Some(true),
             prompt_tnc_acceptance: Some(false),
             two_factor_method: Some(p.method.into()),
+            passkey_options: p.passkey_options.clone(),
             ..Default::default()
         }
     }

@@ -543,3 +543,66 @@ async fn passkey_sign_ins_share_the_per_ip_sign_in_limit() {
         "RATE_LIMITED"
     );
 }
+
+#[tokio::test]
+async fn a_passkey_completes_a_two_factor_sign_in_in_place_of_the_code() {
+    const LOGIN_202: &str = "mutation($email: EmailAddress!, $password: String!) { login(credentials: { email: $email, password: $password }) { status sessionId passkeyOptions } }";
+    const CONFIRM: &str = "mutation($id: String!, $email: EmailAddress!, $credential: String!) { confirm2FaWithPasskey(sessionId: $id, email: $email, credential: $credential) { status token userProfile { email } } }";
+    let app = TestApp::spawn().await;
+    let mut key = SoftPasskey::new(true);
+    let (token, _, passkey) = with_passkey(&app, "zed@example.com", &mut key).await;
+    let body = app
+        .graphql_as(
+            &token,
+            "mutation($p: String) { enable2Fa(password: $p) { status } }",
+            json!({ "p": PASSWORD }),
+        )
+        .await;
+    assert_eq!(body["data"]["enable2Fa"]["status"], "ENABLED", "{body}");
+
+    let pending = |body: &Value| {
+        let login = &body["data"]["login"];
+        assert_eq!(login["status"], 202, "{body}");
+        let options: Value =
+            serde_json::from_str(login["passkeyOptions"].as_str().unwrap()).unwrap();
+        (login["sessionId"].as_str().unwrap().to_string(), options)
+    };
+    let vars = json!({ "email": "zed@example.com", "password": PASSWORD });
+    let (id, options) = pending(&app.graphql(LOGIN_202, vars.clone()).await);
+    assert_eq!(options["allowCredentials"][0]["id"], passkey, "{options}");
+    let credential = assert_with(&mut key, "https://localhost:8443", options, &passkey, None);
+    let confirm = json!({ "id": id, "email": "zed@example.com", "credential": credential });
+    let body = app.graphql(CONFIRM, confirm.clone()).await;
+    let signed_in = &body["data"]["confirm2FaWithPasskey"];
+    assert_eq!(signed_in["status"], 200, "{body}");
+    assert_eq!(signed_in["userProfile"]["email"], "zed@example.com");
+    // The sign-in is finished: neither the answer again nor the mailed code finishes it twice.
+    let again = app.graphql(CONFIRM, confirm).await;
+    assert_eq!(error_code(&again), "INVALID_CODE", "{again}");
+    let code = app
+        .mailbox
+        .wait_for_subject("zed@example.com", "security code")
+        .await
+        .six_digit_code();
+    let body = app
+        .graphql(
+            "mutation($c: String!, $id: String!, $e: EmailAddress!) { confirm2Fa(code: $c, sessionId: $id, email: $e) { status } }",
+            json!({ "c": code, "id": id, "e": "zed@example.com" }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+
+    // Another pending sign-in, answered by another account's passkey: refused.
+    let mut theirs = SoftPasskey::new(true);
+    let (_, _, other) = with_passkey(&app, "ann@example.com", &mut theirs).await;
+    let (id, mut options) = pending(&app.graphql(LOGIN_202, vars).await);
+    options["allowCredentials"] = json!([]);
+    let credential = assert_with(&mut theirs, "https://localhost:8443", options, &other, None);
+    let body = app
+        .graphql(
+            CONFIRM,
+            json!({ "id": id, "email": "zed@example.com", "credential": credential }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+}
