@@ -95,6 +95,25 @@ pub fn asset(path: &str) -> Response {
         .body(asset.body)
 }
 
+/// The passkey example (`/examples/passkey`, and `/examples/passkey.js` that it loads),
+/// under the same policy as GraphiQL: its own origin only, no inline script.
+pub fn passkey_example(path: &str) -> Response {
+    let (body, content_type): (&'static [u8], &str) = match path {
+        "/examples/passkey" => (
+            include_bytes!("../assets/examples/passkey.html"),
+            "text/html; charset=utf-8",
+        ),
+        "/examples/passkey.js" => (include_bytes!("../assets/examples/passkey.js"), JS),
+        _ => return StatusCode::NOT_FOUND.into(),
+    };
+    Response::builder()
+        .content_type(content_type)
+        .header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY)
+        .header(header::CACHE_CONTROL, REVALIDATE)
+        .header(header::X_FRAME_OPTIONS, "DENY")
+        .body(body)
+}
+
 /// The paths the page loads, for tests.
 pub fn asset_paths() -> impl Iterator<Item = &'static str> {
     ASSETS.iter().map(|a| a.path)

@@ -44,6 +44,8 @@ pub fn routes(state: Arc<HttpState>) -> BoxEndpoint<'static, Response> {
         .at("/.well-known/jwks.json", get(jwks))
         .at("/metrics", get(metrics))
         .at("/assets/*path", get(assets))
+        .at("/examples/passkey", get(passkey_example))
+        .at("/examples/passkey.js", get(passkey_example))
         .data(state)
         .with(
             SetHeader::new()
@@ -368,6 +370,16 @@ fn assets(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Response {
         return StatusCode::NOT_FOUND.into();
     }
     crate::graphiql::asset(req.uri().path())
+}
+
+/// `GET /examples/passkey` (and its script): the passkey example page, while the GraphiQL
+/// page is served.
+#[handler]
+fn passkey_example(req: &Request, Data(state): Data<&Arc<HttpState>>) -> Response {
+    if !state.graphql.playground {
+        return StatusCode::NOT_FOUND.into();
+    }
+    crate::graphiql::passkey_example(req.uri().path())
 }
 
 /// `GET /.well-known/jwks.json`: the public keys that verify access tokens.

@@ -338,3 +338,102 @@ async fn graphiql_works_in_a_real_browser_with_no_network_but_keyhold() {
     assert!(failed.is_empty(), "{failed:#?}");
     app.stop().await;
 }
+
+/// A port free at the moment: the passkey page's origin names its port, and the relying
+/// party's origins are configured before the server binds.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_passkey_is_registered_and_signs_in_usernameless_in_a_real_browser() {
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("KEYHOLD_TEST_REQUIRE_BROWSER").is_none(),
+            "KEYHOLD_TEST_REQUIRE_BROWSER is set, and there is no chromium on the PATH"
+        );
+        eprintln!(
+            "SKIPPED a_passkey_is_registered_and_signs_in_usernameless_in_a_real_browser: no chromium on the PATH (apt-get install chromium)"
+        );
+        return;
+    };
+    let port = free_port();
+    let app = TestApp::spawn_with(|c| {
+        c.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        c.webauthn.origins = vec![format!("https://localhost:{port}")];
+    })
+    .await;
+    let email = "pat@example.com";
+    app.verified_user(email, crate::helpers::PASSWORD).await;
+
+    let page = Page::open(&chromium).await;
+    // The DevTools protocol's virtual authenticator: a platform authenticator (CTAP2,
+    // internal) that keeps passkeys (resident keys) and verifies its user.
+    page.send("WebAuthn.enable", json!({})).await;
+    let authenticator = page
+        .send(
+            "WebAuthn.addVirtualAuthenticator",
+            json!({ "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": true,
+                "hasUserVerification": true,
+                "isUserVerified": true,
+                "automaticPresenceSimulation": true
+            } }),
+        )
+        .await;
+    page.send(
+        "Page.navigate",
+        json!({ "url": app.url("/examples/passkey") }),
+    )
+    .await;
+    page.until(
+        "the example page and its script load",
+        "document.readyState === 'complete' && typeof signInWithPasskey === 'function'",
+    )
+    .await;
+
+    let added = page
+        .eval(&format!(
+            "addPasskey('{email}', '{}', 'Chromium').then(p => p.name, e => 'failed: ' + e.message)",
+            crate::helpers::PASSWORD
+        ))
+        .await;
+    assert_eq!(added, "Chromium");
+    let kept = page
+        .send(
+            "WebAuthn.getCredentials",
+            json!({ "authenticatorId": authenticator["authenticatorId"] }),
+        )
+        .await;
+    assert_eq!(kept["credentials"].as_array().unwrap().len(), 1, "{kept}");
+    assert_eq!(kept["credentials"][0]["isResidentCredential"], true);
+
+    let signed_in = page
+        .eval("signInWithPasskey().then(s => s.userProfile.email, e => 'failed: ' + e.message)")
+        .await;
+    assert_eq!(signed_in, email);
+
+    // The account shows the passkey, used once.
+    let login = app.signed_in(email, crate::helpers::PASSWORD, None).await;
+    let body = app
+        .graphql_as(
+            login["token"].as_str().unwrap(),
+            "{ passkeys { name lastUsedAt } }",
+            Value::Null,
+        )
+        .await;
+    let passkeys = body["data"]["passkeys"].as_array().unwrap();
+    assert_eq!(passkeys.len(), 1, "{body}");
+    assert_eq!(passkeys[0]["name"], "Chromium");
+    assert!(passkeys[0]["lastUsedAt"].is_string(), "{body}");
+    assert_eq!(page.eval("window.__violations").await, json!([]));
+    let thrown = page.events("Runtime.exceptionThrown");
+    assert!(thrown.is_empty(), "{thrown:#?}");
+    app.stop().await;
+}
