@@ -161,11 +161,12 @@ impl Auth {
             .identify_discoverable_authentication(&credential)
             .ok()
             .map(|(id, _)| id);
-        let user_id = match (ceremony.user_id, named) {
-            (Some(a), Some(b)) if a != b => return Err(Error::InvalidCode),
-            (Some(id), _) | (None, Some(id)) => id,
-            (None, None) => return Err(Error::InvalidCode),
+        let Some(user_id) = ceremony.user_id.or(named) else {
+            return Err(Error::InvalidCode);
         };
+        // A passkey that names another account than the one the ceremony is for: a failed
+        // answer for the ceremony's account.
+        let other_account = named.is_some_and(|named| named != user_id);
         let user = self.store.user(user_id).await?.ok_or(Error::InvalidCode)?;
         let who = Subject {
             user_id: Some(user.id),
@@ -174,6 +175,9 @@ impl Auth {
             device: Some(&device_id),
         };
         self.factor_budget(&user, now).await?;
+        if other_account {
+            return Err(self.passkey_refused(&user, who, false, now).await);
+        }
         let verified = match ceremony.state {
             CeremonyState::Account(state) => self
                 .webauthn

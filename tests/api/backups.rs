@@ -36,6 +36,33 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     let app = with_backups(&recipient).await;
     app.verified_user("ada@example.com", PASSWORD).await;
     let login = app.signed_in("ada@example.com", PASSWORD, None).await;
+    // Ada has a passkey.
+    let token = login["token"].as_str().unwrap();
+    let mut authenticator = webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true);
+    let body = app
+        .graphql_as(
+            token,
+            crate::passkeys::START,
+            json!({ "password": PASSWORD }),
+        )
+        .await;
+    let started = &body["data"]["startPasskeyRegistration"];
+    let options: serde_json::Value =
+        serde_json::from_str(started["options"].as_str().unwrap()).unwrap();
+    let options = serde_json::from_value(json!({ "publicKey": options })).unwrap();
+    let credential =
+        crate::passkeys::answer(&mut authenticator, crate::passkeys::origin(), options);
+    let body = app
+        .graphql_as(
+            token,
+            crate::passkeys::FINISH,
+            json!({ "id": started["challengeId"], "credential": credential }),
+        )
+        .await;
+    let passkey = body["data"]["finishPasskeyRegistration"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_string();
     let file = app.dir().join("manual.backup");
     let answer = backup_through(&app, &file).await;
     assert_eq!(answer["ok"], true, "{answer}");
@@ -92,6 +119,31 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     )
     .await;
     assert_eq!(body["data"]["newToken"]["status"], 200, "{body}");
+    // And her passkey still signs her in.
+    let body = graphql_on(
+        &app,
+        None,
+        crate::passkeys::START_LOGIN,
+        json!({ "email": "ada@example.com" }),
+    )
+    .await;
+    let started = &body["data"]["startPasskeyLogin"];
+    let options = serde_json::from_str(started["options"].as_str().unwrap()).unwrap();
+    let credential = crate::passkeys::assert_with(
+        &mut authenticator,
+        "https://localhost:8443",
+        options,
+        &passkey,
+        None,
+    );
+    let body = graphql_on(
+        &app,
+        None,
+        crate::passkeys::FINISH_LOGIN,
+        json!({ "id": started["challengeId"], "credential": credential }),
+    )
+    .await;
+    assert_eq!(body["data"]["finishPasskeyLogin"]["status"], 200, "{body}");
     app.shutdown().await.unwrap();
 }
 

@@ -625,6 +625,9 @@ async fn migrate_copies_a_populated_sled_store_into_postgres_and_back() {
         .await
         .unwrap();
     let bo = sled.sign_in("bo@example.com", PASSWORD).await.unwrap();
+    // bo has a passkey.
+    let mut bo_key = webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true);
+    let passkey = add_passkey(&sled, &bo.access_token, &mut bo_key).await;
     sled.mail_delivered().await.unwrap();
     let sled_dir = sled.shutdown_keeping_storage().await.unwrap();
 
@@ -697,6 +700,7 @@ async fn migrate_copies_a_populated_sled_store_into_postgres_and_back() {
         .await
         .unwrap();
     pg.sign_in("bo@example.com", PASSWORD).await.unwrap();
+    passkey_signs_in(&pg, &mut bo_key, &passkey, "bo@example.com").await;
     pg.shutdown().await.unwrap();
 
     // And back into a new sled store.
@@ -729,7 +733,63 @@ async fn migrate_copies_a_populated_sled_store_into_postgres_and_back() {
     sled.refresh(&ada.refresh_token).await.unwrap();
     sled.refresh(&bo.refresh_token).await.unwrap();
     sled.sign_in("bo@example.com", PASSWORD).await.unwrap();
+    passkey_signs_in(&sled, &mut bo_key, &passkey, "bo@example.com").await;
     sled.shutdown().await.unwrap();
+}
+
+/// Adds a passkey on `key` to the account of `token`: its credential ID.
+async fn add_passkey(
+    server: &TestServer,
+    token: &str,
+    key: &mut webauthn_authenticator_rs::softpasskey::SoftPasskey,
+) -> String {
+    use crate::passkeys::{FINISH, START, answer, origin};
+    let body = server
+        .graphql(Some(token), START, json!({ "password": PASSWORD }))
+        .await
+        .unwrap();
+    let started = &body["data"]["startPasskeyRegistration"];
+    let options: Value = serde_json::from_str(started["options"].as_str().unwrap()).unwrap();
+    let options = serde_json::from_value(json!({ "publicKey": options })).unwrap();
+    let credential = answer(key, origin(), options);
+    let body = server
+        .graphql(
+            Some(token),
+            FINISH,
+            json!({ "id": started["challengeId"], "credential": credential }),
+        )
+        .await
+        .unwrap();
+    body["data"]["finishPasskeyRegistration"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_string()
+}
+
+/// Signs in to `email`'s account with `passkey` on `key`, by address.
+async fn passkey_signs_in(
+    server: &TestServer,
+    key: &mut webauthn_authenticator_rs::softpasskey::SoftPasskey,
+    passkey: &str,
+    email: &str,
+) {
+    use crate::passkeys::{FINISH_LOGIN, START_LOGIN, assert_with};
+    let body = server
+        .graphql(None, START_LOGIN, json!({ "email": email }))
+        .await
+        .unwrap();
+    let started = &body["data"]["startPasskeyLogin"];
+    let options = serde_json::from_str(started["options"].as_str().unwrap()).unwrap();
+    let credential = assert_with(key, "https://localhost:8443", options, passkey, None);
+    let body = server
+        .graphql(
+            None,
+            FINISH_LOGIN,
+            json!({ "id": started["challengeId"], "credential": credential }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(body["data"]["finishPasskeyLogin"]["status"], 200, "{body}");
 }
 
 #[tokio::test]

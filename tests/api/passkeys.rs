@@ -12,13 +12,13 @@ use webauthn_rs::prelude::{CreationChallengeResponse, Url};
 
 use crate::helpers::{PASSWORD, TestApp, error_code};
 
-const START: &str = "mutation($password: String, $code: String) { startPasskeyRegistration(password: $password, code: $code) { challengeId options } }";
-const FINISH: &str = "mutation($id: String!, $credential: String!, $name: String) { finishPasskeyRegistration(challengeId: $id, credential: $credential, name: $name) { id name createdAt lastUsedAt backedUp } }";
+pub(crate) const START: &str = "mutation($password: String, $code: String) { startPasskeyRegistration(password: $password, code: $code) { challengeId options } }";
+pub(crate) const FINISH: &str = "mutation($id: String!, $credential: String!, $name: String) { finishPasskeyRegistration(challengeId: $id, credential: $credential, name: $name) { id name createdAt lastUsedAt backedUp } }";
 const LIST: &str = "{ passkeys { id name createdAt lastUsedAt backedUp } }";
 const REMOVE: &str = "mutation($id: String!, $password: String, $code: String) { removePasskey(id: $id, password: $password, code: $code) }";
 
 /// The origin of the test server's pages, as its configuration (`server.public_url`) has it.
-fn origin() -> Url {
+pub(crate) fn origin() -> Url {
     Url::parse("https://localhost:8443").unwrap()
 }
 
@@ -45,7 +45,7 @@ async fn start(app: &TestApp, token: &str) -> (String, CreationChallengeResponse
 }
 
 /// The authenticator's answer to `options`, as the JSON a browser's `toJSON()` gives.
-fn answer(key: &mut SoftPasskey, at: Url, options: CreationChallengeResponse) -> String {
+pub(crate) fn answer(key: &mut SoftPasskey, at: Url, options: CreationChallengeResponse) -> String {
     let credential = key.do_registration(at, options).unwrap();
     serde_json::to_string(&credential).unwrap()
 }
@@ -271,9 +271,9 @@ async fn an_answer_from_another_origin_or_for_another_site_is_refused_and_change
     assert_eq!(passkeys(&app, &token).await.len(), 1);
 }
 
-const START_LOGIN: &str =
+pub(crate) const START_LOGIN: &str =
     "mutation($email: EmailAddress) { startPasskeyLogin(email: $email) { challengeId options } }";
-const FINISH_LOGIN: &str = "mutation($id: String!, $credential: String!, $device: DeviceInfo) { finishPasskeyLogin(challengeId: $id, credential: $credential, deviceInfo: $device) { status token refreshToken deviceId userProfile { email } } }";
+pub(crate) const FINISH_LOGIN: &str = "mutation($id: String!, $credential: String!, $device: DeviceInfo) { finishPasskeyLogin(challengeId: $id, credential: $credential, deviceInfo: $device) { status token refreshToken deviceId userProfile { email } } }";
 
 /// A verified, signed-in user with one passkey on `key`: the access token, the account's id
 /// and the passkey's credential ID.
@@ -310,7 +310,7 @@ async fn start_login(app: &TestApp, email: Option<&str>) -> (String, Value) {
 /// The authenticator's answer to request `options`, from a page at `at`. A usernameless
 /// request lists no credentials; this authenticator keeps none, so the test names
 /// `passkey` for it, and returns the account's handle as a discoverable passkey would.
-fn assert_with(
+pub(crate) fn assert_with(
     key: &mut SoftPasskey,
     at: &str,
     mut options: Value,
@@ -421,12 +421,37 @@ async fn an_unknown_address_gets_the_same_shape_of_request_and_no_sign_in() {
 
 #[tokio::test]
 async fn passkey_answers_from_elsewhere_for_another_account_or_removed_are_refused_and_counted() {
-    let app = TestApp::spawn_with(|c| c.two_factor.max_failures_per_account = 3).await;
+    let app = TestApp::spawn_with(|c| c.two_factor.max_failures_per_account = 5).await;
     let mut key = SoftPasskey::new(true);
     let (token, user_id, passkey) = with_passkey(&app, "vic@example.com", &mut key).await;
     let mut theirs = SoftPasskey::new(true);
     let (_, other_id, other_passkey) = with_passkey(&app, "wes@example.com", &mut theirs).await;
 
+    // Not the JSON of a credential: refused before anything is used up.
+    let (id, options) = start_login(&app, Some("vic@example.com")).await;
+    let body = finish_login(&app, &id, "{\"id\": 1}").await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "credential");
+    // From the right origin, signed for another relying party ID: refused, and the ceremony
+    // is used up by it.
+    let mut elsewhere = options.clone();
+    elsewhere["rpId"] = json!("example.com");
+    let credential = assert_with(
+        &mut key,
+        "https://localhost:8443",
+        elsewhere,
+        &passkey,
+        None,
+    );
+    assert_eq!(
+        error_code(&finish_login(&app, &id, &credential).await),
+        "INVALID_CODE"
+    );
+    let credential = assert_with(&mut key, "https://localhost:8443", options, &passkey, None);
+    assert_eq!(
+        error_code(&finish_login(&app, &id, &credential).await),
+        "INVALID_CODE"
+    );
     // From another origin.
     let (id, options) = start_login(&app, Some("vic@example.com")).await;
     let credential = assert_with(&mut key, "https://evil.example", options, &passkey, None);
@@ -448,7 +473,7 @@ async fn passkey_answers_from_elsewhere_for_another_account_or_removed_are_refus
         let body = finish_login(&app, &id, &credential).await;
         assert_eq!(error_code(&body), "INVALID_CODE", "{handle:?}: {body}");
     }
-    // Three failures spent vic's budget: even the right passkey now waits.
+    // Five failures spent vic's budget: even the right passkey now waits.
     let (id, options) = start_login(&app, Some("vic@example.com")).await;
     let credential = assert_with(&mut key, "https://localhost:8443", options, &passkey, None);
     assert_eq!(
