@@ -520,6 +520,47 @@ pub async fn lookups_at_once_each_find_their_own_session(s: &dyn Storage) {
     }
 }
 
+/// A passkey as webauthn-rs keeps it (a software authenticator's, ES256): a public key.
+const PASSKEY: &str = r#"{"cred":{"cred_id":"cIRJf-cxSqH3JE-nliKW8sZzm7dWY69N1hRWETUniPg","cred":{"type_":"ES256","key":{"EC_EC2":{"curve":"SECP256R1","x":"xUWz-Za2ClpFJUVoB5sZJYqxn7NlKUU-Jwt0SObcYtE","y":"z636c6-rOKD9ViM-EqIGFv7RIif4n_zstakg-cSkm2U"}}},"counter":0,"transports":null,"user_verified":true,"backup_eligible":false,"backup_state":false,"registration_policy":"required","extensions":{"cred_protect":"Ignored","hmac_create_secret":"NotRequested","appid":"NotRequested","cred_props":"Ignored"},"attestation":{"data":"Self_","metadata":"None"},"attestation_format":"packed"}}"#;
+
+/// An account's passkeys, and a registration waiting for its answer, are kept with the
+/// account: written by a change, read back whole, and gone with it.
+pub async fn an_accounts_passkeys_are_kept_with_it(s: &dyn Storage) {
+    let ada = stored_account(s, "ada").await;
+    let credential: webauthn_rs::prelude::Passkey = serde_json::from_str(PASSKEY).unwrap();
+    let passkey = PasskeyRecord {
+        name: "laptop".into(),
+        created_at: 1_000,
+        last_used_at: Some(1_100),
+        credential,
+    };
+    let changed = s
+        .change_user(ada.id, AccountChange::ending(Ends::Nothing), |u| {
+            u.passkeys.push(passkey.clone());
+            Ok::<_, ()>(())
+        })
+        .await
+        .unwrap();
+    assert!(matches!(changed, Changed::Done { .. }));
+    let stored = s.user(ada.id).await.unwrap().unwrap();
+    assert_eq!(stored.passkeys.len(), 1);
+    let kept = &stored.passkeys[0];
+    assert_eq!(
+        (kept.name.as_str(), kept.created_at, kept.last_used_at),
+        ("laptop", 1_000, Some(1_100))
+    );
+    assert_eq!(kept.id(), "cIRJf-cxSqH3JE-nliKW8sZzm7dWY69N1hRWETUniPg");
+    assert_eq!(
+        serde_json::to_value(&kept.credential).unwrap(),
+        serde_json::from_str::<serde_json::Value>(PASSKEY).unwrap(),
+        "the credential whole: key, counter, flags"
+    );
+    let by_email = s.user_by_email(&ada.email).await.unwrap().unwrap();
+    assert_eq!(by_email.passkeys.len(), 1);
+    s.delete_user(ada.id).await.unwrap();
+    assert!(s.user(ada.id).await.unwrap().is_none());
+}
+
 /// A passkey sign-in ceremony that expires at `expires_at`, for nobody.
 fn ceremony(expires_at: i64) -> CeremonyRecord {
     CeremonyRecord {
@@ -1180,6 +1221,7 @@ macro_rules! storage_conformance_tests {
             a_session_leads_to_its_account,
             lookups_at_once_each_find_their_own_session,
             a_ceremony_is_taken_once,
+            an_accounts_passkeys_are_kept_with_it,
             a_disabled_accounts_refresh_token_is_refused_as_it_is,
             a_rotated_refresh_token_presented_again_ends_its_session,
             refresh_tokens_expire_and_sessions_age_out,
