@@ -68,6 +68,12 @@ async fn finish(app: &TestApp, token: &str, id: &str, credential: &str) -> Value
     .await
 }
 
+/// `removePasskey` of `id`, with the password.
+async fn remove(app: &TestApp, token: &str, id: &str) -> Value {
+    app.graphql_as(token, REMOVE, json!({ "id": id, "password": PASSWORD }))
+        .await
+}
+
 async fn passkeys(app: &TestApp, token: &str) -> Vec<Value> {
     let body = app.graphql_as(token, LIST, Value::Null).await;
     body["data"]["passkeys"].as_array().unwrap().clone()
@@ -102,13 +108,7 @@ async fn a_passkey_is_added_listed_and_removed_with_notices_and_no_session_ends(
     assert!(body["errors"].is_null(), "{body}");
     assert_eq!(passkeys(&app, &token).await.len(), 2);
 
-    let removed = app
-        .graphql_as(
-            &token,
-            REMOVE,
-            json!({ "id": added["id"], "password": PASSWORD }),
-        )
-        .await;
+    let removed = remove(&app, &token, added["id"].as_str().unwrap()).await;
     assert_eq!(removed["data"]["removePasskey"], true, "{removed}");
     app.mailbox
         .wait_for_subject("pia@example.com", "A passkey was removed")
@@ -117,13 +117,7 @@ async fn a_passkey_is_added_listed_and_removed_with_notices_and_no_session_ends(
     assert_eq!(left.len(), 1);
     assert_ne!(left[0]["id"], added["id"]);
     // Removed already: nothing to remove, and the session that did it still works.
-    let again = app
-        .graphql_as(
-            &token,
-            REMOVE,
-            json!({ "id": added["id"], "password": PASSWORD }),
-        )
-        .await;
+    let again = remove(&app, &token, added["id"].as_str().unwrap()).await;
     assert_eq!(again["data"]["removePasskey"], false, "{again}");
 
     let audit = app
@@ -484,13 +478,7 @@ async fn passkey_answers_from_elsewhere_for_another_account_or_removed_are_refus
     // wes removes his passkey; it signs nobody in any more.
     let wes = app.signed_in("wes@example.com", PASSWORD, None).await;
     let wes_token = wes["token"].as_str().unwrap();
-    let removed = app
-        .graphql_as(
-            wes_token,
-            REMOVE,
-            json!({ "id": other_passkey, "password": PASSWORD }),
-        )
-        .await;
+    let removed = remove(&app, wes_token, &other_passkey).await;
     assert_eq!(removed["data"]["removePasskey"], true, "{removed}");
     let (id, options) = start_login(&app, None).await;
     let credential = assert_with(
