@@ -46,14 +46,15 @@ impl Auth {
         code: Option<String>,
     ) -> Result<PasskeyChallenge> {
         let user = self.profile(caller).await?;
-        self.check_password(&user, password).await?;
-        let matched = self.passkey_step_up(&user, code).await?;
+        // Before the password and the code, so that a full account spends neither.
         if user.passkeys.len() >= MAX_PASSKEYS {
             return Err(Error::bad_input(
                 "password",
                 format!("an account keeps at most {MAX_PASSKEYS} passkeys: remove one first"),
             ));
         }
+        self.check_password(&user, password).await?;
+        let matched = self.passkey_step_up(&user, code).await?;
         let known = user
             .passkeys
             .iter()

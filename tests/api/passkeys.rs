@@ -619,3 +619,30 @@ async fn a_passkey_completes_a_two_factor_sign_in_in_place_of_the_code() {
         .await;
     assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
 }
+
+#[tokio::test]
+async fn an_account_keeps_at_most_sixteen_passkeys() {
+    let app = TestApp::spawn().await;
+    let token = signed_in(&app, "abe@example.com").await;
+    for _ in 0..keyhold::auth::passkeys::MAX_PASSKEYS {
+        let mut key = SoftPasskey::new(true);
+        let (id, options) = start(&app, &token).await;
+        let body = finish(&app, &token, &id, &answer(&mut key, origin(), options)).await;
+        assert!(body["errors"].is_null(), "{body}");
+    }
+    assert_eq!(passkeys(&app, &token).await.len(), 16);
+    let body = app
+        .graphql_as(&token, START, json!({ "password": PASSWORD }))
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    // Removing one makes room again.
+    let first = passkeys(&app, &token).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        remove(&app, &token, &first).await["data"]["removePasskey"],
+        true
+    );
+    start(&app, &token).await;
+}
