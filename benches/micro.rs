@@ -320,8 +320,66 @@ fn test_server(c: &mut Criterion) {
     group.finish();
 }
 
+/// PostgreSQL (the tests' throwaway cluster): one event on an abuse-limit window, alone, and
+/// per event while 16 requests hit the same key at once (a flood from one address).
+fn postgres_limits(c: &mut Criterion) {
+    use keyhold::limits::Limit;
+    use keyhold::store::LimitStore;
+    use keyhold::store::postgres::test_cluster;
+    let rt = runtime();
+    let store = rt.block_on(async {
+        let url = test_cluster::fresh_database().await?;
+        let limits = keyhold::config::LimitsConfig {
+            enabled: true,
+            login_per_ip_per_minute: u32::MAX,
+            ..Default::default()
+        };
+        let store = keyhold::store::postgres::open(&test_cluster::config_for(&url), &limits)
+            .await
+            .unwrap();
+        Some(Arc::new(store))
+    });
+    let Some(store) = store else {
+        eprintln!("postgres/hit_limit: no PostgreSQL here, not run");
+        return;
+    };
+    let mut group = c.benchmark_group("postgres");
+    group.bench_function("hit_limit", |b| {
+        b.to_async(&rt).iter(|| async {
+            let hit = store.hit_limit(Limit::LoginPerIp, "192.0.2.1", now()).await;
+            black_box(hit.unwrap().is_ok())
+        })
+    });
+    group.bench_function("hit_limit_16_at_once_on_one_key", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let store = store.clone();
+            async move {
+                let start = std::time::Instant::now();
+                let racers: Vec<_> = (0..16)
+                    .map(|_| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..iters {
+                                let hit = store.hit_limit(Limit::LoginPerIp, "192.0.2.2", now());
+                                black_box(hit.await.unwrap().is_ok());
+                            }
+                        })
+                    })
+                    .collect();
+                for racer in racers {
+                    racer.await.unwrap();
+                }
+                // Per event, with 16 in flight.
+                start.elapsed() / 16
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    postgres_limits,
     test_server,
     argon2,
     jwt,

@@ -177,7 +177,7 @@ pub fn client_network(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
 }
 
 /// Never "retry in 0 s": that would invite an immediate retry.
-fn rate_limited(seconds: i64) -> Error {
+pub(crate) fn rate_limited(seconds: i64) -> Error {
     Error::rate_limited(seconds.max(1))
 }
 
@@ -191,7 +191,8 @@ impl Limits {
         }
     }
 
-    fn rule(&self, limit: Limit) -> (u32, i64) {
+    /// The most events of `limit` in one window, and the window's length in seconds.
+    pub fn rule(&self, limit: Limit) -> (u32, i64) {
         let c = &self.config;
         match limit {
             Limit::LoginPerIp => (c.login_per_ip_per_minute, 60),
@@ -217,8 +218,9 @@ impl Limits {
     }
 
     /// One more event of `limit` on a key whose window was `before` (`None`: no count yet):
-    /// the window to keep, until when to keep it, and whether the event passes. Every
-    /// backend counts through this, so that they all count alike.
+    /// the window to keep, until when to keep it, and whether the event passes. sled counts
+    /// through this; PostgreSQL states the same rule as one statement
+    /// (`store::postgres::limits`), held to it by a test that runs both side by side.
     pub fn after_hit(
         &self,
         limit: Limit,
