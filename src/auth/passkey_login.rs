@@ -327,19 +327,6 @@ impl Auth {
         }
         Error::InvalidCode
     }
-
-    /// A disabled account, or one whose address is not verified yet, does not sign in.
-    async fn check_may_sign_in(&self, user: &UserRecord, who: Subject<'_>) -> Result<()> {
-        let refused = if user.state == AccountState::Disabled {
-            Error::AccountDisabled
-        } else if !user.email_verified && self.config.registration.require_email_verification {
-            Error::EmailNotVerified
-        } else {
-            return Ok(());
-        };
-        self.audit(Event::SignInFailed, who, refused.code()).await;
-        Err(refused)
-    }
 }
 
 /// Why a verified passkey answer could not be spent.

@@ -177,16 +177,7 @@ impl Auth {
             ..who
         };
         self.store.record_sign_in_success(email.as_str()).await?;
-        if user.state == AccountState::Disabled {
-            self.audit(Event::SignInFailed, who, "ACCOUNT_DISABLED")
-                .await;
-            return Err(Error::AccountDisabled);
-        }
-        if !user.email_verified && self.config.registration.require_email_verification {
-            self.audit(Event::SignInFailed, who, "EMAIL_NOT_VERIFIED")
-                .await;
-            return Err(Error::EmailNotVerified);
-        }
+        self.check_may_sign_in(&user, who.clone()).await?;
         // Decided on the account as read before the hash: if it changes meanwhile (a new
         // password, a disable, 2FA on or off), this sign-in does not finish.
         let stamp = user.stamp;
@@ -234,6 +225,24 @@ impl Auth {
             Err(e) => self.audit(Event::SignInFailed, who, e.code()).await,
         }
         Ok(LoginOutcome::SignedIn(Box::new(signed_in?)))
+    }
+
+    /// A disabled account, or one whose address is not verified yet (while registration
+    /// requires it), does not sign in: audited as a failed sign-in.
+    pub(crate) async fn check_may_sign_in(
+        &self,
+        user: &UserRecord,
+        who: Subject<'_>,
+    ) -> Result<()> {
+        let refused = if user.state == AccountState::Disabled {
+            Error::AccountDisabled
+        } else if !user.email_verified && self.config.registration.require_email_verification {
+            Error::EmailNotVerified
+        } else {
+            return Ok(());
+        };
+        self.audit(Event::SignInFailed, who, refused.code()).await;
+        Err(refused)
     }
 
     /// Starts a device session for the user (replacing the one the device had), durable
