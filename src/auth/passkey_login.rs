@@ -11,6 +11,7 @@ use webauthn_rs::prelude::{PublicKeyCredential, RequestChallengeResponse, Webaut
 use webauthn_rs_proto::{AllowCredentials, AuthenticatorTransport};
 
 use super::audit::{Event, Subject};
+use super::passkeys::{parse_challenge_id, parse_credential};
 use super::sessions::{DeviceInput, device_text};
 use super::{Auth, Origin, PasskeyChallenge, SignedIn, seconds};
 use crate::domain::Email;
@@ -61,13 +62,8 @@ impl Auth {
                 let user = self.store.user_by_email(email.as_str()).await?;
                 match user.filter(|u| !u.passkeys.is_empty()) {
                     Some(user) => {
-                        let passkeys: Vec<_> =
-                            user.passkeys.iter().map(|p| p.credential.clone()).collect();
-                        let (options, state) = self
-                            .webauthn
-                            .start_passkey_authentication(&passkeys)
-                            .map_err(failed)?;
-                        (options, Some(user.id), CeremonyState::Account(state))
+                        let (options, state) = self.account_request(&user)?;
+                        (options, Some(user.id), state)
                     }
                     None => (self.decoy_request(email)?, None, CeremonyState::Nobody),
                 }
@@ -84,6 +80,19 @@ impl Auth {
             challenge_id: ceremony.id,
             options: serde_json::to_string(&options.public_key).map_err(Error::internal)?,
         })
+    }
+
+    /// A request naming `user`'s passkeys, and its state.
+    fn account_request(
+        &self,
+        user: &UserRecord,
+    ) -> Result<(RequestChallengeResponse, CeremonyState)> {
+        let passkeys: Vec<_> = user.passkeys.iter().map(|p| p.credential.clone()).collect();
+        let (options, state) = self
+            .webauthn
+            .start_passkey_authentication(&passkeys)
+            .map_err(|e| Error::internal(anyhow::anyhow!("passkey sign-in: {e}")))?;
+        Ok((options, CeremonyState::Account(state)))
     }
 
     /// A request for an address with no passkeys, shaped as one for an account with some.
@@ -135,10 +144,8 @@ impl Auth {
         device: DeviceInput,
         origin: &Origin,
     ) -> Result<SignedIn> {
-        let challenge_id = Uuid::parse_str(challenge_id.trim())
-            .map_err(|_| Error::bad_input("challengeId", "not a challenge ID"))?;
-        let credential: PublicKeyCredential = serde_json::from_str(credential)
-            .map_err(|_| Error::bad_input("credential", "not the JSON of a PublicKeyCredential"))?;
+        let challenge_id = parse_challenge_id(challenge_id)?;
+        let credential: PublicKeyCredential = parse_credential(credential)?;
         let device_id = device_text("deviceInfo.deviceId", device.device_id)?
             .unwrap_or_else(|| Uuid::new_v4().to_string());
         let name = device_text("deviceInfo.name", device.name)?;
@@ -243,17 +250,13 @@ impl Auth {
         if user.passkeys.is_empty() {
             return Ok(None);
         }
-        let passkeys: Vec<_> = user.passkeys.iter().map(|p| p.credential.clone()).collect();
-        let (options, state) = self
-            .webauthn
-            .start_passkey_authentication(&passkeys)
-            .map_err(|e| Error::internal(anyhow::anyhow!("passkey factor: {e}")))?;
+        let (options, state) = self.account_request(user)?;
         self.store
             .put_ceremony(&CeremonyRecord {
                 id: challenge_id,
                 expires_at,
                 user_id: Some(user.id),
-                state: CeremonyState::Account(state),
+                state,
             })
             .await?;
         Ok(Some(

@@ -105,10 +105,8 @@ impl Auth {
         credential: &str,
         name: Option<String>,
     ) -> Result<PasskeyRecord> {
-        let challenge_id = Uuid::parse_str(challenge_id.trim())
-            .map_err(|_| Error::bad_input("challengeId", "not a challenge ID"))?;
-        let credential: RegisterPublicKeyCredential = serde_json::from_str(credential)
-            .map_err(|_| Error::bad_input("credential", "not the JSON of a PublicKeyCredential"))?;
+        let challenge_id = parse_challenge_id(challenge_id)?;
+        let credential: RegisterPublicKeyCredential = parse_credential(credential)?;
         let name = passkey_name(name)?;
         let user = self.profile(caller).await?;
         let now = self.now();
@@ -293,6 +291,18 @@ impl Auth {
             },
         )
     }
+}
+
+/// The `challengeId` of a ceremony's first half, as the client sends it back.
+pub(crate) fn parse_challenge_id(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text.trim()).map_err(|_| Error::bad_input("challengeId", "not a challenge ID"))
+}
+
+/// A browser's `credential` argument: the JSON of its `PublicKeyCredential` (`toJSON()`), as
+/// a registration's or an assertion's answer.
+pub(crate) fn parse_credential<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|_| Error::bad_input("credential", "not the JSON of a PublicKeyCredential"))
 }
 
 /// A passkey's name as given: trimmed, at most [`MAX_NAME_CHARS`] characters, no control

@@ -137,9 +137,7 @@ impl Auth {
         email: &Email,
     ) -> Result<SignedIn> {
         let credential: webauthn_rs::prelude::PublicKeyCredential =
-            serde_json::from_str(credential).map_err(|_| {
-                Error::bad_input("credential", "not the JSON of a PublicKeyCredential")
-            })?;
+            super::passkeys::parse_credential(credential)?;
         self.confirm_sign_in(challenge_id, email, Factor::Passkey(&credential))
             .await
     }
