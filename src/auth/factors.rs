@@ -128,22 +128,20 @@ impl Auth {
     pub(crate) fn spend(user: &mut UserRecord, matched: &Matched) -> Result<()> {
         match matched {
             // The challenge holding it was removed by compare-and-swap already.
-            Matched::Mailed => return Ok(()),
+            Matched::Mailed => {}
             Matched::Passkey { result, at } => {
-                return super::passkey_login::spend_passkey(user, result, *at)
-                    .map_err(|_| Error::InvalidCode);
+                super::passkey_login::spend_passkey(user, result, *at)
+                    .map_err(|_| Error::InvalidCode)?;
             }
-            Matched::Totp(_) | Matched::Recovery(_) => {}
-        }
-        let tf = user.two_factor.as_mut().ok_or(Error::InvalidCode)?;
-        match matched {
             Matched::Totp(step) => {
+                let tf = user.two_factor.as_mut().ok_or(Error::InvalidCode)?;
                 if tf.totp_last_step.is_some_and(|last| *step <= last) {
                     return Err(Error::InvalidCode);
                 }
                 tf.totp_last_step = Some(*step);
             }
             Matched::Recovery(hash) => {
+                let tf = user.two_factor.as_mut().ok_or(Error::InvalidCode)?;
                 let index = tf
                     .recovery_codes
                     .iter()
@@ -151,7 +149,6 @@ impl Auth {
                     .ok_or(Error::InvalidCode)?;
                 tf.recovery_codes.remove(index);
             }
-            Matched::Mailed | Matched::Passkey { .. } => {}
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use super::passkeys::{parse_challenge_id, parse_credential};
 use super::sessions::{DeviceInput, device_text};
 use super::{Auth, Origin, PasskeyChallenge, SignedIn, seconds};
 use crate::domain::Email;
-use crate::domain::records::{AccountState, CeremonyRecord, CeremonyState, UserRecord};
+use crate::domain::records::{CeremonyRecord, CeremonyState, UserRecord};
 use crate::error::{Error, Result};
 use crate::limits::Limit;
 use crate::store::Versioned;
@@ -218,7 +218,8 @@ impl Auth {
         let went_back = std::sync::atomic::AtomicBool::new(false);
         let signed_in = self
             .open_session(user.id, device_id.clone(), name, origin, |u| {
-                if u.stamp != stamp || u.state == AccountState::Disabled {
+                // Disabled meanwhile: open_session refuses it; changed otherwise: refused here.
+                if u.stamp != stamp {
                     return Err(Error::InvalidCode);
                 }
                 spend_passkey(u, &result, now).map_err(|spent| {

@@ -257,8 +257,9 @@ impl Auth {
 
     /// Ends the registration `challenge_id` if it is still the pending one.
     async fn end_registration(&self, user_id: Uuid, challenge_id: Uuid) -> Result<()> {
-        let changed = self
-            .store
+        // Refused when it ended already (finished, replaced, or the account gone): nothing
+        // is left to end then.
+        self.store
             .change_user(user_id, AccountChange::ending(Ends::Nothing), |u| {
                 if u.pending_passkey.as_ref().map(|p| p.challenge_id) != Some(challenge_id) {
                     return Err(());
@@ -267,10 +268,7 @@ impl Auth {
                 Ok(())
             })
             .await?;
-        match changed {
-            Changed::Done { .. } | Changed::Refused(()) | Changed::Missing => Ok(()),
-            Changed::EmailTaken | Changed::UsernameTaken => Ok(()),
-        }
+        Ok(())
     }
 
     fn passkey_notice(
