@@ -216,24 +216,24 @@ impl Auth {
             .store
             .change_user(user.id, change, |u| {
                 if let Some(matched) = &matched {
-                    Self::spend(u, matched)?;
+                    Self::spend(u, matched).map_err(Some)?;
                 }
                 let before = u.passkeys.len();
                 u.passkeys.retain(|p| p.id() != id);
                 if u.passkeys.len() == before {
                     // Removed meanwhile by another call: nothing to write or mail.
-                    return Err(Error::InvalidCode);
+                    return Err(None);
                 }
                 Ok(())
             })
             .await?;
         if !matches!(changed, Changed::Done { .. }) {
             self.not_queued(&notice);
-            if matches!(changed, Changed::Refused(Error::InvalidCode)) {
+            if matches!(changed, Changed::Refused(None)) {
                 return Ok(false);
             }
         }
-        self.changed(changed)?;
+        self.changed(super::two_factor_settings::refused_into(changed))?;
         self.mail_queued();
         self.audit(Event::PasskeyRemoved, Subject::user(user.id), "ok")
             .await;

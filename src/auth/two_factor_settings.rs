@@ -186,7 +186,7 @@ impl Auth {
 }
 
 /// A change refused with `Some(error)` as one refused with that error.
-fn refused_into<T>(changed: Changed<T, Option<Error>>) -> Changed<T, Error> {
+pub(super) fn refused_into<T>(changed: Changed<T, Option<Error>>) -> Changed<T, Error> {
     match changed {
         Changed::Done { user, value, ended } => Changed::Done { user, value, ended },
         Changed::Refused(e) => Changed::Refused(e.unwrap_or(Error::InvalidCode)),
