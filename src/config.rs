@@ -715,14 +715,7 @@ impl Config {
             ));
         }
         for origin in &self.server.cors_origins {
-            let ok = url::Url::parse(origin)
-                .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.path() == "/");
-            if !ok || origin.ends_with('/') {
-                return Err(ConfigError::key(
-                    "server.cors_origins",
-                    format!("{origin:?} is not an origin such as \"https://app.example.com\""),
-                ));
-            }
+            origin_url("server.cors_origins", origin)?;
         }
         argon2::Params::new(
             self.passwords.argon2_memory_kib,
@@ -959,15 +952,10 @@ impl Config {
         };
         let mut parsed = Vec::with_capacity(origins.len());
         for origin in &origins {
-            let url = url::Url::parse(origin).ok().filter(|u| {
-                matches!(u.scheme(), "https" | "http") && u.path() == "/" && u.query().is_none()
-            });
-            let Some(url) = url.filter(|_| !origin.ends_with('/')) else {
-                return Err(ConfigError::key(
-                    "webauthn.origins",
-                    format!("{origin:?} is not an origin such as \"https://app.example.com\""),
-                ));
-            };
+            let url = origin_url("webauthn.origins", origin)?;
+            if url.query().is_some() {
+                return Err(not_an_origin("webauthn.origins", origin));
+            }
             let host = url.host_str().unwrap_or_default();
             if host != rp_id && !host.ends_with(&format!(".{rp_id}")) {
                 return Err(ConfigError::key(
@@ -999,6 +987,23 @@ impl Config {
         }
         builder.build().map_err(invalid)
     }
+}
+
+/// `text` as an origin (`https://app.example.com`, or `http://`): a scheme and a host, and
+/// no path; the configuration key `key` is named when it is not one.
+fn origin_url(key: &str, text: &str) -> Result<url::Url, ConfigError> {
+    url::Url::parse(text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "https" | "http") && u.path() == "/")
+        .filter(|_| !text.ends_with('/'))
+        .ok_or_else(|| not_an_origin(key, text))
+}
+
+fn not_an_origin(key: &str, text: &str) -> ConfigError {
+    ConfigError::key(
+        key,
+        format!("{text:?} is not an origin such as \"https://app.example.com\""),
+    )
 }
 
 fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
