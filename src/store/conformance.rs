@@ -523,8 +523,8 @@ pub async fn lookups_at_once_each_find_their_own_session(s: &dyn Storage) {
 /// A passkey as webauthn-rs keeps it (a software authenticator's, ES256): a public key.
 const PASSKEY: &str = r#"{"cred":{"cred_id":"cIRJf-cxSqH3JE-nliKW8sZzm7dWY69N1hRWETUniPg","cred":{"type_":"ES256","key":{"EC_EC2":{"curve":"SECP256R1","x":"xUWz-Za2ClpFJUVoB5sZJYqxn7NlKUU-Jwt0SObcYtE","y":"z636c6-rOKD9ViM-EqIGFv7RIif4n_zstakg-cSkm2U"}}},"counter":0,"transports":null,"user_verified":true,"backup_eligible":false,"backup_state":false,"registration_policy":"required","extensions":{"cred_protect":"Ignored","hmac_create_secret":"NotRequested","appid":"NotRequested","cred_props":"Ignored"},"attestation":{"data":"Self_","metadata":"None"},"attestation_format":"packed"}}"#;
 
-/// An account's passkeys, and a registration waiting for its answer, are kept with the
-/// account: written by a change, read back whole, and gone with it.
+/// An account's passkeys are kept with the account: written by a change, read back whole,
+/// and gone with it.
 pub async fn an_accounts_passkeys_are_kept_with_it(s: &dyn Storage) {
     let ada = stored_account(s, "ada").await;
     let credential: webauthn_rs::prelude::Passkey = serde_json::from_str(PASSKEY).unwrap();
