@@ -12,12 +12,7 @@ async fn security_events_are_kept_in_time_order_without_secrets() {
         .signed_in("ada@example.com", PASSWORD, Some("phone"))
         .await;
     let token = login["token"].as_str().unwrap();
-    app.graphql_as(
-        token,
-        "mutation($p: String) { enable2Fa(password: $p) { status } }",
-        json!({ "p": PASSWORD }),
-    )
-    .await;
+    app.enable_2fa(token, PASSWORD).await;
     app.graphql_as(token, "mutation { logout { status } }", json!(null))
         .await;
 

@@ -216,6 +216,25 @@ impl TestApp {
         .await
     }
 
+    /// Turns on e-mailed two-factor sign-in for the caller of `token`, with its `password`:
+    /// the recovery codes, shown once.
+    pub async fn enable_2fa(&self, token: &str, password: &str) -> Vec<String> {
+        let body = self
+            .graphql_as(
+                token,
+                "mutation($p: String) { enable2Fa(password: $p) { status recoveryCodes } }",
+                json!({ "p": password }),
+            )
+            .await;
+        assert_eq!(body["data"]["enable2Fa"]["status"], "ENABLED", "{body}");
+        body["data"]["enable2Fa"]["recoveryCodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// `login`, returning the whole answer.
     pub async fn login(&self, email: &str, password: &str, device_id: Option<&str>) -> Value {
         self.graphql(

@@ -123,19 +123,7 @@ async fn no_secret_reaches_the_logs_at_debug_level() {
             .into(),
     );
 
-    let body = app
-        .graphql_as(
-            &token,
-            "mutation($p: String) { enable2Fa(password: $p) { recoveryCodes } }",
-            json!({ "p": password }),
-        )
-        .await;
-    let recovery: Vec<String> = body["data"]["enable2Fa"]["recoveryCodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_string())
-        .collect();
+    let recovery = app.enable_2fa(&token, password).await;
     secrets.extend(recovery.iter().cloned());
 
     let body = app.login("ada@example.com", password, Some("d2")).await;

@@ -98,14 +98,7 @@ async fn a_change_with_2fa_waits_for_its_code_and_the_old_password_works_until_t
         .signed_in("bob@example.com", PASSWORD, Some("desk"))
         .await;
     let token = login["token"].as_str().unwrap().to_string();
-    let body = app
-        .graphql_as(
-            &token,
-            "mutation($p: String) { enable2Fa(password: $p) { status } }",
-            json!({ "p": PASSWORD }),
-        )
-        .await;
-    assert_eq!(body["data"]["enable2Fa"]["status"], "ENABLED");
+    app.enable_2fa(&token, PASSWORD).await;
     // A sign-in waiting on another device, to be ended by the change.
     let other = app.login("bob@example.com", PASSWORD, Some("phone")).await;
     let other_challenge = other["data"]["login"]["sessionId"]
@@ -357,12 +350,7 @@ async fn a_reset_keeps_2fa_and_verifies_the_address() {
     assert_eq!(login["userProfile"]["emailVerified"], true);
 
     let token = login["token"].as_str().unwrap();
-    app.graphql_as(
-        token,
-        "mutation($p: String) { enable2Fa(password: $p) { status } }",
-        json!({ "p": NEW_PASSWORD }),
-    )
-    .await;
+    app.enable_2fa(token, NEW_PASSWORD).await;
     app.clock.advance(Duration::from_secs(60));
     app.graphql(FORGOT, json!({ "email": "fay@example.com" }))
         .await;

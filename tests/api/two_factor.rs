@@ -18,17 +18,7 @@ async fn with_email_2fa(app: &TestApp, email: &str) -> (String, Vec<String>) {
     app.verified_user(email, PASSWORD).await;
     let login = app.signed_in(email, PASSWORD, None).await;
     let token = login["token"].as_str().unwrap().to_string();
-    let body = app
-        .graphql_as(&token, ENABLE, json!({ "password": PASSWORD }))
-        .await;
-    let result = &body["data"]["enable2Fa"];
-    assert_eq!(result["status"], "ENABLED", "{body}");
-    let codes = result["recoveryCodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_string())
-        .collect();
+    let codes = app.enable_2fa(&token, PASSWORD).await;
     (token, codes)
 }
 
