@@ -39,26 +39,7 @@ async fn a_backup_taken_while_serving_restores_the_state_it_saw() {
     // Ada has a passkey.
     let token = login["token"].as_str().unwrap();
     let mut authenticator = webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true);
-    let body = app
-        .graphql_as(
-            token,
-            crate::passkeys::START,
-            json!({ "password": PASSWORD }),
-        )
-        .await;
-    let started = &body["data"]["startPasskeyRegistration"];
-    let options: serde_json::Value =
-        serde_json::from_str(started["options"].as_str().unwrap()).unwrap();
-    let options = serde_json::from_value(json!({ "publicKey": options })).unwrap();
-    let credential =
-        crate::passkeys::answer(&mut authenticator, crate::passkeys::origin(), options);
-    let body = app
-        .graphql_as(
-            token,
-            crate::passkeys::FINISH,
-            json!({ "id": started["challengeId"], "credential": credential }),
-        )
-        .await;
+    let body = crate::passkeys::register(&app, token, &mut authenticator).await;
     let passkey = body["data"]["finishPasskeyRegistration"]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{body}"))

@@ -59,6 +59,13 @@ fn answer_from(key: &mut SoftPasskey, at: &str, options: CreationChallengeRespon
     serde_json::to_string(&credential).unwrap()
 }
 
+/// Registers a passkey on `key` to the account of `token`, as a browser at the right origin
+/// would: `finishPasskeyRegistration`'s whole answer.
+pub(crate) async fn register(app: &TestApp, token: &str, key: &mut SoftPasskey) -> Value {
+    let (id, options) = start(app, token).await;
+    finish(app, token, &id, &answer(key, origin(), options)).await
+}
+
 async fn finish(app: &TestApp, token: &str, id: &str, credential: &str) -> Value {
     app.graphql_as(
         token,
@@ -86,8 +93,7 @@ async fn a_passkey_is_added_listed_and_removed_with_notices_and_no_session_ends(
     assert!(passkeys(&app, &token).await.is_empty());
 
     let mut key = SoftPasskey::new(true);
-    let (id, options) = start(&app, &token).await;
-    let body = finish(&app, &token, &id, &answer(&mut key, origin(), options)).await;
+    let body = register(&app, &token, &mut key).await;
     let added = &body["data"]["finishPasskeyRegistration"];
     assert_eq!(added["name"], "laptop", "{body}");
     assert!(added["createdAt"].as_str().unwrap().ends_with('Z'));
@@ -103,8 +109,7 @@ async fn a_passkey_is_added_listed_and_removed_with_notices_and_no_session_ends(
 
     // A second passkey, from another authenticator: an account keeps several.
     let mut other = SoftPasskey::new(true);
-    let (id, options) = start(&app, &token).await;
-    let body = finish(&app, &token, &id, &answer(&mut other, origin(), options)).await;
+    let body = register(&app, &token, &mut other).await;
     assert!(body["errors"].is_null(), "{body}");
     assert_eq!(passkeys(&app, &token).await.len(), 2);
 
@@ -147,19 +152,7 @@ async fn adding_a_passkey_takes_the_password_and_with_2fa_a_code() {
         assert_eq!(error_code(&body), "INVALID_CREDENTIALS", "{body}");
     }
     // With two-factor sign-in on, the password alone is not enough; a recovery code is.
-    let body = app
-        .graphql_as(
-            &token,
-            "mutation($p: String) { enable2Fa(password: $p) { recoveryCodes } }",
-            json!({ "p": PASSWORD }),
-        )
-        .await;
-    let recovery: Vec<String> = body["data"]["enable2Fa"]["recoveryCodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_string())
-        .collect();
+    let recovery = app.enable_2fa(&token, PASSWORD).await;
     let body = app
         .graphql_as(&token, START, json!({ "password": PASSWORD }))
         .await;
@@ -280,8 +273,7 @@ async fn with_passkey(
     let login = app.signed_in(email, PASSWORD, None).await;
     let token = login["token"].as_str().unwrap().to_string();
     let user_id = login["userUid"].as_str().unwrap().to_string();
-    let (id, options) = start(app, &token).await;
-    let body = finish(app, &token, &id, &answer(key, origin(), options)).await;
+    let body = register(app, &token, key).await;
     let passkey = body["data"]["finishPasskeyRegistration"]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{body}"))
@@ -564,14 +556,7 @@ async fn a_passkey_completes_a_two_factor_sign_in_in_place_of_the_code() {
     let app = TestApp::spawn().await;
     let mut key = SoftPasskey::new(true);
     let (token, _, passkey) = with_passkey(&app, "zed@example.com", &mut key).await;
-    let body = app
-        .graphql_as(
-            &token,
-            "mutation($p: String) { enable2Fa(password: $p) { status } }",
-            json!({ "p": PASSWORD }),
-        )
-        .await;
-    assert_eq!(body["data"]["enable2Fa"]["status"], "ENABLED", "{body}");
+    app.enable_2fa(&token, PASSWORD).await;
 
     let pending = |body: &Value| {
         let login = &body["data"]["login"];
@@ -626,8 +611,7 @@ async fn an_account_keeps_at_most_sixteen_passkeys() {
     let token = signed_in(&app, "abe@example.com").await;
     for _ in 0..keyhold::auth::passkeys::MAX_PASSKEYS {
         let mut key = SoftPasskey::new(true);
-        let (id, options) = start(&app, &token).await;
-        let body = finish(&app, &token, &id, &answer(&mut key, origin(), options)).await;
+        let body = register(&app, &token, &mut key).await;
         assert!(body["errors"].is_null(), "{body}");
     }
     assert_eq!(passkeys(&app, &token).await.len(), 16);
