@@ -630,3 +630,39 @@ async fn an_account_keeps_at_most_sixteen_passkeys() {
     );
     start(&app, &token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_answer_sent_twice_at_once_is_used_once() {
+    let app = TestApp::spawn().await;
+    let mut key = SoftPasskey::new(true);
+    let (token, _, passkey) = with_passkey(&app, "ike@example.com", &mut key).await;
+    for round in 0..10 {
+        // A registration's answer, finished by two requests at once.
+        let mut other = SoftPasskey::new(true);
+        let (id, options) = start(&app, &token).await;
+        let credential = answer(&mut other, origin(), options);
+        let (a, b) = tokio::join!(
+            finish(&app, &token, &id, &credential),
+            finish(&app, &token, &id, &credential)
+        );
+        let added = [&a, &b]
+            .iter()
+            .filter(|body| body["errors"].is_null())
+            .count();
+        assert_eq!(added, 1, "round {round}: {a} / {b}");
+        assert_eq!(passkeys(&app, &token).await.len(), round + 2);
+
+        // A sign-in's answer, finished by two requests at once.
+        let (id, options) = start_login(&app, Some("ike@example.com")).await;
+        let credential = assert_with(&mut key, "https://localhost:8443", options, &passkey, None);
+        let (a, b) = tokio::join!(
+            finish_login(&app, &id, &credential),
+            finish_login(&app, &id, &credential)
+        );
+        let signed_in = [&a, &b]
+            .iter()
+            .filter(|body| body["data"]["finishPasskeyLogin"]["status"] == 200)
+            .count();
+        assert_eq!(signed_in, 1, "round {round}: {a} / {b}");
+    }
+}
